@@ -1,0 +1,193 @@
+"""Tokenizers, corpus preparation and the block dataset (data_solution.py)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import data_solution as data
+from data_solution import BlockDataset, CharTokenizer, DataError, GPT2Tokenizer
+
+TEXTS = ["hello, world", "今天天气真好", "emoji 🙂🚀 mixed 中文 text", "", "tabs\tand\nnewlines  "]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_gpt2_round_trip(text):
+    tok = GPT2Tokenizer()
+    assert tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_char_round_trip(text):
+    tok = CharTokenizer.from_texts(TEXTS)
+    ids = tok.encode(text)
+    assert len(ids) == len(text), "one token per character"
+    assert tok.decode(ids) == text
+
+
+def test_char_tokenizer_explains_unknown_characters():
+    tok = CharTokenizer.from_texts(["abc"])
+    with pytest.raises(DataError, match="'z' is not in this char vocabulary"):
+        tok.encode("abz")
+
+
+def test_gpt2_matches_published_token_ids():
+    """Ids from GPT-2's own encoder (and tiktoken's "gpt2" encoding)."""
+    tok = GPT2Tokenizer()
+    assert tok.encode("Hello world") == [15496, 995]
+    assert tok.encode("hello world") == [31373, 995]
+    assert tok.encode("Hello, world!") == [15496, 11, 995, 0]
+    assert tok.encode(" the") == [262]
+    assert tok.vocab_size == 50257 and tok.eot_id == 50256
+    assert tok.decode([50256]) == "<|endoftext|>"
+
+
+def test_gpt2_treats_endoftext_in_text_as_plain_text():
+    tok = GPT2Tokenizer()
+    assert 50256 not in tok.encode("a <|endoftext|> b")
+
+
+def test_damaged_vocabulary_file_is_detected(tmp_path, monkeypatch):
+    broken = tmp_path / "gpt2.tiktoken"
+    broken.write_bytes(data.GPT2_VOCAB_FILE.read_bytes()[:-10])
+    monkeypatch.setattr(data, "GPT2_VOCAB_FILE", broken)
+    data.load_gpt2_encoding.cache_clear()
+    try:
+        with pytest.raises(DataError, match="damaged"):
+            data.load_gpt2_encoding()
+    finally:
+        data.load_gpt2_encoding.cache_clear()
+
+
+# --- prepare -------------------------------------------------------------------------
+
+
+def read_split(prepared, split):
+    return np.asarray(data.load_tokens(prepared, split))
+
+
+def test_prepare_txt_counts_and_split(corpus_txt, tmp_path):
+    text = corpus_txt.read_text()
+    prepared = data.prepare("char", corpus_txt, tmp_path / "p")
+    meta = json.loads((prepared / "meta.json").read_text())
+    n = len(text) + 1  # one token per character + the end-of-text token
+    assert meta["train_tokens"] + meta["val_tokens"] == n
+    assert meta["val_tokens"] == int(n * 0.1)
+    assert meta["dtype"] == "uint16" and meta["documents"] == 1
+    tok = data.tokenizer_from_meta(meta)
+    tokens = np.concatenate([read_split(prepared, "train"), read_split(prepared, "val")])
+    assert tokens[-1] == tok.eot_id
+    assert tok.decode(tokens[:-1].tolist()) == text, "train + val must be the whole corpus, in order"
+    assert meta["train_bytes"] + meta["val_bytes"] == len(text.encode())
+
+
+def test_prepare_jsonl_gpt2_documents_separated_by_eot(corpus_jsonl, tmp_path):
+    docs = [json.loads(line)["text"] for line in corpus_jsonl.read_text().splitlines()]
+    tok = GPT2Tokenizer()
+    expected = [t for d in docs for t in tok.encode(d) + [tok.eot_id]]
+    prepared = data.prepare("gpt2", corpus_jsonl, tmp_path / "p")
+    tokens = np.concatenate([read_split(prepared, "train"), read_split(prepared, "val")])
+    assert tokens.tolist() == expected
+    meta = data.read_meta(prepared)
+    assert meta["documents"] == 3 and meta["vocab_sha256"] == data.GPT2_VOCAB_SHA256
+    assert len(read_split(prepared, "val")) == int(len(expected) * 0.1)
+
+
+def test_chunked_txt_reading_gives_the_same_gpt2_tokens(tmp_path):
+    """A big .txt is tokenized in pieces; the pieces must tokenize like the whole file."""
+    text = "".join(f"Line {i}:   some words,\n  indented {i}\n\n\nNext\n" for i in range(300))
+    path = tmp_path / "big.txt"
+    path.write_text(text)
+    pieces = list(data.iter_txt(path, chunk_chars=100))
+    assert len(pieces) > 10 and "".join(p for p, _ in pieces) == text
+    tok = GPT2Tokenizer()
+    assert [t for p, _ in pieces for t in tok.encode(p)] == tok.encode(text)
+
+
+def test_prepare_reuses_and_refreshes(corpus_txt, tmp_path):
+    out = tmp_path / "p"
+    data.prepare("char", corpus_txt, out)
+    first = (out / "train.bin").stat().st_mtime_ns
+    data.prepare("char", corpus_txt, out)
+    assert (out / "train.bin").stat().st_mtime_ns == first, "same inputs: reuse, do not re-tokenize"
+    corpus_txt.write_text("a different corpus " * 50)
+    data.prepare("char", corpus_txt, out)
+    assert data.read_meta(out)["train_tokens"] + data.read_meta(out)["val_tokens"] == 19 * 50 + 1
+
+
+def test_prepare_default_location(corpus_txt, isolated_data_dir):
+    prepared = data.prepare("char", corpus_txt)
+    assert prepared == isolated_data_dir / "verse_char"
+    assert (prepared / "train.bin").is_file()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"\xff\xfe\x00binary", "not UTF-8"),
+        (b'{"text": "ok"}\n{"text": broken\n', "docs.jsonl:2: not valid JSON"),
+        (b'{"text": "ok"}\n\n{"content": "x"}\n', 'docs.jsonl:3: expected an object with a "text"'),
+        (b'{"text": ""}\n', "contains no text"),
+    ],
+)
+def test_prepare_rejects_bad_files_and_keeps_previous_data(tmp_path, content, message):
+    out = tmp_path / "p"
+    good = tmp_path / "good.txt"
+    good.write_text("some good text " * 20)
+    data.prepare("char", good, out)
+    before = (out / "train.bin").read_bytes()
+
+    path = tmp_path / "docs.jsonl"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        data.prepare("char", path, out)
+    assert (out / "train.bin").read_bytes() == before, "a failed prepare must not touch earlier data"
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["p", "good.txt"] + (["docs.jsonl"] if content is not None else [])
+    )
+
+
+def test_prepare_rejects_unknown_tokenizer(corpus_txt):
+    with pytest.raises(DataError, match="unknown tokenizer 'bpe'"):
+        data.prepare("bpe", corpus_txt)
+
+
+# --- BlockDataset --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "n, block_size, stride", [(100, 8, 8), (100, 8, 1), (100, 8, 3), (9, 8, 8), (50, 7, 5)]
+)
+def test_block_dataset_windows_match_slicing(n, block_size, stride):
+    tokens = np.arange(n, dtype=np.uint16)
+    ds = BlockDataset(tokens, block_size, stride)
+    assert len(ds) == (n - block_size - 1) // stride + 1
+    for i in range(len(ds)):
+        x, y = ds[i]
+        s = i * stride
+        assert x.dtype == torch.int64 and y.dtype == torch.int64
+        assert x.tolist() == list(range(s, s + block_size))
+        assert y.tolist() == list(range(s + 1, s + block_size + 1)), "y must be x shifted by one token"
+    last_x, last_y = ds[len(ds) - 1]
+    assert last_y[-1] <= n - 1, "the last window must still fit in the corpus"
+    assert (len(ds) * stride) + block_size + 1 > n, "one more window would not fit: none is missing"
+    with pytest.raises(IndexError):
+        ds[len(ds)]
+
+
+def test_block_dataset_reads_a_memmap(tmp_path):
+    path = tmp_path / "t.bin"
+    np.arange(1000, dtype=np.uint16).tofile(path)
+    ds = BlockDataset(np.memmap(path, dtype=np.uint16, mode="r"), 16)
+    assert len(ds) == (1000 - 17) // 16 + 1
+    assert ds[3][0][0].item() == 48
+
+
+def test_block_dataset_needs_one_block_plus_one():
+    with pytest.raises(DataError, match="fewer than one block"):
+        BlockDataset(np.arange(8, dtype=np.uint16), 8)
