@@ -503,8 +503,8 @@ class BlockDataset(Dataset):
             raise DataError(f"block_size and stride must be positive, got {block_size} and {stride}")
         if len(tokens) < block_size + 1:
             raise DataError(
-                f"the corpus has {len(tokens)} tokens, fewer than one block of "
-                f"{block_size} + 1; use more text or a smaller --max_seq_len"
+                f"{len(tokens)} tokens are fewer than one block of {block_size} + 1; "
+                "use more text or a smaller --max_seq_len"
             )
         self.tokens = tokens
         self.block_size = block_size

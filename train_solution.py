@@ -300,12 +300,18 @@ class BatchStream:
         return {"epoch": self.epoch, "position": self.position}
 
     def _epoch_loader(self) -> DataLoader:
-        order = torch.randperm(
-            len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch)
-        )
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=generator)
         remaining = order[self.position * self.batch_size :].tolist()
+        # The loader draws its workers' seeds from `generator` too; without it, it
+        # would draw from the global RNG and shift every later dropout mask.
         return DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=remaining, drop_last=True, **self.loader_options
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=remaining,
+            drop_last=True,
+            generator=generator,
+            **self.loader_options,
         )
 
     def __iter__(self) -> BatchStream:
@@ -638,6 +644,13 @@ def count_total_steps(args: argparse.Namespace, batches_per_epoch: int) -> int:
     return max(1, round(args.epochs * steps_per_epoch))
 
 
+def block_dataset(prepared: Path, split: str, block_size: int) -> BlockDataset:
+    try:
+        return BlockDataset(load_tokens(prepared, split), block_size)
+    except DataError as err:
+        raise DataError(f"{split} split of {prepared.name}: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -670,8 +683,8 @@ def train(args: argparse.Namespace) -> None:
     prepared = prepare(args.tokenizer, data_path)
     meta = read_meta(prepared)
     tokenizer = tokenizer_from_meta(meta)
-    train_set = BlockDataset(load_tokens(prepared, "train"), args.max_seq_len)
-    val_set = BlockDataset(load_tokens(prepared, "val"), args.max_seq_len)
+    train_set = block_dataset(prepared, "train", args.max_seq_len)
+    val_set = block_dataset(prepared, "val", args.max_seq_len)
     stream = BatchStream(
         train_set, args.batch_size, args.seed, num_workers=args.num_workers, pin_memory=device.type == "cuda"
     )

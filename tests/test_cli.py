@@ -1,0 +1,245 @@
+"""The training program end to end: a real (tiny) run, resume, and every bad input
+ending with a one-line error and exit code 2 while earlier outputs stay untouched."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+
+import train_solution as train
+
+TINY = [
+    "--device",
+    "cpu",
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "2",
+    "--num_attention_heads",
+    "2",
+    "--max_seq_len",
+    "16",
+    "--batch_size",
+    "4",
+    "--eval_iters",
+    "2",
+    "--eval_interval",
+    "4",
+    "--log_interval",
+    "1",
+    "--sample_tokens",
+    "10",
+    "--learning_rate",
+    "3e-3",
+]
+
+
+def run(argv, capsys=None):
+    """Run the CLI in this process; returns (exit code, stderr)."""
+    try:
+        code = train.main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err if capsys else ""
+    return code, err
+
+
+def losses(save_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_tiny_run_writes_every_output_and_learns(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run(["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 30, *TINY], capsys)
+    assert code == 0, err
+    for name in ("resume.pt", "model.pt", "metrics.jsonl", "metrics.png", "samples.txt"):
+        assert (out / name).is_file(), f"{name} missing"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_loss" in r]
+    assert val[0]["step"] == 0 and val[-1]["step"] == 30
+    assert val[-1]["val_loss"] < val[0]["val_loss"] - 0.5
+    assert {"loss", "lr", "grad_norm", "tokens_per_sec"} <= set(records[1])
+    assert {"val_loss", "val_ppl", "val_bpb"} <= set(val[-1])
+    weights = torch.load(out / "model.pt", weights_only=True)
+    assert weights["model_config"]["n_layer"] == 2 and weights["tokenizer"]["tokenizer"] == "char"
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(corpus_txt, tmp_path, monkeypatch, capsys):
+    args = [
+        "--data_path",
+        corpus_txt,
+        "--max_steps",
+        10,
+        "--save_interval",
+        4,
+        "--dropout",
+        0.1,
+        "--accumulation_steps",
+        2,
+        *TINY,
+    ]
+    straight = tmp_path / "straight"
+    assert run([*args, "--save_dir", straight], capsys)[0] == 0
+
+    interrupted = tmp_path / "interrupted"
+    real_save = train.save_atomic
+
+    def save_then_crash(obj, path):
+        real_save(obj, path)
+        if path.name == train.RESUME_FILE and obj["step"] == 4:
+            raise Crash("killed after the checkpoint at step 4")
+
+    monkeypatch.setattr(train, "save_atomic", save_then_crash)
+    with pytest.raises(Crash):
+        train.main([str(a) for a in [*args, "--save_dir", interrupted]])
+    monkeypatch.setattr(train, "save_atomic", real_save)
+    assert run([*args, "--save_dir", interrupted, "--from_resume", 1], capsys)[0] == 0
+
+    assert losses(interrupted) == losses(straight), "the resumed run must see the same batches and randomness"
+    a = torch.load(straight / "model.pt", weights_only=True)["model"]
+    b = torch.load(interrupted / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "final weights must be identical"
+
+
+def test_resume_with_more_steps_continues_the_count(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--data_path", corpus_txt, "--save_dir", out, *TINY]
+    assert run([*args, "--max_steps", 6], capsys)[0] == 0
+    assert run([*args, "--max_steps", 10, "--from_resume", 1], capsys)[0] == 0
+    assert sorted(losses(out)) == list(range(1, 11)), (
+        "steps 1-6 from the first run, 7-10 from the resumed one"
+    )
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 10
+
+
+def test_from_weight_starts_a_new_run_from_saved_weights(corpus_txt, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert run(["--data_path", corpus_txt, "--save_dir", first, "--max_steps", 20, *TINY], capsys)[0] == 0
+    second = tmp_path / "second"
+    code, _ = run(
+        [
+            "--data_path",
+            corpus_txt,
+            "--save_dir",
+            second,
+            "--max_steps",
+            4,
+            "--from_weight",
+            first / "model.pt",
+            *TINY,
+        ],
+        capsys,
+    )
+    assert code == 0
+    val = lambda d: [
+        json.loads(x)["val_loss"] for x in (d / "metrics.jsonl").read_text().splitlines() if "val_loss" in x
+    ]
+    assert val(second)[0] == pytest.approx(val(first)[-1], rel=1e-5), "step 0 of the new run is the old model"
+
+
+def test_epochs_sets_the_number_of_steps(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _ = run(["--data_path", corpus_txt, "--save_dir", out, "--epochs", 1, *TINY], capsys)
+    assert code == 0
+    n_train = json.loads(next((tmp_path / "prepared").glob("*/meta.json")).read_text())["train_tokens"]
+    windows = (n_train - 17) // 16 + 1
+    assert max(losses(out)) == windows // 4, "one epoch = windows // batch_size optimizer steps"
+
+
+def test_help_lists_the_options():
+    result = subprocess.run(
+        [sys.executable, "train_solution.py", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    for flag in (
+        "--epochs",
+        "--batch_size",
+        "--learning_rate",
+        "--accumulation_steps",
+        "--grad_clip",
+        "--dtype",
+        "--device",
+        "--save_dir",
+        "--from_resume",
+        "--from_weight",
+        "--use_compile",
+        "--max_steps",
+        "--warmup_steps",
+        "--min_lr",
+        "--eval_interval",
+        "--seed",
+        "--data_path",
+    ):
+        assert flag in result.stdout
+
+
+@pytest.fixture
+def previous_run(corpus_txt, tmp_path, capsys):
+    """A finished run whose outputs a failed run must leave untouched."""
+    out = tmp_path / "out"
+    assert run(["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 2, *TINY], capsys)[0] == 0
+    return out, {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def write(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    return path
+
+
+BAD_INPUTS = {
+    "missing data file": (lambda t: ["--data_path", t / "nope.txt"], "does not exist"),
+    "empty data file": (lambda t: ["--data_path", write(t, "empty.txt", b"")], "is empty"),
+    "corpus shorter than a block": (
+        lambda t: ["--data_path", write(t, "short.txt", b"hi there")],
+        "fewer than one block of 16",
+    ),
+    "unknown tokenizer": (lambda t: ["--tokenizer", "bpe"], "invalid choice: 'bpe'"),
+    "unknown device": (lambda t: ["--device", "tpu"], "unknown device 'tpu'"),
+    "cuda without CUDA": (lambda t: ["--device", "cuda"], "CUDA is not available"),
+    "unknown dtype": (lambda t: ["--dtype", "int8"], "unknown dtype 'int8'"),
+    "float16 on CPU": (lambda t: ["--dtype", "float16"], "float16 training needs a GPU"),
+    "warmup longer than training": (
+        lambda t: ["--max_steps", 5, "--warmup_steps", 8],
+        "--warmup_steps 8 must be smaller",
+    ),
+    "zero learning rate": (lambda t: ["--learning_rate", 0], "--learning_rate must be positive"),
+    "negative batch size": (lambda t: ["--batch_size", -4], "--batch_size must be positive"),
+    "heads do not divide width": (lambda t: ["--num_attention_heads", 3], "must be divisible"),
+    "resume without checkpoint": (
+        lambda t: ["--from_resume", 1, "--save_dir", t / "empty_dir"],
+        "no resume.pt",
+    ),
+    "resume into another model": (
+        lambda t: ["--from_resume", 1, "--num_hidden_layers", 3],
+        "n_layer=2 in the checkpoint",
+    ),
+    "not a number": (lambda t: ["--max_steps", "ten"], "invalid int value: 'ten'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(
+    case, previous_run, corpus_txt, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on every machine
+    out, before = previous_run
+    make_args, message = BAD_INPUTS[case]
+    argv = ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 2, *TINY, *make_args(tmp_path)]
+    code, err = run(argv, capsys)
+    assert code == 2, f"{case}: exit code {code}, stderr {err!r}"
+    lines = [line for line in err.strip().splitlines() if not line.startswith("tokenizing")]  # progress bar
+    assert len(lines) == 1 and lines[0].startswith("error: "), (
+        f"{case}: expected one 'error: ...' line, got {err!r}"
+    )
+    assert message in lines[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, f"{case}: earlier outputs were modified"
