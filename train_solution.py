@@ -132,11 +132,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
+NO_AUTOCAST = nullcontext()  # float32 everywhere: the context that changes nothing
+
+
 def autocast_context(device: torch.device, dtype: torch.dtype):
     """Mixed precision (AMP): matmuls run in a 16-bit type, while the weights, the
     optimizer state and precision-sensitive ops (softmax, losses) stay in float32."""
     if dtype == torch.float32:
-        return nullcontext()
+        return NO_AUTOCAST
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
@@ -165,11 +168,60 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def forward_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp_ctx) -> torch.Tensor:
-    """The forward pass under autocast; the model computes the loss itself."""
-    with amp_ctx:
-        _, loss = model(x, targets=y)
+def compute_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The forward pass: the model scores every next token and returns the mean
+    cross-entropy against the targets y (x shifted by one), in nats per token."""
+    _, loss = model(x, targets=y)
     return loss
+
+
+def accumulate_gradients(
+    model: torch.nn.Module,
+    scaler: torch.amp.GradScaler,
+    micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
+    amp_ctx=NO_AUTOCAST,
+) -> torch.Tensor:
+    """Forward and backward over k micro-batches; returns their mean loss (detached).
+
+    backward() adds into .grad, so k micro-batches give the gradient of one batch k
+    times larger, in the memory of one micro-batch. Each loss is divided by k so
+    that the sum is a mean, as it would be for the big batch. Under
+    DistributedDataParallel every backward also averages gradients across processes;
+    `no_sync` skips that for all but the last micro-batch, where it is needed once.
+    """
+    k = len(micro_batches)
+    losses = []
+    for i, (x, y) in enumerate(micro_batches):
+        is_last = i == k - 1
+        sync_ctx = nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync_ctx:
+            with amp_ctx:
+                loss = compute_loss(model, x, y)
+            scaler.scale(loss / k).backward()
+        losses.append(loss.detach())
+    return torch.stack(losses).mean()
+
+
+def clip_and_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, grad_clip: float
+) -> torch.Tensor:
+    """Update the weights from the accumulated gradients; returns the gradient norm.
+
+    1. Unscale: with float16 the gradients are still multiplied by the scaler's
+       factor; divide it out first, or the clip would compare scaled numbers.
+    2. Clip the global gradient norm to grad_clip: one unlucky batch cannot throw
+       the weights far away (0 turns clipping off; the norm is still measured).
+    3. Step (the scaler skips it if float16 gradients overflowed) and update the scale.
+    4. Reset the gradients to None: cheaper than writing zeros, and the next
+       backward writes them fresh instead of adding to stale ones.
+    """
+    scaler.unscale_(optimizer)
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm.detach()
 
 
 def train_step(
@@ -179,39 +231,15 @@ def train_step(
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     lr: float,
     grad_clip: float,
-    amp_ctx=None,
+    amp_ctx=NO_AUTOCAST,
 ) -> StepStats:
-    """One optimizer step over len(micro_batches) micro-batches (gradient accumulation).
-
-    Gradients add up in .grad across backward calls, so running k micro-batches and
-    stepping once gives the gradient of one batch k times larger, in the memory of
-    one micro-batch. Each loss is divided by k so the sum is a mean, as it would be
-    for the big batch. Under DistributedDataParallel, gradients are averaged across
-    processes at every backward unless `no_sync` says to wait for the last one.
-
-    Then: unscale (float16 only, so clipping sees the true gradients), clip the
-    global gradient norm to grad_clip (one bad batch cannot blow the weights up;
-    0 disables clipping), step, and reset the gradients to None (cheaper than
-    zeros, and the next backward writes instead of adding).
-    """
-    amp_ctx = amp_ctx or nullcontext()
+    """One optimizer step: set the LR, accumulate gradients over the micro-batches,
+    clip and update. A disabled GradScaler (anything but float16) passes every call
+    straight through, so the same code serves float32, bfloat16 and float16."""
     set_lr(optimizer, lr)
-    accumulation_steps = len(micro_batches)
-    total_loss = torch.zeros(())
-    for i, (x, y) in enumerate(micro_batches):
-        is_last = i == accumulation_steps - 1
-        sync_ctx = model.no_sync() if hasattr(model, "no_sync") and not is_last else nullcontext()
-        with sync_ctx:
-            loss = forward_loss(model, x, y, amp_ctx)
-            scaler.scale(loss / accumulation_steps).backward()
-        total_loss = total_loss.to(loss.device) + loss.detach()
-    scaler.unscale_(optimizer)
-    max_norm = grad_clip if grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    scaler.step(optimizer)  # skipped by the scaler if float16 gradients overflowed
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    return StepStats(loss=total_loss / accumulation_steps, grad_norm=grad_norm.detach())
+    loss = accumulate_gradients(model, scaler, micro_batches, amp_ctx)
+    grad_norm = clip_and_step(model, optimizer, scaler, grad_clip)
+    return StepStats(loss=loss, grad_norm=grad_norm)
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +255,7 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], amp_ctx=None
+    model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], amp_ctx=NO_AUTOCAST
 ) -> EvalResult:
     """Mean loss over a fixed list of validation batches.
 
@@ -235,9 +263,11 @@ def evaluate(
     between runs: a change in val loss is a change in the model, not in the sample.
     eval() turns dropout off; no_grad() skips building the backward graph.
     """
-    amp_ctx = amp_ctx or nullcontext()
     model.eval()
-    losses = [forward_loss(model, x, y, amp_ctx).float() for x, y in batches]
+    losses = []
+    for x, y in batches:
+        with amp_ctx:
+            losses.append(compute_loss(model, x, y).float())
     model.train()
     loss = torch.stack(losses).mean().item()
     return EvalResult(loss=loss, perplexity=math.exp(loss))
@@ -474,8 +504,8 @@ PRESETS = {
         dropout=0.0,
         batch_size=32,
         learning_rate=2e-3,
-        max_steps=1500,
-        eval_interval=250,
+        max_steps=1800,
+        eval_interval=300,
         num_workers=0,
     ),
     "gpu": dict(
@@ -686,7 +716,12 @@ def train(args: argparse.Namespace) -> None:
     train_set = block_dataset(prepared, "train", args.max_seq_len)
     val_set = block_dataset(prepared, "val", args.max_seq_len)
     stream = BatchStream(
-        train_set, args.batch_size, args.seed, num_workers=args.num_workers, pin_memory=device.type == "cuda"
+        train_set,
+        args.batch_size,
+        args.seed,
+        **(checkpoint["data_position"] if checkpoint else {}),  # resume: the next unseen batch
+        num_workers=args.num_workers,
+        pin_memory=device.type == "cuda",  # page-locked memory: faster copies to the GPU
     )
     total_steps = count_total_steps(args, stream.batches_per_epoch)
     warmup_steps = args.warmup_steps if args.warmup_steps is not None else total_steps // 10
@@ -707,9 +742,9 @@ def train(args: argparse.Namespace) -> None:
     )
     model = GPT(config)
     if args.from_weight != "none":
-        weights = load_checkpoint(Path(args.from_weight)) if Path(args.from_weight).is_file() else None
-        if weights is None:
+        if not Path(args.from_weight).is_file():
             raise UsageError(f"--from_weight {args.from_weight}: no such file")
+        weights = load_checkpoint(Path(args.from_weight))
         check_same("model config", weights["model_config"], config.to_dict())
         model.load_state_dict(weights["model"])
     model.to(device)
@@ -719,27 +754,17 @@ def train(args: argparse.Namespace) -> None:
 
     start_step, best_val_loss = 0, float("inf")
     metrics_path = save_dir / METRICS_FILE
+    data_source = {"tokenizer": meta["tokenizer"], "source": meta["source"]}
     if checkpoint is not None:
         check_same("model config", checkpoint["model_config"], config.to_dict())
-        check_same(
-            "data", checkpoint["data_source"], {"tokenizer": meta["tokenizer"], "source": meta["source"]}
-        )
+        check_same("data", checkpoint["data_source"], data_source)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_state(checkpoint["rng"])
-        stream = BatchStream(
-            train_set,
-            args.batch_size,
-            args.seed,
-            **checkpoint["data_position"],
-            num_workers=args.num_workers,
-            pin_memory=device.type == "cuda",
-        )
         start_step, best_val_loss = checkpoint["step"], checkpoint["best_val_loss"]
-        records = read_metrics(metrics_path, up_to_step=start_step)  # drop lines past the checkpoint
-    else:
-        records = []
+    # On resume, keep the metrics up to the checkpoint and drop any logged after it.
+    records = read_metrics(metrics_path, up_to_step=start_step) if checkpoint else []
     save_dir.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
     # torch.compile fuses the model's ops into faster kernels; we keep `model` (not the
@@ -795,7 +820,7 @@ def train(args: argparse.Namespace) -> None:
                 "model_config": config.to_dict(),
                 "train_args": vars(args),
                 "tokenizer": tokenizer.meta(),
-                "data_source": {"tokenizer": meta["tokenizer"], "source": meta["source"]},
+                "data_source": data_source,
                 "data_position": stream.state(),
                 "rng": capture_rng_state(),
             },

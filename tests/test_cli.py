@@ -223,6 +223,12 @@ BAD_INPUTS = {
         lambda t: ["--from_resume", 1, "--num_hidden_layers", 3],
         "n_layer=2 in the checkpoint",
     ),
+    "weights file missing": (lambda t: ["--from_weight", t / "missing.pt"], "no such file"),
+    "weights file not a checkpoint": (
+        lambda t: ["--from_weight", write(t, "junk.pt", b"not a checkpoint")],
+        "cannot read checkpoint",
+    ),
+    "min_lr above learning_rate": (lambda t: ["--min_lr", 1.0], "--min_lr 1.0 is larger"),
     "not a number": (lambda t: ["--max_steps", "ten"], "invalid int value: 'ten'"),
 }
 
