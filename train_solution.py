@@ -767,6 +767,8 @@ def train(args: argparse.Namespace) -> None:
     records = read_metrics(metrics_path, up_to_step=start_step) if checkpoint else []
     save_dir.mkdir(parents=True, exist_ok=True)
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if checkpoint is None:
+        (save_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a new run starts a new samples file
     # torch.compile fuses the model's ops into faster kernels; we keep `model` (not the
     # compiled wrapper) for state_dicts so checkpoint keys stay plain.
     train_model = torch.compile(model) if args.use_compile else model

