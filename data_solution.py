@@ -519,7 +519,17 @@ class BlockDataset(Dataset):
             raise IndexError(f"window {idx} out of range for {len(self)} windows")
         s = idx * self.stride
         T = self.block_size
-        # int64 because embedding lookups and cross_entropy want long indices.
+        # TODO 1: x = tokens[s : s + T] and y = the same window shifted by one token
+        #   Both as int64 tensors: torch.from_numpy(array.astype(np.int64)) (embedding
+        #   lookups and cross_entropy want int64 indices; the file holds uint16).
         x = torch.from_numpy(self.tokens[s : s + T].astype(np.int64))
         y = torch.from_numpy(self.tokens[s + 1 : s + T + 1].astype(np.int64))
         return x, y
+        # END TODO 1
+
+
+if __name__ == "__main__":
+    # `python data_exercise.py` grades the TODOs of this file and prints a scoreboard.
+    from tests.scoreboard import grade
+
+    sys.exit(grade(Path(__file__)))

@@ -1,5 +1,10 @@
 """Shared fixtures: tiny corpora and tiny models, so every test runs in milliseconds
-and nothing needs the network."""
+and nothing needs the network; and the grading options.
+
+    pytest                          tests the solutions and everything given
+    pytest --impl exercise          grades the learner's *_exercise.py files
+    pytest --impl exercise --todo 2b   grades one TODO (comma-separate several)
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from todos import TODOS, Learner, isolate, load  # noqa: E402
 
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -59,3 +66,39 @@ def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     prepared = tmp_path / "prepared"
     monkeypatch.setattr(data_solution, "DATA_DIR", prepared)
     return prepared
+
+
+# --- grading ---------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--impl",
+        default="solution",
+        choices=("solution", "exercise"),
+        help="which files the graded (todo-marked) tests grade",
+    )
+    parser.addoption("--todo", default=None, help="run only the graded tests of these TODO ids (e.g. 2a,2b)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    wanted = config.getoption("--todo")
+    if wanted is None:
+        return
+    ids = set(wanted.split(","))
+    unknown = ids - set(TODOS)
+    if unknown:
+        raise pytest.UsageError(f"unknown TODO id(s) {sorted(unknown)}; known: {', '.join(TODOS)}")
+    keep = [item for item in items if (m := item.get_closest_marker("todo")) and m.args[0] in ids]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
+
+
+@pytest.fixture
+def learner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Learner:
+    """The modules under grade for this test's TODO: the learner's code for that TODO,
+    the reference (solution) code for every other TODO."""
+    marker = request.node.get_closest_marker("todo")
+    assert marker, "the learner fixture is for tests marked @pytest.mark.todo(<id>)"
+    impl = request.config.getoption("--impl")
+    return isolate(load(impl), marker.args[0], load("solution"), monkeypatch)

@@ -5,7 +5,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 
 import data_solution as data
 from data_solution import BlockDataset, CharTokenizer, DataError, GPT2Tokenizer
@@ -163,29 +162,15 @@ def test_prepare_rejects_unknown_tokenizer(corpus_txt):
 @pytest.mark.parametrize(
     "n, block_size, stride", [(100, 8, 8), (100, 8, 1), (100, 8, 3), (9, 8, 8), (50, 7, 5)]
 )
-def test_block_dataset_windows_match_slicing(n, block_size, stride):
-    tokens = np.arange(n, dtype=np.uint16)
-    ds = BlockDataset(tokens, block_size, stride)
+def test_block_dataset_length_counts_every_window(n, block_size, stride):
+    """The windows' contents are TODO 1 (graded in test_todo_data.py); their number is given."""
+    ds = BlockDataset(np.arange(n, dtype=np.uint16), block_size, stride)
     assert len(ds) == (n - block_size - 1) // stride + 1
-    for i in range(len(ds)):
-        x, y = ds[i]
-        s = i * stride
-        assert x.dtype == torch.int64 and y.dtype == torch.int64
-        assert x.tolist() == list(range(s, s + block_size))
-        assert y.tolist() == list(range(s + 1, s + block_size + 1)), "y must be x shifted by one token"
-    last_x, last_y = ds[len(ds) - 1]
-    assert last_y[-1] <= n - 1, "the last window must still fit in the corpus"
-    assert (len(ds) * stride) + block_size + 1 > n, "one more window would not fit: none is missing"
+    last_start = (len(ds) - 1) * stride
+    assert last_start + block_size + 1 <= n, "the last window must fit in the corpus"
+    assert last_start + stride + block_size + 1 > n, "one more window would not fit: none is missing"
     with pytest.raises(IndexError):
         ds[len(ds)]
-
-
-def test_block_dataset_reads_a_memmap(tmp_path):
-    path = tmp_path / "t.bin"
-    np.arange(1000, dtype=np.uint16).tofile(path)
-    ds = BlockDataset(np.memmap(path, dtype=np.uint16, mode="r"), 16)
-    assert len(ds) == (1000 - 17) // 16 + 1
-    assert ds[3][0][0].item() == 48
 
 
 def test_block_dataset_needs_one_block_plus_one():

@@ -1,0 +1,202 @@
+"""The grading checks itself: exercise files are generated and up to date, every
+graded test fails on the unsolved exercise with its own TODO's message and passes on
+the solution, each TODO grades on its own, plausible mistakes are caught by the right
+TODO with a message naming the mistake, and the exercise file runs as far as the
+learner has got."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import test_todo_data
+import test_todo_train
+from conftest import ROOT
+from todos import CATALOG, TODOS, Learner, isolate, load
+
+sys.path.insert(0, str(ROOT / "tools"))
+import make_exercises  # noqa: E402
+
+GRADED_MODULES = [test_todo_data, test_todo_train]
+
+
+def graded_cases():
+    """(todo id, test function, params) for every graded test, parametrized ones expanded."""
+    for module in GRADED_MODULES:
+        for name in dir(module):
+            func = getattr(module, name)
+            marks = getattr(func, "pytestmark", [])
+            todo = next((m.args[0] for m in marks if m.name == "todo"), None)
+            if todo is None:
+                continue
+            params = [m for m in marks if m.name == "parametrize"]
+            if not params:
+                yield todo, func, {}
+                continue
+            argnames = [a.strip() for a in params[0].args[0].split(",")]
+            for values in params[0].args[1]:
+                values = values if isinstance(values, tuple) else (values,)
+                yield todo, func, dict(zip(argnames, values, strict=True))
+
+
+def run_case(func, learner, kwargs, tmp_path):
+    return (
+        func(learner, tmp_path, **kwargs)
+        if "tmp_path" in func.__code__.co_varnames
+        else func(learner, **kwargs)
+    )
+
+
+def test_every_todo_has_graded_tests():
+    assert {todo for todo, _, _ in graded_cases()} == set(TODOS)
+
+
+def test_exercise_files_are_up_to_date():
+    for path, expected in make_exercises.expected_files().items():
+        assert path.read_text() == expected, f"{path.name} is stale: run python tools/make_exercises.py"
+
+
+def test_exercise_differs_from_solution_only_inside_todo_regions():
+    for solution, exercise in make_exercises.PAIRS.items():
+        source = (ROOT / solution).read_text()
+        solved = make_exercises.make_exercise(source, solution, solved=frozenset(TODOS))
+        renamed = "".join(make_exercises.rename_imports(line) for line in source.splitlines(keepends=True))
+        assert solved.split("\n", 2)[2] == renamed, (
+            f"{exercise} with every TODO solved must be {solution} itself"
+        )
+
+
+@pytest.mark.parametrize("todo", list(TODOS))
+def test_graded_tests_fail_on_the_unsolved_exercise_with_their_own_message(todo, monkeypatch, tmp_path):
+    cases = [(func, kwargs) for t, func, kwargs in graded_cases() if t == todo]
+    for func, kwargs in cases:
+        with monkeypatch.context() as patch:
+            learner = isolate(load("exercise"), todo, load("solution"), patch)
+            with pytest.raises(NotImplementedError, match=f"^TODO {todo}: "):
+                run_case(func, learner, kwargs, tmp_path)
+
+
+def load_variant(solved: set[str], directory: Path) -> Learner:
+    """data/train modules generated with only the TODOs in `solved` filled in, as if
+    the learner had pasted those solution regions into the exercise files."""
+    tag = "_".join(sorted(solved)) or "none"
+    modules = {}
+    for name in ("data", "train"):
+        source = (ROOT / f"{name}_solution.py").read_text()
+        text = make_exercises.make_exercise(source, f"{name}_solution.py", solved=frozenset(solved))
+        text = text.replace("from data_exercise import", f"from data_variant_{tag} import")
+        path = directory / f"{name}_variant_{tag}.py"
+        path.write_text(text)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        modules[name] = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = modules[name]
+        spec.loader.exec_module(modules[name])
+    return Learner(modules["data"], modules["train"])
+
+
+@pytest.mark.parametrize("solved", list(TODOS))
+def test_pasting_one_solution_region_turns_exactly_that_todo_green(solved, monkeypatch, tmp_path):
+    variant = load_variant({solved}, tmp_path)
+    for todo, func, kwargs in graded_cases():
+        with monkeypatch.context() as patch:
+            learner = isolate(Learner(variant.data, variant.train), todo, load("solution"), patch)
+            if todo == solved:
+                run_case(func, learner, kwargs, tmp_path)  # must pass
+            else:
+                with pytest.raises(NotImplementedError, match=f"^TODO {todo}: "):
+                    run_case(func, learner, kwargs, tmp_path)
+
+
+def test_scoreboard_prints_one_row_per_todo_and_exits_nonzero_until_done():
+    result = subprocess.run(
+        [sys.executable, "train_exercise.py", "--test"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 1
+    for todo in CATALOG:
+        if todo.module == "train":
+            assert f"{todo.id:<5} {todo.title}" in result.stdout
+    assert "· not started" in result.stdout and "0/8 TODOs done in train_exercise.py" in result.stdout
+    solved = subprocess.run([sys.executable, "data_solution.py"], cwd=ROOT, capture_output=True, text=True)
+    assert solved.returncode == 0 and "1/1 TODOs done in data_solution.py" in solved.stdout
+
+
+def test_scoreboard_rejects_an_unknown_todo():
+    result = subprocess.run(
+        [sys.executable, "train_exercise.py", "--test", "9z"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "has no TODO '9z'" in result.stderr
+
+
+# --- the exercise file runs as far as the learner has got ------------------------------------
+
+TINY_RUN = [
+    "--device",
+    "cpu",
+    "--hidden_size",
+    "32",
+    "--num_hidden_layers",
+    "2",
+    "--num_attention_heads",
+    "2",
+    "--max_seq_len",
+    "16",
+    "--batch_size",
+    "4",
+    "--eval_iters",
+    "2",
+    "--eval_interval",
+    "3",
+    "--log_interval",
+    "1",
+    "--sample_tokens",
+    "5",
+    "--max_steps",
+    "6",
+]
+
+
+def run_variant(open_todos: set[str], corpus_txt, tmp_path, capsys, *extra_args):
+    variant = load_variant(set(TODOS) - open_todos, tmp_path)
+    out = tmp_path / "out"
+    args = [
+        *TINY_RUN,
+        "--learning_rate",
+        "3e-3",
+        *extra_args,
+        "--data_path",
+        str(corpus_txt),
+        "--save_dir",
+        str(out),
+    ]
+    code = variant.train.main(args)
+    captured = capsys.readouterr()
+    records = (
+        [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if code == 0 else []
+    )
+    return code, captured.out + captured.err, records
+
+
+def test_open_lr_schedule_falls_back_to_a_constant_lr_and_says_so_once(corpus_txt, tmp_path, capsys):
+    code, output, records = run_variant({"2a", "2b"}, corpus_txt, tmp_path, capsys, "--warmup_steps", "2")
+    assert code == 0, output
+    assert output.count("note: TODO 2a:") == 1 and output.count("note: TODO 2b:") == 1
+    assert {r["lr"] for r in records if "lr" in r} == {3e-3}, "with TODO 2 open every step uses max_lr"
+
+
+def test_open_amp_and_evaluation_fall_back_and_training_goes_on(corpus_txt, tmp_path, capsys):
+    code, output, records = run_variant({"5", "6"}, corpus_txt, tmp_path, capsys)
+    assert code == 0, output
+    assert output.count("note: TODO 5:") == 1 and "runs in float32" in output
+    assert output.count("note: TODO 6:") == 1 and not any("val_loss" in r for r in records)
+    assert any("loss" in r for r in records)
+
+
+@pytest.mark.parametrize("todo", ["1", "3a", "3b", "3c", "4"])
+def test_open_core_todo_stops_training_with_its_message(todo, corpus_txt, tmp_path, capsys):
+    code, output, _ = run_variant({todo}, corpus_txt, tmp_path, capsys)
+    assert code == 1
+    assert f"stopped at TODO {todo}:" in output and "--test` grades it" in output

@@ -1,0 +1,148 @@
+"""Plausible wrong implementations, fed to the grader: each must be caught by the
+right TODO's tests, with a message that names the mistake."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import test_todo_data
+import test_todo_train
+from conftest import ROOT
+from todos import Learner, load
+
+# (TODO, solution file, correct code, mistake, graded test, words the failure must contain)
+MISTAKES = {
+    "y not shifted (off by one)": (
+        "data_solution.py",
+        "y = torch.from_numpy(self.tokens[s + 1 : s + T + 1].astype(np.int64))",
+        "y = torch.from_numpy(self.tokens[s : s + T].astype(np.int64))",
+        lambda lr, tmp: test_todo_data.test_todo_1_windows_match_slicing(lr, 100, 8, 8),
+        "y must be x shifted by one position",
+    ),
+    "x and y left as uint16": (
+        "data_solution.py",
+        "x = torch.from_numpy(self.tokens[s : s + T].astype(np.int64))",
+        "x = torch.from_numpy(self.tokens[s : s + T].astype(np.int32))",
+        lambda lr, tmp: test_todo_data.test_todo_1_windows_match_slicing(lr, 100, 8, 8),
+        "must be int64",
+    ),
+    "warmup from 0 instead of step + 1": (
+        "train_solution.py",
+        "return max_lr * (step + 1) / warmup_steps",
+        "return max_lr * step / warmup_steps",
+        lambda lr, tmp: test_todo_train.test_todo_2a_linear_warmup(lr, 10),
+        "step + 1",
+    ),
+    "cosine over total_steps instead of total_steps - warmup_steps": (
+        "train_solution.py",
+        "progress = (step - warmup_steps) / (total_steps - warmup_steps)",
+        "progress = (step - warmup_steps) / total_steps",
+        lambda lr, tmp: test_todo_train.test_todo_2b_cosine_decay(lr, 10, 100),
+        "total_steps - warmup_steps",
+    ),
+    "no min_lr floor after total_steps": (
+        "train_solution.py",
+        "    if step >= total_steps:\n        return min_lr\n",
+        "",
+        lambda lr, tmp: test_todo_train.test_todo_2b_cosine_decay(lr, 10, 100),
+        "stays at min_lr",
+    ),
+    "LR set on the first param group only": (
+        "train_solution.py",
+        '    for group in optimizer.param_groups:\n        group["lr"] = lr\n',
+        '    optimizer.param_groups[0]["lr"] = lr\n',
+        lambda lr, tmp: test_todo_train.test_todo_3a_set_lr_on_every_param_group(lr),
+        "every param group",
+    ),
+    "clip before unscale": (
+        "train_solution.py",
+        '    scaler.unscale_(optimizer)\n    max_norm = grad_clip if grad_clip > 0 else float("inf")\n'
+        "    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\n",
+        '    max_norm = grad_clip if grad_clip > 0 else float("inf")\n'
+        "    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\n"
+        "    scaler.unscale_(optimizer)\n",
+        lambda lr, tmp: test_todo_train.test_todo_3c_clips_the_unscaled_gradient_then_steps(lr, 2.0**10),
+        "unscale_(optimizer) before clip_grad_norm_",
+    ),
+    "no gradient clipping": (
+        "train_solution.py",
+        'max_norm = grad_clip if grad_clip > 0 else float("inf")',
+        'max_norm = float("inf")',
+        lambda lr, tmp: test_todo_train.test_todo_3c_clips_the_unscaled_gradient_then_steps(lr, None),
+        "was not clipped",
+    ),
+    "zero_grad forgotten": (
+        "train_solution.py",
+        "    optimizer.zero_grad(set_to_none=True)\n    return grad_norm.detach()",
+        "    return grad_norm.detach()",
+        lambda lr, tmp: test_todo_train.test_todo_3c_clips_the_unscaled_gradient_then_steps(lr, None),
+        "zero_grad",
+    ),
+    "scaler.update forgotten": (
+        "train_solution.py",
+        "    scaler.step(optimizer)\n    scaler.update()\n",
+        "    scaler.step(optimizer)\n",
+        lambda lr, tmp: test_todo_train.test_todo_3c_clips_the_unscaled_gradient_then_steps(lr, 2.0**10),
+        "scaler.update()",
+    ),
+    "loss not divided by the accumulation steps": (
+        "train_solution.py",
+        "            scaler.scale(loss / k).backward()\n",
+        "            scaler.scale(loss).backward()\n",
+        lambda lr, tmp: test_todo_train.test_todo_4_accumulated_gradient_equals_the_big_batch_gradient(lr),
+        "divide each micro-batch loss",
+    ),
+    "no_sync on every micro-batch": (
+        "train_solution.py",
+        'sync_ctx = nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()',
+        'sync_ctx = model.no_sync() if hasattr(model, "no_sync") else nullcontext()',
+        lambda lr, tmp: test_todo_train.test_todo_4_skips_the_all_reduce_on_all_but_the_last_micro_batch(lr),
+        "every micro-batch but the last",
+    ),
+    "GradScaler enabled for bfloat16 too": (
+        "train_solution.py",
+        "enabled=dtype == torch.float16",
+        "enabled=dtype != torch.float32",
+        lambda lr, tmp: test_todo_train.test_todo_5_grad_scaler_only_for_float16(lr),
+        "bfloat16 has float32's range",
+    ),
+    "evaluation without model.eval()": (
+        "train_solution.py",
+        "    model.eval()\n    with torch.no_grad(), amp_ctx:",
+        "    with torch.no_grad(), amp_ctx:",
+        lambda lr, tmp: test_todo_train.test_todo_6_dropout_off_and_train_mode_restored(lr),
+        "model.eval()",
+    ),
+    "evaluation without no_grad": (
+        "train_solution.py",
+        "    with torch.no_grad(), amp_ctx:\n        losses",
+        "    with amp_ctx:\n        losses",
+        lambda lr, tmp: test_todo_train.test_todo_6_no_graph_and_amp_context(lr),
+        "torch.no_grad()",
+    ),
+}
+
+
+def mutant(file: str, correct: str, wrong: str, tmp_path) -> Learner:
+    source = (ROOT / file).read_text()
+    assert source.count(correct) == 1, f"the seeded mistake no longer matches {file}: update this test"
+    name = f"mutant_{file.removesuffix('.py')}_{abs(hash(wrong))}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(source.replace(correct, wrong))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    reference = load("solution")
+    return Learner(module, reference.train) if file.startswith("data") else Learner(reference.data, module)
+
+
+@pytest.mark.parametrize("mistake", MISTAKES)
+def test_seeded_mistake_is_caught_by_the_right_todo(mistake, tmp_path):
+    file, correct, wrong, graded_test, words = MISTAKES[mistake]
+    learner = mutant(file, correct, wrong, tmp_path)
+    with pytest.raises((AssertionError, pytest.fail.Exception)) as caught:
+        graded_test(learner, tmp_path)
+    assert words in str(caught.value), f"{mistake}: caught, but the message does not name it: {caught.value}"

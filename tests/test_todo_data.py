@@ -1,0 +1,50 @@
+"""Graded: TODO 1 of data_exercise.py (BlockDataset.__getitem__).
+
+Run `python data_exercise.py` for the scoreboard, or `pytest --impl exercise --todo 1`.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+
+def check_window(dataset, i, tokens, stride, block_size):
+    x, y = dataset[i]
+    s = i * stride
+    assert isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor), (
+        "x and y must be torch tensors: wrap the numpy slices with torch.from_numpy"
+    )
+    assert x.dtype == torch.int64 and y.dtype == torch.int64, (
+        f"x and y must be int64 (got {x.dtype} and {y.dtype}): convert with .astype(np.int64) first"
+    )
+    assert x.shape == (block_size,) and y.shape == (block_size,), (
+        f"x and y must each hold block_size={block_size} tokens, "
+        f"got shapes {tuple(x.shape)} and {tuple(y.shape)}"
+    )
+    assert x.tolist() == tokens[s : s + block_size].tolist(), (
+        f"window {i}: x must be tokens[s : s + block_size] with s = idx * stride = {s}"
+    )
+    assert y[:-1].tolist() == x[1:].tolist(), "y must be x shifted by one position: y[:-1] should equal x[1:]"
+    assert y.tolist() == tokens[s + 1 : s + block_size + 1].tolist(), (
+        f"window {i}: y must be tokens[s + 1 : s + block_size + 1]; its last token is the one after x"
+    )
+
+
+@pytest.mark.todo("1")
+@pytest.mark.parametrize("n, block_size, stride", [(100, 8, 8), (100, 8, 3), (60, 7, 1), (9, 8, 8)])
+def test_todo_1_windows_match_slicing(learner, n, block_size, stride):
+    # Token values differ from their positions, so an index mix-up cannot pass by luck.
+    tokens = np.arange(1000, 1000 + n, dtype=np.uint16)
+    dataset = learner.data.BlockDataset(tokens, block_size, stride)
+    for i in range(len(dataset)):
+        check_window(dataset, i, tokens, stride, block_size)
+
+
+@pytest.mark.todo("1")
+def test_todo_1_reads_a_memory_mapped_token_file(learner, tmp_path):
+    path = tmp_path / "train.bin"
+    tokens = np.random.default_rng(0).integers(0, 50257, 5000).astype(np.uint16)
+    tokens.tofile(path)
+    dataset = learner.data.BlockDataset(np.memmap(path, dtype=np.uint16, mode="r"), 64)
+    for i in (0, 1, len(dataset) - 1):
+        check_window(dataset, i, tokens, 64, 64)

@@ -1,0 +1,474 @@
+"""Graded: TODOs 2a-6 of train_exercise.py.
+
+Run `python train_exercise.py --test` for the scoreboard, `--test 3c` for one TODO, or
+`pytest --impl exercise --todo 3c`. Each test uses your code for its own TODO and the
+reference code for the others, and compares behaviour with a reference written here.
+"""
+
+import copy
+import math
+import warnings
+from contextlib import contextmanager, nullcontext
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_gpt
+
+MAX_LR, MIN_LR = 6e-4, 6e-5
+
+
+# --- TODO 2a / 2b: the learning-rate schedule ---------------------------------------------
+
+
+@pytest.mark.todo("2a")
+@pytest.mark.parametrize("warmup", [1, 4, 10])
+def test_todo_2a_linear_warmup(learner, warmup):
+    for step in range(warmup):
+        got = learner.train.get_lr(step, warmup, 100, MAX_LR, MIN_LR)
+        expected = MAX_LR * (step + 1) / warmup
+        assert not (step == 0 and got == 0), (
+            "at step 0 the LR is 0, so the first step learns nothing: warm up from step + 1, "
+            "lr = max_lr * (step + 1) / warmup_steps"
+        )
+        assert got == pytest.approx(expected, rel=1e-9), (
+            f"warmup: at step {step} of {warmup} the LR should be max_lr * (step + 1) / warmup_steps "
+            f"= {expected:.4g}, got {got:.4g}"
+        )
+    assert learner.train.get_lr(warmup - 1, warmup, 100, MAX_LR, MIN_LR) == pytest.approx(MAX_LR), (
+        "warmup must reach max_lr at its last step (warmup_steps - 1)"
+    )
+
+
+def cosine(progress):
+    return MIN_LR + 0.5 * (MAX_LR - MIN_LR) * (1 + math.cos(math.pi * progress))
+
+
+@pytest.mark.todo("2b")
+@pytest.mark.parametrize("warmup, total", [(10, 100), (0, 50), (3, 4)])
+def test_todo_2b_cosine_decay(learner, warmup, total):
+    get_lr = learner.train.get_lr
+    assert get_lr(warmup, warmup, total, MAX_LR, MIN_LR) == pytest.approx(MAX_LR, rel=1e-9), (
+        "the cosine starts at max_lr at step == warmup_steps (progress 0)"
+    )
+    for step in range(warmup, total):
+        got = get_lr(step, warmup, total, MAX_LR, MIN_LR)
+        expected = cosine((step - warmup) / (total - warmup))
+        if got == pytest.approx(expected, rel=1e-9):
+            continue
+        if got == pytest.approx(cosine((step - warmup) / total)):
+            pytest.fail(
+                "the cosine must last total_steps - warmup_steps steps: divide by that, not by total_steps"
+            )
+        if got == pytest.approx(cosine(step / total)):
+            pytest.fail(
+                "progress must count from the end of warmup: "
+                "(step - warmup_steps) / (total_steps - warmup_steps)"
+            )
+        pytest.fail(
+            f"cosine: at step {step} (warmup {warmup}, total {total}) the LR should be "
+            f"min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * progress)) = {expected:.4g}, got {got:.4g}"
+        )
+    for step in (total, total + 1, 10 * total):
+        got = get_lr(step, warmup, total, MAX_LR, MIN_LR)
+        assert got == pytest.approx(MIN_LR, rel=1e-9), (
+            f"from total_steps on the LR stays at min_lr = {MIN_LR:g}; at step {step} got {got:.4g}"
+        )
+
+
+# --- TODO 3a / 3b: set the LR, the forward pass ------------------------------------------------
+
+
+@pytest.mark.todo("3a")
+def test_todo_3a_set_lr_on_every_param_group(learner):
+    optimizer = tiny_gpt().configure_optimizers(0.1, 1.0, (0.9, 0.95), "cpu")
+    learner.train.set_lr(optimizer, 0.0123)
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    assert lrs == [0.0123, 0.0123], (
+        f"every param group needs the new LR (there are {len(lrs)}: with and without weight decay); got {lrs}"
+    )
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0], "only the LR may change"
+
+
+@pytest.mark.todo("3b")
+def test_todo_3b_loss_is_the_models_cross_entropy(learner):
+    model = tiny_gpt()
+    x = torch.randint(0, 32, (3, 16))
+    y = torch.randint(0, 32, (3, 16))
+    loss = learner.train.compute_loss(model, x, y)
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0, (
+        "compute_loss must return the loss (a scalar tensor), not the logits or a tuple"
+    )
+    logits, _ = model(x)
+    expected = F.cross_entropy(logits.view(-1, 32), y.view(-1))
+    assert torch.allclose(loss, expected, atol=1e-6), (
+        "the loss must be the model's cross-entropy against the targets: logits, loss = model(x, targets=y)"
+    )
+    assert loss.requires_grad, "the loss must be differentiable: do not detach it or call .item()"
+
+
+# --- Reference training loop, written independently of train_solution.py ------------------
+
+
+def micro_batches(seed, k, batch=2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 32, (k * batch, 16), generator=g)
+    y = torch.randint(0, 32, (k * batch, 16), generator=g)
+    return [(x[i : i + batch], y[i : i + batch]) for i in range(0, k * batch, batch)]
+
+
+def reference_training(model, steps, lrs, grad_clip, scaler, amp_ctx):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.1)
+    for step_batches, lr in zip(steps, lrs, strict=True):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for x, y in step_batches:
+            with amp_ctx:
+                _, loss = model(x, targets=y)
+            scaler.scale(loss / len(step_batches)).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    return model
+
+
+def learner_training(learner, model, steps, lrs, grad_clip, scaler, amp_ctx):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1.0, weight_decay=0.1)
+    for step_batches, lr in zip(steps, lrs, strict=True):
+        learner.train.train_step(model, optimizer, scaler, step_batches, lr, grad_clip, amp_ctx)
+    return model
+
+
+def assert_same_parameters(model, reference, what):
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), (
+            f"{what}: after the same steps, {name} differs from the reference training loop "
+            f"(largest difference {(p - q).abs().max().item():.2e})"
+        )
+
+
+def scaler_for(dtype):
+    return torch.amp.GradScaler("cpu", init_scale=2.0**10, enabled=dtype == torch.float16)
+
+
+def amp_for(dtype):
+    return nullcontext() if dtype == torch.float32 else torch.autocast("cpu", dtype=dtype)
+
+
+def compare_training(learner, k, grad_clip, dtype, what):
+    steps = [micro_batches(seed, k) for seed in range(4)]
+    lrs = [3e-3, 2e-3, 1e-3, 5e-4]
+    ours = learner_training(
+        learner, tiny_gpt(seed=1), steps, lrs, grad_clip, scaler_for(dtype), amp_for(dtype)
+    )
+    reference = reference_training(tiny_gpt(seed=1), steps, lrs, grad_clip, scaler_for(dtype), amp_for(dtype))
+    assert_same_parameters(ours, reference, what)
+
+
+# --- TODO 3c: unscale, clip, step, zero_grad -----------------------------------------------------
+
+
+def gradients_ready(scale=None, seed=0):
+    """A model with gradients from one backward, scaled as a GradScaler would leave them."""
+    model = tiny_gpt(seed=seed)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
+    (x, y) = micro_batches(seed, 1, batch=4)[0]
+    _, loss = model(x, targets=y)
+    scaler.scale(loss).backward()
+    return model, scaler
+
+
+def sgd_update(model, step_fn):
+    """Apply step_fn with SGD(lr=1) and return the update; SGD makes any clipping visible."""
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    result = step_fn(optimizer)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return before - after, optimizer, result
+
+
+@pytest.mark.todo("3c")
+@pytest.mark.parametrize("scale", [None, 2.0**10], ids=["float32", "float16-scaler"])
+def test_todo_3c_clips_the_unscaled_gradient_then_steps(learner, scale):
+    model, scaler = gradients_ready(scale)
+    true_grads = [p.grad.detach().clone() / (scale or 1.0) for p in model.parameters()]
+    true_norm = torch.cat([g.flatten() for g in true_grads]).norm()
+    clip = 0.05
+    assert true_norm > 10 * clip, "test setup: clipping must be active"
+
+    update, optimizer, norm = sgd_update(
+        model, lambda opt: learner.train.clip_and_step(model, opt, scaler, clip)
+    )
+    assert update.abs().max() > 0, (
+        "the weights did not change: call scaler.step(optimizer) (or optimizer.step())"
+    )
+    assert all(p.grad is None for p in model.parameters()), (
+        "gradients are still there after the step: call optimizer.zero_grad(set_to_none=True), "
+        "or the next step adds new gradients to these old ones"
+    )
+    update_norm = update.norm().item()
+    if scale and update_norm == pytest.approx(clip / scale, rel=1e-3):
+        pytest.fail(
+            "the gradients were clipped while still multiplied by the GradScaler's factor: "
+            "call scaler.unscale_(optimizer) before clip_grad_norm_"
+        )
+    if update_norm == pytest.approx(true_norm.item(), rel=1e-3):
+        pytest.fail(
+            f"the gradient norm {true_norm:.3f} was not clipped to grad_clip={clip}: call clip_grad_norm_"
+        )
+    assert update_norm == pytest.approx(clip, rel=1e-3), (
+        f"with grad_clip={clip} the update of SGD(lr=1) should have norm {clip}, got {update_norm:.4g}"
+    )
+    assert torch.is_tensor(norm) and norm.item() == pytest.approx(true_norm.item(), rel=1e-4), (
+        "return the gradient norm before clipping (what clip_grad_norm_ returns), of the unscaled gradients"
+    )
+    if scale:  # after update() the scaler accepts the next step's unscale_
+        try:
+            scaler.unscale_(optimizer)
+        except RuntimeError:
+            pytest.fail("call scaler.update() after scaler.step(optimizer), once per optimizer step")
+
+
+@pytest.mark.todo("3c")
+def test_todo_3c_no_clipping_when_grad_clip_is_zero(learner):
+    model, scaler = gradients_ready()
+    true_norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    update, _, norm = sgd_update(model, lambda opt: learner.train.clip_and_step(model, opt, scaler, 0.0))
+    assert update.norm().item() == pytest.approx(true_norm.item(), rel=1e-4), (
+        "grad_clip == 0 turns clipping off: clip to max_norm = float('inf') (the norm is still measured)"
+    )
+    assert norm.item() == pytest.approx(true_norm.item(), rel=1e-4)
+
+
+@pytest.mark.todo("3c")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16-scaler"])
+def test_todo_3c_training_matches_the_reference_loop(learner, dtype):
+    compare_training(learner, k=1, grad_clip=0.5, dtype=dtype, what="4 steps with clipping active")
+
+
+# --- TODO 4: gradient accumulation -----------------------------------------------------------
+
+
+class CountingContext:
+    """A stand-in for the autocast context that counts how often it is entered."""
+
+    def __init__(self):
+        self.entered = 0
+
+    def __enter__(self):
+        self.entered += 1
+
+    def __exit__(self, *exc):
+        return False
+
+
+def accumulated_grads(learner, model, batches, scaler=None, amp_ctx=None):
+    scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
+    kwargs = {} if amp_ctx is None else {"amp_ctx": amp_ctx}
+    loss = learner.train.accumulate_gradients(model, scaler, batches, **kwargs)
+    assert all(p.grad is not None for p in model.parameters()), (
+        "no gradients after accumulate_gradients: call .backward() on every micro-batch's loss"
+    )
+    return loss, [p.grad.detach().clone() for p in model.parameters()]
+
+
+def big_batch_grads(batches):
+    model = tiny_gpt(seed=2)
+    x = torch.cat([x for x, _ in batches])
+    y = torch.cat([y for _, y in batches])
+    _, loss = model(x, targets=y)
+    loss.backward()
+    return loss.detach(), [p.grad for p in model.parameters()]
+
+
+@pytest.mark.todo("4")
+def test_todo_4_accumulated_gradient_equals_the_big_batch_gradient(learner):
+    batches = micro_batches(seed=0, k=4)
+    big_loss, big = big_batch_grads(batches)
+    loss, acc = accumulated_grads(learner, tiny_gpt(seed=2), batches)
+    ratio = (
+        torch.cat([g.flatten() for g in acc]).norm() / torch.cat([g.flatten() for g in big]).norm()
+    ).item()
+    assert ratio != pytest.approx(4.0, rel=1e-3), (
+        "the gradients are 4x the big-batch gradient: divide each micro-batch loss by the number "
+        "of micro-batches (loss / k) before backward"
+    )
+    for a, b in zip(acc, big, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (
+            "4 micro-batches of 2 must give the gradient of one batch of 8: backward each loss / k "
+            "and let the gradients add up in .grad (no zero_grad in between)"
+        )
+    assert torch.is_tensor(loss) and not loss.requires_grad, "return the mean loss detached (loss.detach())"
+    assert loss.item() == pytest.approx(big_loss.item(), rel=1e-5), (
+        "return the mean of the micro-batch losses (undivided), which equals the big-batch loss"
+    )
+
+
+@pytest.mark.todo("4")
+def test_todo_4_backward_goes_through_the_scaler_under_amp(learner):
+    batches = micro_batches(seed=1, k=2)
+    _, big = big_batch_grads(batches)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    amp_ctx = CountingContext()
+    _, acc = accumulated_grads(learner, tiny_gpt(seed=2), batches, scaler, amp_ctx)
+    assert amp_ctx.entered == 2, (
+        f"the forward of each micro-batch must run under amp_ctx (`with amp_ctx:`); "
+        f"it was entered {amp_ctx.entered} times for 2 micro-batches"
+    )
+    for a, b in zip(acc, big, strict=True):
+        assert torch.allclose(a, b * 2.0**8, atol=1e-4, rtol=1e-4), (
+            "backward the scaled loss, scaler.scale(loss / k).backward(), "
+            "so float16 gradients do not underflow"
+        )
+
+
+class FakeDDP(torch.nn.Module):
+    """Looks like DistributedDataParallel to the code under test: it has no_sync()."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.syncing = True
+        self.backward_synced = []
+        next(module.parameters()).register_hook(self._record)
+
+    def _record(self, grad):
+        self.backward_synced.append(self.syncing)
+        return grad
+
+    def forward(self, idx, targets=None):
+        return self.module(idx, targets=targets)
+
+    @contextmanager
+    def no_sync(self):
+        self.syncing = False
+        try:
+            yield
+        finally:
+            self.syncing = True
+
+
+@pytest.mark.todo("4")
+def test_todo_4_skips_the_all_reduce_on_all_but_the_last_micro_batch(learner):
+    model = FakeDDP(tiny_gpt())
+    accumulated_grads(learner, model, micro_batches(seed=2, k=3))
+    assert model.backward_synced == [False, False, True], (
+        "under DDP, run every micro-batch but the last inside model.no_sync(), so gradients are "
+        f"averaged across processes once per step; synced backwards were {model.backward_synced}"
+    )
+
+
+@pytest.mark.todo("4")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16-scaler"])
+def test_todo_4_training_with_accumulation_matches_the_reference_loop(learner, dtype):
+    compare_training(learner, k=3, grad_clip=0.5, dtype=dtype, what="4 steps of 3 micro-batches")
+
+
+# --- TODO 5: mixed precision ----------------------------------------------------------------
+
+
+@pytest.mark.todo("5")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_todo_5_autocast_runs_matmuls_in_the_16_bit_type(learner, dtype):
+    ctx = learner.train.autocast_context(torch.device("cpu"), dtype)
+    with ctx:
+        assert torch.is_autocast_enabled("cpu"), (
+            "for 16-bit dtypes return torch.autocast(device_type=..., dtype=...)"
+        )
+        out = torch.nn.Linear(4, 4)(torch.randn(2, 4))
+    assert out.dtype == dtype, f"under the context a Linear layer should compute in {dtype}, got {out.dtype}"
+
+
+@pytest.mark.todo("5")
+def test_todo_5_float32_means_no_autocast(learner):
+    with learner.train.autocast_context(torch.device("cpu"), torch.float32):
+        assert not torch.is_autocast_enabled("cpu"), "float32 needs no autocast: return NO_AUTOCAST"
+        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
+
+
+@pytest.mark.todo("5")
+def test_todo_5_autocast_follows_the_device(learner):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": we only look at the settings
+        ctx = learner.train.autocast_context(torch.device("cuda"), torch.bfloat16)
+    assert getattr(ctx, "device", None) == "cuda", (
+        "use the device's type: torch.autocast(device_type=device.type)"
+    )
+
+
+@pytest.mark.todo("5")
+def test_todo_5_grad_scaler_only_for_float16(learner):
+    for dtype, wanted in [(torch.float16, True), (torch.bfloat16, False), (torch.float32, False)]:
+        scaler = learner.train.make_grad_scaler(torch.device("cpu"), dtype)
+        assert isinstance(scaler, torch.amp.GradScaler), "return a torch.amp.GradScaler"
+        assert scaler.is_enabled() == wanted, (
+            f"{dtype}: the scaler must be {'enabled' if wanted else 'disabled'}: float16's small range "
+            "needs loss scaling, bfloat16 has float32's range and does not"
+        )
+
+
+@pytest.mark.todo("5")
+def test_todo_5_float16_training_matches_the_reference_loop(learner):
+    device = torch.device("cpu")
+    scaler = learner.train.make_grad_scaler(device, torch.float16)
+    amp_ctx = learner.train.autocast_context(device, torch.float16)
+    steps = [micro_batches(seed, 2) for seed in range(3)]
+    lrs = [2e-3, 1e-3, 5e-4]
+    ours = learner_training(learner, tiny_gpt(seed=4), steps, lrs, 1.0, scaler, amp_ctx)
+    reference = reference_training(
+        tiny_gpt(seed=4),
+        steps,
+        lrs,
+        1.0,
+        torch.amp.GradScaler("cpu"),
+        torch.autocast("cpu", dtype=torch.float16),
+    )
+    assert_same_parameters(ours, reference, "3 float16 steps with a GradScaler")
+
+
+# --- TODO 6: evaluation -----------------------------------------------------------------------
+
+
+def eval_batches():
+    return [micro_batches(seed, 1, batch=3)[0] for seed in range(3)]
+
+
+@pytest.mark.todo("6")
+def test_todo_6_mean_loss_and_perplexity(learner):
+    model = tiny_gpt()
+    batches = eval_batches()
+    result = learner.train.evaluate(model, batches)
+    with torch.no_grad():
+        model.eval()
+        expected = sum(model(x, targets=y)[1].item() for x, y in batches) / len(batches)
+    assert isinstance(result.loss, float), "EvalResult.loss must be a Python float (use .item())"
+    assert result.loss == pytest.approx(expected, rel=1e-5), (
+        f"the loss must be the mean over all the batches: expected {expected:.4f}, got {result.loss:.4f}"
+    )
+    assert result.perplexity == pytest.approx(math.exp(expected), rel=1e-5), "perplexity = exp(loss)"
+
+
+@pytest.mark.todo("6")
+def test_todo_6_dropout_off_and_train_mode_restored(learner):
+    model = tiny_gpt(dropout=0.5)
+    model.train()
+    batches = eval_batches()
+    first = learner.train.evaluate(model, batches).loss
+    assert model.training, "put the model back in training mode at the end: model.train()"
+    second = learner.train.evaluate(copy.deepcopy(model), batches).loss
+    assert first == second, "two evaluations differ: call model.eval() so dropout is off while evaluating"
+
+
+@pytest.mark.todo("6")
+def test_todo_6_no_graph_and_amp_context(learner):
+    model = tiny_gpt()
+    grad_enabled = []
+    model.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    amp_ctx = CountingContext()
+    learner.train.evaluate(model, eval_batches(), amp_ctx)
+    assert grad_enabled and not any(grad_enabled), (
+        "evaluate under torch.no_grad(): no backward will follow, so building the graph only wastes memory"
+    )
+    assert amp_ctx.entered, "run the forward passes under amp_ctx, as in training"
