@@ -2,15 +2,18 @@
 # (To change the course itself, edit train_solution.py and run the script again.)
 """Pretrain a GPT on next-token prediction (下一个词预测): the training program.
 
-The pieces, in the order a training run meets them:
+The pieces, section by section (the exercise's TODO numbers in brackets):
 
-1. `get_lr`: the learning-rate schedule, a linear warmup then a cosine decay.
-2. `train_step`: one optimizer step: set the LR, forward, backward, clip, update,
-   with gradient accumulation over micro-batches and mixed precision (AMP).
-3. `evaluate`: the mean loss over a fixed set of validation batches, with
-   perplexity and bits per byte.
-4. Checkpoints, so a run can stop and continue exactly where it was.
-5. `main`: the command line that prepares the data, builds the model and runs the loop.
+1. `get_lr`: the learning-rate schedule, linear warmup then cosine decay [2a, 2b].
+2. Devices and mixed precision: the autocast context and the GradScaler [5].
+3. The training step: `set_lr` [3a], `compute_loss` [3b], `accumulate_gradients` [4]
+   and `clip_and_step` [3c], put together by `train_step`.
+4. `evaluate`: the mean loss over fixed validation batches, perplexity, bits per byte [6].
+5. `BatchStream`: the order of the training batches, reproducible from a checkpoint.
+6. Checkpoints: atomic saves, random states, refusing to resume a different model.
+7. Logging: the metrics file, the plot, text samples.
+8. Running the exercise file while some TODOs are still open.
+9. The command line and the training loop: `main` and `train`.
 
 Run it:
     python train_solution.py                      # the main job: Shakespeare on your CPU/GPU
