@@ -322,10 +322,10 @@ def iter_corpus(data_path: Path | None) -> Iterator[tuple[str, bool]]:
 # ---------------------------------------------------------------------------
 
 
-def prepared_dir(data_path: Path | None, tokenizer_name: str) -> Path:
+def prepared_dir(data_path: Path | None, tokenizer_name: str, root: Path | None = None) -> Path:
     """Where a corpus prepared with a tokenizer lives, e.g. data/shakespeare_char/."""
     corpus = "shakespeare" if data_path is None else data_path.stem
-    return DATA_DIR / f"{corpus}_{tokenizer_name}"
+    return (root or DATA_DIR) / f"{corpus}_{tokenizer_name}"
 
 
 def source_fingerprint(data_path: Path | None) -> dict:

@@ -29,7 +29,9 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -47,6 +49,7 @@ from data_solution import (
     Tokenizer,
     load_tokens,
     prepare,
+    prepared_dir,
     read_meta,
     tokenizer_from_meta,
 )
@@ -61,6 +64,14 @@ SAMPLES_FILE = "samples.txt"
 
 class UsageError(Exception):
     """A bad option or combination of options, explained in one line."""
+
+
+class TrainingDiverged(Exception):
+    """The loss became NaN or infinite; the message says when and what to try."""
+
+
+class Interrupted(Exception):
+    """Ctrl+C: the run stopped after saving a checkpoint."""
 
 
 # ---------------------------------------------------------------------------
@@ -367,6 +378,10 @@ class BatchStream:
     def state(self) -> dict:
         return {"epoch": self.epoch, "position": self.position}
 
+    def seek(self, epoch: int, position: int) -> None:
+        """Continue from batch `position` of epoch `epoch` (a state() from a checkpoint)."""
+        self.epoch, self.position, self._iterator = epoch, position, None
+
     def _epoch_loader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.dataset), generator=generator)
@@ -437,6 +452,51 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    stream: BatchStream,
+    best_val_loss: float,
+) -> dict:
+    """Everything a run needs to continue exactly as if it had never stopped.
+
+    The weights alone are not enough: Adam keeps two moving averages per weight
+    (its "momentum"), the GradScaler keeps its current scale, the step fixes where
+    the LR schedule is, the data position says which batch comes next, and the
+    random generators decide the next dropout masks. Leave any of them out and the
+    resumed run quietly becomes a different run (seed 004: checkpoint contents).
+    """
+    # TODO 8: a dict with the model's, optimizer's and scaler's state_dict(), the step,
+    #   the data position (stream.state()), the RNG states (capture_rng_state()) and
+    #   best_val_loss. restore_checkpoint below reads the same dict back.
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "step": step,
+        "data_position": stream.state(),
+        "rng": capture_rng_state(),
+        "best_val_loss": best_val_loss,
+    }
+    # END TODO 8
+
+
+def restore_checkpoint(
+    checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+) -> tuple[int, dict, float]:
+    """Load a checkpoint_state() dict back; returns (step, data position, best val loss)."""
+    # TODO 8: load_state_dict() into the model, the optimizer and the scaler, and
+    #   restore_rng_state(...); then return the step, data position and best_val_loss.
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    restore_rng_state(checkpoint["rng"])
+    return checkpoint["step"], checkpoint["data_position"], checkpoint["best_val_loss"]
+    # END TODO 8
 
 
 def check_same(what: str, saved: dict, current: dict) -> None:
@@ -549,6 +609,56 @@ def evaluate_if_done(model: torch.nn.Module, batches: list, amp_ctx) -> EvalResu
         return None
 
 
+class CtrlC:
+    """The first Ctrl+C asks the loop to save a checkpoint and stop after the current
+    step; a second one stops at once (KeyboardInterrupt), as usual."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __enter__(self) -> CtrlC:
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl+C: saving a checkpoint after this step (press Ctrl+C again to quit at once)")
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def check_finite(window_loss: torch.Tensor, first_step: int, last_step: int, resume_path: Path) -> None:
+    """Stop before a NaN or infinite loss is logged, evaluated or saved over a good checkpoint."""
+    value = window_loss.item()
+    if math.isfinite(value):
+        return
+    kept = (
+        f"the last good checkpoint ({resume_path.name}) is kept"
+        if resume_path.is_file()
+        else "nothing was saved"
+    )
+    raise TrainingDiverged(
+        f"the loss became {value} between steps {first_step} and {last_step}. Likely causes: a learning rate "
+        f"too high for this model (lower --learning_rate or raise --warmup_steps), or float16 overflow (use "
+        f"--dtype bfloat16); {kept}, continue from it with --from_resume 1 and a lower --learning_rate"
+    )
+
+
+def resume_state_if_done(*args) -> dict | None:
+    """checkpoint_state(*args), or None (no resume checkpoint) while TODO 8 is open."""
+    try:
+        return checkpoint_state(*args)
+    except NotImplementedError as todo:
+        note_once(f"{todo} -- not done yet, so no resume checkpoint is saved (model.pt still is)")
+        return None
+
+
 # Dense bf16 peak FLOP/s of common training GPUs, for model FLOPs utilisation (MFU).
 GPU_PEAK_FLOPS = {
     "H100 PCIe": 756e12,
@@ -624,6 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data_path",
         default=None,
         help='a .txt file or MiniMind .jsonl ({"text": ...} per line); default: Shakespeare',
+    )
+    data.add_argument(
+        "--data_dir", default=None, help="where prepared corpora are kept (default: the data/ folder here)"
     )
     data.add_argument(
         "--tokenizer",
@@ -800,6 +913,15 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Interrupted as stop:
+        print(f"interrupted: {stop}; continue with --from_resume 1", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted at once: the last saved checkpoint is kept", file=sys.stderr)
+        return 130
     except NotImplementedError as todo:
         file = Path(__file__).name
         print(
@@ -828,7 +950,8 @@ def train(args: argparse.Namespace) -> None:
 
     # --- data ----------------------------------------------------------------------
     data_path = Path(args.data_path) if args.data_path else None
-    prepared = prepare(args.tokenizer, data_path)
+    data_dir = Path(args.data_dir) if args.data_dir else None
+    prepared = prepare(args.tokenizer, data_path, prepared_dir(data_path, args.tokenizer, data_dir))
     meta = read_meta(prepared)
     tokenizer = tokenizer_from_meta(meta)
     train_set = limit_windows(block_dataset(prepared, "train", args.max_seq_len), args.max_train_tokens)
@@ -837,7 +960,6 @@ def train(args: argparse.Namespace) -> None:
         train_set,
         args.batch_size,
         args.seed,
-        **(checkpoint["data_position"] if checkpoint else {}),  # resume: the next unseen batch
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",  # page-locked memory: faster copies to the GPU
     )
@@ -875,11 +997,8 @@ def train(args: argparse.Namespace) -> None:
     if checkpoint is not None:
         check_same("model config", checkpoint["model_config"], config.to_dict())
         check_same("data", checkpoint["data_source"], data_source)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng_state(checkpoint["rng"])
-        start_step, best_val_loss = checkpoint["step"], checkpoint["best_val_loss"]
+        start_step, data_position, best_val_loss = restore_checkpoint(checkpoint, model, optimizer, scaler)
+        stream.seek(**data_position)  # continue with the first batch the stopped run had not seen
     # On resume, keep the metrics up to the checkpoint and drop any logged after it.
     records = read_metrics(metrics_path, up_to_step=start_step) if checkpoint else []
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -932,22 +1051,16 @@ def train(args: argparse.Namespace) -> None:
             {"model": model.state_dict(), "model_config": config.to_dict(), "tokenizer": tokenizer.meta()},
             save_dir / WEIGHTS_FILE,
         )
-        save_atomic(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "step": step,
-                "best_val_loss": best_val_loss,
+        state = resume_state_if_done(model, optimizer, scaler, step, stream, best_val_loss)
+        if state is not None:
+            # With the configs and the data's identity, so a resume can refuse a mismatch.
+            context = {
                 "model_config": config.to_dict(),
-                "train_args": vars(args),
-                "tokenizer": tokenizer.meta(),
                 "data_source": data_source,
-                "data_position": stream.state(),
-                "rng": capture_rng_state(),
-            },
-            resume_path,
-        )
+                "tokenizer": tokenizer.meta(),
+                "train_args": vars(args),
+            }
+            save_atomic({**state, **context}, resume_path)
 
     # --- the loop ------------------------------------------------------------------
     if start_step == 0:
@@ -955,43 +1068,60 @@ def train(args: argparse.Namespace) -> None:
     bar = tqdm(total=total_steps, initial=start_step, desc="training", unit="step")
     window_loss, window_steps = torch.zeros(()), 0  # train loss averaged over a log interval
     timed_steps, timer_start = 0, time.perf_counter()  # throughput, not counting eval or saving
-    for step in range(start_step, total_steps):
-        lr = scheduled_lr(step, warmup_steps, total_steps, args.learning_rate, min_lr)
-        micro_batches = [
-            (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-            for x, y in (next(stream) for _ in range(args.accumulation_steps))
-        ]
-        stats = train_step(train_model, optimizer, scaler, micro_batches, lr, args.grad_clip, amp_ctx)
-        window_loss = window_loss.to(stats.loss.device) + stats.loss
-        window_steps += 1
-        timed_steps += 1
-        done = step + 1  # optimizer steps completed
-        bar.update(1)
+    skipped_steps = 0  # float16 steps the GradScaler skipped because of inf/NaN gradients
+    last_checked = start_step
+    with CtrlC() as ctrl_c:
+        for step in range(start_step, total_steps):
+            lr = scheduled_lr(step, warmup_steps, total_steps, args.learning_rate, min_lr)
+            micro_batches = [
+                (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                for x, y in (next(stream) for _ in range(args.accumulation_steps))
+            ]
+            stats = train_step(train_model, optimizer, scaler, micro_batches, lr, args.grad_clip, amp_ctx)
+            window_loss = window_loss.to(stats.loss.device) + stats.loss
+            window_steps += 1
+            timed_steps += 1
+            if scaler.is_enabled():  # overflowing gradients are expected now and then: the scaler skips them
+                skipped_steps += int(not torch.isfinite(stats.grad_norm))
+            done = step + 1  # optimizer steps completed
+            bar.update(1)
 
-        if done % args.log_interval == 0 or done == total_steps:
-            # .item() waits for the GPU to finish, so the clock is read after the work.
-            mean_loss = window_loss.item() / window_steps
-            tokens_per_sec = timed_steps * tokens_per_step / (time.perf_counter() - timer_start)
-            record = {
-                "step": done,
-                "loss": mean_loss,
-                "lr": lr,
-                "grad_norm": stats.grad_norm.item(),
-                "tokens_per_sec": tokens_per_sec,
-            }
-            if peak_flops:
-                record["mfu"] = model.flops_per_token() * tokens_per_sec / peak_flops
-            records.append(record)
-            append_metrics(metrics_path, record)
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
-            window_loss, window_steps = torch.zeros(()), 0
-            timed_steps, timer_start = 0, time.perf_counter()
-        if done % args.eval_interval == 0 or done == total_steps:
-            run_evaluation(done)
-            timed_steps, timer_start = 0, time.perf_counter()
-        if done % args.save_interval == 0 or done == total_steps:
-            save(done)
-            timed_steps, timer_start = 0, time.perf_counter()
+            at_log = done % args.log_interval == 0 or done == total_steps
+            at_eval = done % args.eval_interval == 0 or done == total_steps
+            at_save = done % args.save_interval == 0 or done == total_steps or ctrl_c.requested
+            if at_log or at_eval or at_save:
+                check_finite(window_loss, last_checked + 1, done, resume_path)
+                last_checked = done
+            if at_log:
+                # .item() waits for the GPU to finish, so the clock is read after the work.
+                mean_loss = window_loss.item() / window_steps
+                tokens_per_sec = timed_steps * tokens_per_step / (time.perf_counter() - timer_start)
+                grad_norm = stats.grad_norm.item()
+                record = {
+                    "step": done,
+                    "loss": mean_loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                    "tokens_per_sec": tokens_per_sec,
+                }
+                if scaler.is_enabled():
+                    record["skipped_steps"] = skipped_steps
+                if peak_flops:
+                    record["mfu"] = model.flops_per_token() * tokens_per_sec / peak_flops
+                records.append(record)
+                append_metrics(metrics_path, record)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
+                window_loss, window_steps = torch.zeros(()), 0
+                timed_steps, timer_start = 0, time.perf_counter()
+            if at_eval:
+                run_evaluation(done)
+                timed_steps, timer_start = 0, time.perf_counter()
+            if at_save:
+                save(done)
+                timed_steps, timer_start = 0, time.perf_counter()
+            if ctrl_c.requested:
+                bar.close()
+                raise Interrupted(f"checkpoint of step {done} saved in {save_dir}")
     bar.close()
     print(
         f"done: weights in {save_dir / WEIGHTS_FILE}, resume checkpoint in {resume_path}, "

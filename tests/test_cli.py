@@ -223,6 +223,25 @@ BAD_INPUTS = {
         lambda t: ["--from_resume", 1, "--num_hidden_layers", 3],
         "n_layer=2 in the checkpoint",
     ),
+    "binary data file": (lambda t: ["--data_path", write(t, "blob.txt", bytes(range(256)) * 4)], "not UTF-8"),
+    "non-UTF-8 text": (
+        lambda t: ["--data_path", write(t, "latin1.txt", "café\n".encode("latin-1"))],
+        "not UTF-8",
+    ),
+    "malformed jsonl line": (
+        lambda t: ["--data_path", write(t, "bad.jsonl", b'{"text": "fine"}\n{"text": oops}\n')],
+        "bad.jsonl:2: not valid JSON",
+    ),
+    "jsonl line without text": (
+        lambda t: ["--data_path", write(t, "notext.jsonl", b'{"text": "fine"}\n{"body": "x"}\n')],
+        'notext.jsonl:2: expected an object with a "text"',
+    ),
+    "block_size larger than the model's": (
+        lambda t: ["--from_weight", t / "out" / "model.pt", "--max_seq_len", 32],
+        "block_size=16 in the checkpoint, 32 now",
+    ),
+    "zero steps": (lambda t: ["--max_steps", 0], "--max_steps must be positive"),
+    "warmup as long as training": (lambda t: ["--max_steps", 5, "--warmup_steps", 5], "must be smaller"),
     "weights file missing": (lambda t: ["--from_weight", t / "missing.pt"], "no such file"),
     "weights file not a checkpoint": (
         lambda t: ["--from_weight", write(t, "junk.pt", b"not a checkpoint")],

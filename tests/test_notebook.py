@@ -43,7 +43,8 @@ def test_the_default_is_the_learners_exercise_files(notebook):
 @pytest.mark.parametrize("todo", CATALOG, ids=lambda t: t.id)
 def test_every_todo_is_introduced_with_its_file(notebook, todo):
     file = f"{todo.module}_exercise.py"
-    pattern = re.compile(rf"TODOs?\b[^\n.]*\b{re.escape(todo.id)}\b")
+    # "TODO 1", "TODOs 2a and 2b", "TODOs 3a, 3b, 3c"
+    pattern = re.compile(rf"TODOs? (?:\w+(?:, | and ))*{re.escape(todo.id)}\b")
     assert any(pattern.search(text) and file in text for text in markdown(notebook)), (
         f"no markdown cell introduces TODO {todo.id} and sends the learner to {file}"
     )

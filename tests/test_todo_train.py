@@ -472,3 +472,109 @@ def test_todo_6_no_graph_and_amp_context(learner):
         "evaluate under torch.no_grad(): no backward will follow, so building the graph only wastes memory"
     )
     assert amp_ctx.entered, "run the forward passes under amp_ctx, as in training"
+
+
+# --- TODO 8: checkpoints for an exact resume --------------------------------------------------
+
+
+def trained_state(learner, seed=0):
+    """A tiny model, AdamW and an enabled GradScaler after two real steps, and a batch stream."""
+    import numpy as np
+
+    from data_solution import BlockDataset
+
+    torch.manual_seed(seed)
+    model = tiny_gpt(seed=seed, dropout=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    stream = learner.train.BatchStream(BlockDataset(np.arange(2000, dtype=np.uint16) % 32, 16), 4, seed=seed)
+    for _ in range(2):
+        learner.train.train_step(model, optimizer, scaler, [next(stream)], 1e-3, 1.0)
+    return model, optimizer, scaler, stream
+
+
+@pytest.mark.todo("8")
+def test_todo_8_restore_brings_back_every_piece_of_the_state(learner):
+    model, optimizer, scaler, stream = trained_state(learner, seed=0)
+    state = learner.train.checkpoint_state(model, optimizer, scaler, 2, stream, 3.25)
+    expected_next_random = torch.rand(3)  # what the generator gives right after the save
+    assert isinstance(state, dict), "checkpoint_state must return a dict (torch.save writes it to disk)"
+
+    fresh_model, fresh_optimizer, fresh_scaler, _ = trained_state(learner, seed=1)
+    torch.manual_seed(999)
+    step, position, best = learner.train.restore_checkpoint(state, fresh_model, fresh_optimizer, fresh_scaler)
+
+    assert torch.equal(torch.rand(3), expected_next_random), (
+        "the random generators must be saved and restored (capture_rng_state / restore_rng_state): "
+        "they decide the next dropout masks"
+    )
+    for (name, p), q in zip(fresh_model.named_parameters(), model.parameters(), strict=True):
+        assert torch.equal(p, q), (
+            f"the model weights must be restored (model.load_state_dict); {name} differs"
+        )
+    saved_moments = optimizer.state_dict()["state"]
+    restored_moments = fresh_optimizer.state_dict()["state"]
+    assert all(
+        torch.equal(saved_moments[k]["exp_avg"], restored_moments[k]["exp_avg"]) for k in saved_moments
+    ), "the optimizer state must be restored: Adam's moment estimates are part of the training state"
+    assert fresh_scaler.get_scale() == scaler.get_scale(), (
+        "the GradScaler's state (its scale) must be restored"
+    )
+    assert step == 2, f"restore_checkpoint must return the saved step (2), got {step}"
+    assert position == stream.state(), "restore_checkpoint must return the data position (stream.state())"
+    assert best == 3.25, "restore_checkpoint must return best_val_loss"
+
+
+@pytest.mark.todo("8")
+def test_todo_8_resumed_run_matches_the_uninterrupted_run(learner, tmp_path):
+    import json
+
+    from conftest import VERSE
+
+    model, optimizer, scaler, stream = trained_state(learner)
+    learner.train.checkpoint_state(
+        model, optimizer, scaler, 0, stream, 0.0
+    )  # an open TODO 8 stops here, fast
+    corpus = tmp_path / "verse.txt"
+    corpus.write_text(VERSE * 40)
+    args = ["--data_path", str(corpus), "--data_dir", str(tmp_path / "prepared"), "--device", "cpu",
+            "--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "2",
+            "--max_seq_len", "16",
+            "--batch_size", "4", "--accumulation_steps", "2", "--dropout", "0.1", "--max_steps", "8",
+            "--save_interval", "3", "--eval_interval", "4", "--eval_iters", "2", "--log_interval", "1",
+            "--sample_tokens", "5"]  # fmt: skip
+
+    def losses(out):
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+    assert learner.train.main([*args, "--save_dir", str(tmp_path / "straight")]) == 0
+
+    class Crash(Exception):
+        pass
+
+    real_save = learner.train.save_atomic
+
+    def save_then_crash(obj, path):
+        real_save(obj, path)
+        if path.name == learner.train.RESUME_FILE and obj.get("step") == 3:
+            raise Crash
+
+    learner.train.save_atomic = save_then_crash
+    try:
+        with pytest.raises(Crash):
+            learner.train.main([*args, "--save_dir", str(tmp_path / "resumed")])
+    finally:
+        learner.train.save_atomic = real_save
+    assert learner.train.main([*args, "--save_dir", str(tmp_path / "resumed"), "--from_resume", "1"]) == 0
+
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    for step in sorted(straight):
+        assert resumed.get(step) == straight[step], (
+            f"after resuming from the checkpoint of step 3, the loss at step {step} is {resumed.get(step)} "
+            f"but the uninterrupted run had {straight[step]}: save and restore the model, optimizer, scaler, "
+            "step, data position and random states, so the resumed run is the same run"
+        )
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a), "the final weights must be identical, bit for bit"

@@ -1,0 +1,171 @@
+"""Training that survives: a real training process killed (SIGKILL) at random steps and
+resumed ends bit-for-bit where an uninterrupted run ends; a kill during a checkpoint
+write leaves the previous checkpoint loadable; Ctrl+C saves before stopping; a loss
+that becomes NaN stops the run without touching the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, VERSE
+
+import train_solution as train
+
+RUN = ["--device", "cpu", "--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
+       "--max_seq_len", "32", "--batch_size", "8", "--accumulation_steps", "2", "--dropout", "0.1",
+       "--max_steps", "36", "--save_interval", "4", "--eval_interval", "1000", "--eval_iters", "2",
+       "--log_interval", "1", "--sample_tokens", "5"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A corpus, a shared prepared-data folder, and one uninterrupted reference run."""
+    root = tmp_path_factory.mktemp("resume")
+    corpus = root / "verse.txt"
+    corpus.write_text(VERSE * 60)
+    base = [*RUN, "--data_path", str(corpus), "--data_dir", str(root / "prepared")]
+    result = subprocess.run(
+        [sys.executable, "train_solution.py", *base, "--save_dir", str(root / "straight")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root, base
+
+
+def start(args: list[str], save_dir: Path, extra_env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, **(extra_env or {})}
+    return subprocess.Popen(
+        [sys.executable, "train_solution.py", *args, "--save_dir", str(save_dir)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def wait_for_step(process: subprocess.Popen, save_dir: Path, step: int, timeout: float = 60) -> None:
+    """Poll metrics.jsonl until the run has logged `step` (it logs every step)."""
+    metrics = save_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if metrics.is_file() and any(
+            json.loads(line).get("step", 0) >= step for line in metrics.read_text().splitlines() if line
+        ):
+            return
+        assert process.poll() is None, f"the run ended before step {step}: {process.stderr.read()[-1000:]}"
+        time.sleep(0.005)
+    raise AssertionError(f"the run did not reach step {step} in {timeout} s")
+
+
+def resume(base: list[str], save_dir: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "train_solution.py", *base, "--save_dir", str(save_dir), "--from_resume", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def assert_same_final_weights(a: Path, b: Path) -> None:
+    wa = torch.load(a / "model.pt", weights_only=True)["model"]
+    wb = torch.load(b / "model.pt", weights_only=True)["model"]
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, (
+        f"after the resume, these weights differ from the uninterrupted run: {different[:5]}"
+    )
+
+
+def losses(save_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.mark.parametrize("kill_step", random.Random(2026).sample(range(5, 20), 2))
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(workspace, kill_step):
+    root, base = workspace
+    save_dir = root / f"killed_{kill_step}"
+    process = start(base, save_dir)
+    wait_for_step(process, save_dir, kill_step)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (save_dir / "resume.pt").is_file(), "a checkpoint should exist (one every 4 steps)"
+    resume(base, save_dir)
+    assert_same_final_weights(root / "straight", save_dir)
+    assert losses(save_dir) == losses(root / "straight"), "every logged loss must match the uninterrupted run"
+
+
+def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(workspace):
+    root, base = workspace
+    save_dir = root / "killed_mid_save"
+    # A child whose torch.save writes half a resume checkpoint, then dies, at the second one.
+    driver = (
+        "import os, signal, sys, torch, train_solution\n"
+        "real_save, count = torch.save, [0]\n"
+        "def dying_save(obj, f):\n"
+        "    if getattr(f, 'name', '').endswith('.resume.pt.tmp'):\n"
+        "        count[0] += 1\n"
+        "        if count[0] == 2:\n"
+        "            f.write(b'half a checkpoint')\n"
+        "            f.flush()\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    real_save(obj, f)\n"
+        "torch.save = dying_save\n"
+        "sys.exit(train_solution.main(sys.argv[1:]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", driver, *base, "--save_dir", str(save_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == -signal.SIGKILL
+    assert (save_dir / ".resume.pt.tmp").read_bytes() == b"half a checkpoint", "the kill hit the write"
+    checkpoint = torch.load(save_dir / "resume.pt", weights_only=True)
+    assert checkpoint["step"] == 4, "the previous (first) checkpoint must still be there, whole"
+    resume(base, save_dir)
+    assert_same_final_weights(root / "straight", save_dir)
+
+
+def test_ctrl_c_saves_a_checkpoint_then_stops(workspace):
+    root, base = workspace
+    save_dir = root / "ctrl_c"
+    process = start(base, save_dir)
+    wait_for_step(process, save_dir, 7)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-1000:]
+    assert "continue with --from_resume 1" in stderr
+    stopped_at = torch.load(save_dir / "resume.pt", weights_only=True)["step"]
+    assert stopped_at == max(losses(save_dir)), "the checkpoint is of the last step the run finished"
+    assert stopped_at < 36
+    resume(base, save_dir)
+    assert_same_final_weights(root / "straight", save_dir)
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(workspace, capsys):
+    root, base = workspace
+    save_dir = root / "diverging"
+    short = [*base, "--save_dir", str(save_dir), "--max_steps", "8", "--warmup_steps", "0"]
+    assert train.main(short) == 0
+    good = (save_dir / "resume.pt").read_bytes()
+    capsys.readouterr()
+    code = train.main(
+        [*short, "--max_steps", "16", "--from_resume", "1", "--learning_rate", "1e6", "--grad_clip", "0"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "the loss became nan" in err and "lower --learning_rate" in err and "resume.pt) is kept" in err
+    assert (save_dir / "resume.pt").read_bytes() == good, "the last good checkpoint must not be overwritten"
