@@ -633,18 +633,27 @@ class CtrlC:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def check_finite(window_loss: torch.Tensor, first_step: int, last_step: int, resume_path: Path) -> None:
-    """Stop before a NaN or infinite loss is logged, evaluated or saved over a good checkpoint."""
-    value = window_loss.item()
-    if math.isfinite(value):
+def check_finite(
+    window_loss: torch.Tensor,
+    bad_grad_steps: torch.Tensor,
+    first_step: int,
+    last_step: int,
+    resume_path: Path,
+) -> None:
+    """Stop before a NaN or infinite loss or gradient is logged, evaluated or saved over a
+    good checkpoint. (Checked at log, eval and save points only: each check makes the
+    CPU wait for the GPU.)"""
+    loss = window_loss.item()
+    if math.isfinite(loss) and bad_grad_steps.item() == 0:
         return
+    what = f"the loss became {loss}" if not math.isfinite(loss) else "the gradient norm became inf or nan"
     kept = (
         f"the last good checkpoint ({resume_path.name}) is kept"
         if resume_path.is_file()
         else "nothing was saved"
     )
     raise TrainingDiverged(
-        f"the loss became {value} between steps {first_step} and {last_step}. Likely causes: a learning rate "
+        f"{what} between steps {first_step} and {last_step}. Likely causes: a learning rate "
         f"too high for this model (lower --learning_rate or raise --warmup_steps), or float16 overflow (use "
         f"--dtype bfloat16); {kept}, continue from it with --from_resume 1 and a lower --learning_rate"
     )
@@ -1069,6 +1078,7 @@ def train(args: argparse.Namespace) -> None:
     window_loss, window_steps = torch.zeros(()), 0  # train loss averaged over a log interval
     timed_steps, timer_start = 0, time.perf_counter()  # throughput, not counting eval or saving
     skipped_steps = 0  # float16 steps the GradScaler skipped because of inf/NaN gradients
+    bad_grad_steps = torch.zeros((), dtype=torch.int)  # steps with an inf/NaN gradient norm, no scaler
     last_checked = start_step
     with CtrlC() as ctrl_c:
         for step in range(start_step, total_steps):
@@ -1081,8 +1091,11 @@ def train(args: argparse.Namespace) -> None:
             window_loss = window_loss.to(stats.loss.device) + stats.loss
             window_steps += 1
             timed_steps += 1
-            if scaler.is_enabled():  # overflowing gradients are expected now and then: the scaler skips them
-                skipped_steps += int(not torch.isfinite(stats.grad_norm))
+            grad_is_bad = ~torch.isfinite(stats.grad_norm)
+            if scaler.is_enabled():  # float16 overflows now and then: the scaler skips those steps
+                skipped_steps += int(grad_is_bad)  # a GPU sync, but scaler.step() just made one anyway
+            else:  # without a scaler, a bad gradient has already reached the weights
+                bad_grad_steps = bad_grad_steps.to(grad_is_bad.device) + grad_is_bad.int()
             done = step + 1  # optimizer steps completed
             bar.update(1)
 
@@ -1090,7 +1103,7 @@ def train(args: argparse.Namespace) -> None:
             at_eval = done % args.eval_interval == 0 or done == total_steps
             at_save = done % args.save_interval == 0 or done == total_steps or ctrl_c.requested
             if at_log or at_eval or at_save:
-                check_finite(window_loss, last_checked + 1, done, resume_path)
+                check_finite(window_loss, bad_grad_steps, last_checked + 1, done, resume_path)
                 last_checked = done
             if at_log:
                 # .item() waits for the GPU to finish, so the clock is read after the work.

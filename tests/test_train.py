@@ -87,3 +87,14 @@ def test_batch_stream_restarts_mid_epoch_with_the_same_batches():
     epoch0 = torch.cat(expected[:15])[:, 0].tolist()
     assert len(set(epoch0)) == 60, "an epoch visits every window at most once"
     assert not torch.equal(torch.cat(expected[:15]), torch.cat(expected[15:30])), "each epoch is reshuffled"
+
+
+def test_check_finite_stops_on_a_bad_loss_or_gradient(tmp_path):
+    fine, no_bad_steps = torch.tensor(3.0), torch.zeros((), dtype=torch.int)
+    train.check_finite(fine, no_bad_steps, 1, 5, tmp_path / "resume.pt")
+    with pytest.raises(
+        train.TrainingDiverged, match="the loss became nan between steps 1 and 5.*nothing was saved"
+    ):
+        train.check_finite(torch.tensor(float("nan")), no_bad_steps, 1, 5, tmp_path / "resume.pt")
+    with pytest.raises(train.TrainingDiverged, match="the gradient norm became inf or nan"):
+        train.check_finite(fine, torch.ones((), dtype=torch.int), 1, 5, tmp_path / "resume.pt")
