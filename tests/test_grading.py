@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import test_todo_data
 import test_todo_train
-from conftest import ROOT
+from conftest import ROOT, TINY_MODEL
 from todos import CATALOG, TODOS, Learner, isolate, load
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -136,30 +136,7 @@ def test_scoreboard_rejects_an_unknown_todo():
 
 # --- the exercise file runs as far as the learner has got ------------------------------------
 
-TINY_RUN = [
-    "--device",
-    "cpu",
-    "--hidden_size",
-    "32",
-    "--num_hidden_layers",
-    "2",
-    "--num_attention_heads",
-    "2",
-    "--max_seq_len",
-    "16",
-    "--batch_size",
-    "4",
-    "--eval_iters",
-    "2",
-    "--eval_interval",
-    "3",
-    "--log_interval",
-    "1",
-    "--sample_tokens",
-    "5",
-    "--max_steps",
-    "6",
-]
+TINY_RUN = [*TINY_MODEL, "--eval_interval", "3", "--max_steps", "6"]
 
 
 def run_variant(open_todos: set[str], corpus_txt, tmp_path, capsys, *extra_args):
