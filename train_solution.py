@@ -39,7 +39,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
 from data_solution import (
@@ -133,6 +135,47 @@ def resolve_device(name: str) -> torch.device:
     if device.type not in ("cpu", "cuda", "mps"):
         raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
+
+
+@dataclass
+class ProcessGroup:
+    """This process's place among the training processes (one, unless torchrun started several)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0  # rank 0 logs, evaluates, samples and saves
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The average of `value` over all processes (an all-reduce)."""
+        if self.world_size == 1:
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total / self.world_size
+
+
+def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
+    """Join the process group when torchrun started this process (it sets RANK,
+    LOCAL_RANK and WORLD_SIZE); otherwise this is the only process. NCCL connects
+    GPUs; gloo connects CPU processes, so DDP also runs (and is tested) on a laptop."""
+    if "RANK" not in os.environ:
+        return ProcessGroup(), device
+    if device.type == "mps":
+        raise UsageError(
+            "multi-process training needs CUDA or the CPU; use --device cpu with torchrun on a Mac"
+        )
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return ProcessGroup(dist.get_rank(), dist.get_world_size()), device
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -353,6 +396,9 @@ class BatchStream:
     The order of epoch e is a permutation drawn from seed + e alone, so
     (epoch, position) is all a checkpoint needs to continue with the very batch
     the run would have seen next: no batch is replayed and none is skipped.
+    Under DDP, DistributedSampler gives each of the world_size processes every
+    world_size-th window of that permutation, so together they read each global
+    batch once (with world_size = 1 it is the plain permutation).
     """
 
     def __init__(
@@ -362,17 +408,20 @@ class BatchStream:
         seed: int,
         epoch: int = 0,
         position: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
         **loader_options,
     ) -> None:
-        if len(dataset) < batch_size:
+        if len(dataset) < batch_size * world_size:
             raise DataError(
                 f"the training split has {len(dataset)} windows, fewer than one batch "
-                f"of {batch_size}; use a smaller --batch_size or more text"
+                f"of {batch_size} per process; use a smaller --batch_size or more text"
             )
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.epoch, self.position = epoch, position
+        self.rank, self.world_size = rank, world_size
         self.loader_options = loader_options
-        self.batches_per_epoch = len(dataset) // batch_size
+        self.batches_per_epoch = len(dataset) // world_size // batch_size
         self._iterator = None
 
     def state(self) -> dict:
@@ -383,9 +432,12 @@ class BatchStream:
         self.epoch, self.position, self._iterator = epoch, position, None
 
     def _epoch_loader(self) -> DataLoader:
+        sampler = DistributedSampler(
+            self.dataset, self.world_size, self.rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        sampler.set_epoch(self.epoch)  # permutation from seed + epoch
+        remaining = list(sampler)[self.position * self.batch_size :]
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.dataset), generator=generator)
-        remaining = order[self.position * self.batch_size :].tolist()
         # The loader draws its workers' seeds from `generator` too; without it, it
         # would draw from the global RNG and shift every later dropout mask.
         return DataLoader(
@@ -611,14 +663,17 @@ def evaluate_if_done(model: torch.nn.Module, batches: list, amp_ctx) -> EvalResu
 
 class CtrlC:
     """The first Ctrl+C asks the loop to save a checkpoint and stop after the current
-    step; a second one stops at once (KeyboardInterrupt), as usual."""
+    step; a second one stops at once (KeyboardInterrupt), as usual. Not under DDP,
+    where the processes could disagree on which step was the last."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.requested = False
 
     def __enter__(self) -> CtrlC:
         self.previous = None
-        if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
+        # Signals are delivered to the main thread only.
+        if self.enabled and threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -937,12 +992,15 @@ def main(argv: list[str] | None = None) -> int:
             f"stopped at {todo}\n  Fill it in in {file}; `python {file} --test` grades it.", file=sys.stderr
         )
         return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 
 def train(args: argparse.Namespace) -> None:
     # --- options, device, precision --------------------------------------------------
-    device = resolve_device(args.device)
+    group, device = init_distributed(resolve_device(args.device))
     dtype = resolve_dtype(args.dtype, device)
     fill_preset(args, device)
     check_options(args)
@@ -953,6 +1011,8 @@ def train(args: argparse.Namespace) -> None:
         if not resume_path.is_file():
             raise UsageError(f"--from_resume 1: there is no {RESUME_FILE} in {save_dir}/ to continue from")
         checkpoint = load_checkpoint(resume_path)
+    # The same seed in every process: they read different data, and one saved random
+    # state then serves them all on resume (MiniMind adds the rank instead).
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -960,7 +1020,11 @@ def train(args: argparse.Namespace) -> None:
     # --- data ----------------------------------------------------------------------
     data_path = Path(args.data_path) if args.data_path else None
     data_dir = Path(args.data_dir) if args.data_dir else None
-    prepared = prepare(args.tokenizer, data_path, prepared_dir(data_path, args.tokenizer, data_dir))
+    target = prepared_dir(data_path, args.tokenizer, data_dir)
+    if group.is_main:
+        prepare(args.tokenizer, data_path, target)
+    group.barrier()  # the other processes wait until the data is on disk, then reuse it
+    prepared = prepare(args.tokenizer, data_path, target)
     meta = read_meta(prepared)
     tokenizer = tokenizer_from_meta(meta)
     train_set = limit_windows(block_dataset(prepared, "train", args.max_seq_len), args.max_train_tokens)
@@ -969,6 +1033,8 @@ def train(args: argparse.Namespace) -> None:
         train_set,
         args.batch_size,
         args.seed,
+        rank=group.rank,
+        world_size=group.world_size,
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",  # page-locked memory: faster copies to the GPU
     )
@@ -1010,36 +1076,45 @@ def train(args: argparse.Namespace) -> None:
         stream.seek(**data_position)  # continue with the first batch the stopped run had not seen
     # On resume, keep the metrics up to the checkpoint and drop any logged after it.
     records = read_metrics(metrics_path, up_to_step=start_step) if checkpoint else []
-    save_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    if checkpoint is None:
-        (save_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a new run starts a new samples file
-    # torch.compile fuses the model's ops into faster kernels; we keep `model` (not the
-    # compiled wrapper) for state_dicts so checkpoint keys stay plain.
+    if group.is_main:
+        save_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        if checkpoint is None:
+            (save_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a new run starts a new samples file
+    # torch.compile fuses the model's ops into faster kernels; DistributedDataParallel
+    # averages the gradients of all processes during backward. Both wrap `model`, which
+    # we keep for evaluation and state_dicts, so checkpoint keys stay plain.
     train_model = torch.compile(model) if args.use_compile else model
+    if group.world_size > 1:
+        train_model = DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
-    tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len
+    tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len * group.world_size
     eval_batches = [
         (x.to(device), y.to(device)) for x, y in fixed_eval_batches(val_set, args.batch_size, args.eval_iters)
     ]
     peak_flops = gpu_peak_flops(device)
-    print(
-        f"device {device} ({str(dtype).removeprefix('torch.')}), preset {args.preset}, "
+    log = print if group.is_main else (lambda *_: None)
+    log(
+        f"{group.world_size} processes, "
+        * (group.world_size > 1)
+        + f"device {device} ({str(dtype).removeprefix('torch.')}), preset {args.preset}, "
         f"{model.num_params() / 1e6:.2f}M parameters, tokenizer {tokenizer.name} "
         f"(vocab {tokenizer.vocab_size}), training on {len(train_set) * args.max_seq_len:,} "
         f"of {meta['train_tokens']:,} tokens"
     )
-    print(
+    log(
         f"steps {start_step} → {total_steps}, {tokens_per_step:,} tokens per step, "
         f"{stream.batches_per_epoch // args.accumulation_steps} steps per epoch, warmup {warmup_steps}"
     )
     if checkpoint is None and resume_path.is_file():
-        print(f"note: starting a new run; {resume_path} will be replaced (--from_resume 1 continues it)")
+        log(f"note: starting a new run; {resume_path} will be replaced (--from_resume 1 continues it)")
 
     def run_evaluation(step: int) -> None:
         nonlocal best_val_loss
         summary = f"step {step}"
-        result = evaluate_if_done(train_model, eval_batches, amp_ctx)
+        result = evaluate_if_done(model, eval_batches, amp_ctx)
         if result is not None:
             bpb = bits_per_byte(result.loss, meta["val_tokens"], meta["val_bytes"])
             best_val_loss = min(best_val_loss, result.loss)
@@ -1054,6 +1129,22 @@ def train(args: argparse.Namespace) -> None:
             f.write(f"=== {summary} ===\n{sample}\n\n")
         tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
         plot_metrics(records, save_dir / PLOT_FILE)
+
+    def log_train_record(step: int, loss: float, lr: float, grad_norm: float, tokens_per_sec: float) -> None:
+        record = {
+            "step": step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+            "tokens_per_sec": tokens_per_sec,
+        }
+        if scaler.is_enabled():
+            record["skipped_steps"] = skipped_steps
+        if peak_flops:
+            record["mfu"] = model.flops_per_token() * tokens_per_sec / peak_flops
+        records.append(record)
+        append_metrics(metrics_path, record)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
 
     def save(step: int) -> None:
         save_atomic(
@@ -1072,15 +1163,15 @@ def train(args: argparse.Namespace) -> None:
             save_atomic({**state, **context}, resume_path)
 
     # --- the loop ------------------------------------------------------------------
-    if start_step == 0:
+    if start_step == 0 and group.is_main:
         run_evaluation(0)  # the untrained model: loss ≈ ln(vocab size)
-    bar = tqdm(total=total_steps, initial=start_step, desc="training", unit="step")
+    bar = tqdm(total=total_steps, initial=start_step, desc="training", unit="step", disable=not group.is_main)
     window_loss, window_steps = torch.zeros(()), 0  # train loss averaged over a log interval
     timed_steps, timer_start = 0, time.perf_counter()  # throughput, not counting eval or saving
     skipped_steps = 0  # float16 steps the GradScaler skipped because of inf/NaN gradients
     bad_grad_steps = torch.zeros((), dtype=torch.int)  # steps with an inf/NaN gradient norm, no scaler
     last_checked = start_step
-    with CtrlC() as ctrl_c:
+    with CtrlC(enabled=group.world_size == 1) as ctrl_c:
         for step in range(start_step, total_steps):
             lr = scheduled_lr(step, warmup_steps, total_steps, args.learning_rate, min_lr)
             micro_batches = [
@@ -1103,33 +1194,21 @@ def train(args: argparse.Namespace) -> None:
             at_eval = done % args.eval_interval == 0 or done == total_steps
             at_save = done % args.save_interval == 0 or done == total_steps or ctrl_c.requested
             if at_log or at_eval or at_save:
+                window_loss = group.mean(window_loss)  # every process's loss, averaged
                 check_finite(window_loss, bad_grad_steps, last_checked + 1, done, resume_path)
                 last_checked = done
             if at_log:
                 # .item() waits for the GPU to finish, so the clock is read after the work.
                 mean_loss = window_loss.item() / window_steps
                 tokens_per_sec = timed_steps * tokens_per_step / (time.perf_counter() - timer_start)
-                grad_norm = stats.grad_norm.item()
-                record = {
-                    "step": done,
-                    "loss": mean_loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-                    "tokens_per_sec": tokens_per_sec,
-                }
-                if scaler.is_enabled():
-                    record["skipped_steps"] = skipped_steps
-                if peak_flops:
-                    record["mfu"] = model.flops_per_token() * tokens_per_sec / peak_flops
-                records.append(record)
-                append_metrics(metrics_path, record)
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
+                if group.is_main:
+                    log_train_record(done, mean_loss, lr, stats.grad_norm.item(), tokens_per_sec)
                 window_loss, window_steps = torch.zeros(()), 0
                 timed_steps, timer_start = 0, time.perf_counter()
-            if at_eval:
+            if at_eval and group.is_main:
                 run_evaluation(done)
                 timed_steps, timer_start = 0, time.perf_counter()
-            if at_save:
+            if at_save and group.is_main:
                 save(done)
                 timed_steps, timer_start = 0, time.perf_counter()
             if ctrl_c.requested:

@@ -246,3 +246,15 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     )
     assert message in lines[0]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, f"{case}: earlier outputs were modified"
+
+
+def test_use_compile_trains_and_keeps_checkpoint_keys_plain(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 3, "--use_compile", 1, *TINY]
+    code, err = run(args, capsys)
+    assert code == 0, err
+    keys = torch.load(out / "resume.pt", weights_only=True)["model"].keys()
+    assert not any(k.startswith("_orig_mod") for k in keys), (
+        "checkpoint keys must not carry torch.compile's prefix"
+    )
+    assert set(keys) == set(torch.load(out / "model.pt", weights_only=True)["model"].keys())
