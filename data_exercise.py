@@ -44,6 +44,8 @@ from tiktoken.load import load_tiktoken_bpe
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from model import IGNORE_INDEX
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 EOT = "<|endoftext|>"  # the end-of-text marker placed after every document
 
@@ -528,6 +530,61 @@ class BlockDataset(Dataset):
             "TODO 1: x = tokens[s : s + T] and y = the same window shifted by one token"
         )
         # END TODO 1
+
+
+# ---------------------------------------------------------------------------
+# MiniMind's alternative: one padded document per item
+# ---------------------------------------------------------------------------
+
+
+class PretrainDataset(Dataset):
+    """MiniMind's pretraining dataset: item i is document i of a .jsonl file.
+
+    The document becomes BOS + tokens + EOS, cut to max_seq_len + 1 tokens (a long
+    document loses its end, EOS included: it did not end there). x is that sequence
+    without its last token, y without its first, both right-padded to max_seq_len.
+    The targets at padded positions are IGNORE_INDEX (-100), so the loss skips them:
+    padding costs compute but teaches nothing. GPT-2 has a single special token,
+    <|endoftext|>, which serves as BOS, EOS and padding here; the -100 labels, not
+    the token values, say what is padding. Compare BlockDataset, which packs
+    documents back to back and wastes nothing.
+
+    Only the byte offset of each line is kept in memory; a document is read and
+    tokenized when it is asked for. `documents` selects which ones (a split).
+    """
+
+    def __init__(
+        self, path: Path, tokenizer: Tokenizer, max_seq_len: int, documents: range | None = None
+    ) -> None:
+        check_data_path(path)
+        offsets, position = [], 0
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    offsets.append(position)
+                position += len(line)
+        self.path, self.tokenizer, self.max_seq_len = path, tokenizer, max_seq_len
+        self.offsets = [offsets[i] for i in (documents or range(len(offsets)))]
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def text(self, idx: int) -> str:
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[idx])
+            return json.loads(f.readline())["text"]
+
+    def __getitem__(self, idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = self.tokenizer.encode(self.text(idx))
+        T = self.max_seq_len
+        bos = eos = pad = self.tokenizer.eot_id
+        # TODO 7: tokens = (BOS + ids + EOS) cut to T + 1; x = tokens[:-1] and y = tokens[1:],
+        #   right-padded to T: x with `pad`, y with IGNORE_INDEX (-100) so the loss skips them.
+        #   Hint: torch.full((T,), value, dtype=torch.long), then fill the first n positions.
+        raise NotImplementedError(
+            "TODO 7: tokens = (BOS + ids + EOS) cut to T + 1; x = tokens[:-1] and y = tokens[1:],"
+        )
+        # END TODO 7
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from data_solution import (
     TOKENIZERS,
     BlockDataset,
     DataError,
+    PretrainDataset,
     Tokenizer,
     load_tokens,
     prepare,
@@ -827,6 +828,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max_steps", type=int, default=None, help="[preset] optimizer steps to train (wins over --epochs)"
     )
     train.add_argument(
+        "--dataset_mode",
+        default="blocks",
+        choices=("blocks", "documents"),
+        help="blocks: the corpus packed into max_seq_len windows (no padding); documents: MiniMind's "
+        "PretrainDataset, one padded document per sequence (needs a .jsonl --data_path)",
+    )
+    train.add_argument(
         "--max_train_tokens",
         type=int,
         help="[preset] train on N tokens of the training split, as windows spread evenly over it (0 = all); "
@@ -906,6 +914,10 @@ def fill_preset(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def check_options(args: argparse.Namespace) -> None:
+    if args.dataset_mode == "documents" and not (args.data_path or "").endswith(".jsonl"):
+        raise UsageError(
+            "--dataset_mode documents reads MiniMind .jsonl documents: give --data_path file.jsonl"
+        )
     positive = [
         "hidden_size",
         "num_hidden_layers",
@@ -955,6 +967,22 @@ def block_dataset(prepared: Path, split: str, block_size: int) -> BlockDataset:
         return BlockDataset(load_tokens(prepared, split), block_size)
     except DataError as err:
         raise DataError(f"{split} split of {prepared.name}: {err}") from None
+
+
+def document_datasets(
+    path: Path, tokenizer: Tokenizer, max_seq_len: int, val_fraction: float = 0.1
+) -> tuple[PretrainDataset, PretrainDataset]:
+    """MiniMind-style datasets: the last val_fraction of the documents for validation."""
+    n_documents = len(PretrainDataset(path, tokenizer, max_seq_len))
+    n_val = max(1, int(n_documents * val_fraction))
+    if n_documents - n_val < 1:
+        raise DataError(
+            f"{path} has {n_documents} document(s); documents mode needs at least 2 (train and val)"
+        )
+    return (
+        PretrainDataset(path, tokenizer, max_seq_len, range(n_documents - n_val)),
+        PretrainDataset(path, tokenizer, max_seq_len, range(n_documents - n_val, n_documents)),
+    )
 
 
 def limit_windows(dataset: BlockDataset, max_tokens: int) -> Dataset:
@@ -1027,8 +1055,17 @@ def train(args: argparse.Namespace) -> None:
     prepared = prepare(args.tokenizer, data_path, target)
     meta = read_meta(prepared)
     tokenizer = tokenizer_from_meta(meta)
-    train_set = limit_windows(block_dataset(prepared, "train", args.max_seq_len), args.max_train_tokens)
-    val_set = block_dataset(prepared, "val", args.max_seq_len)
+    if args.dataset_mode == "documents":
+        train_set, val_set = document_datasets(data_path, tokenizer, args.max_seq_len)
+        # Bits per byte from the whole corpus's bytes per token (the val documents are not the val split).
+        bpb_tokens, bpb_bytes = (
+            meta["train_tokens"] + meta["val_tokens"],
+            meta["train_bytes"] + meta["val_bytes"],
+        )
+    else:
+        train_set = limit_windows(block_dataset(prepared, "train", args.max_seq_len), args.max_train_tokens)
+        val_set = block_dataset(prepared, "val", args.max_seq_len)
+        bpb_tokens, bpb_bytes = meta["val_tokens"], meta["val_bytes"]
     stream = BatchStream(
         train_set,
         args.batch_size,
@@ -1116,7 +1153,7 @@ def train(args: argparse.Namespace) -> None:
         summary = f"step {step}"
         result = evaluate_if_done(model, eval_batches, amp_ctx)
         if result is not None:
-            bpb = bits_per_byte(result.loss, meta["val_tokens"], meta["val_bytes"])
+            bpb = bits_per_byte(result.loss, bpb_tokens, bpb_bytes)
             best_val_loss = min(best_val_loss, result.loss)
             record = {"step": step, "val_loss": result.loss, "val_ppl": result.perplexity, "val_bpb": bpb}
             records.append(record)

@@ -220,6 +220,7 @@ BAD_INPUTS = {
     ),
     "zero steps": (lambda t: ["--max_steps", 0], "--max_steps must be positive"),
     "warmup as long as training": (lambda t: ["--max_steps", 5, "--warmup_steps", 5], "must be smaller"),
+    "documents mode on a .txt": (lambda t: ["--dataset_mode", "documents"], "give --data_path file.jsonl"),
     "weights file missing": (lambda t: ["--from_weight", t / "missing.pt"], "no such file"),
     "weights file not a checkpoint": (
         lambda t: ["--from_weight", write(t, "junk.pt", b"not a checkpoint")],
@@ -258,3 +259,18 @@ def test_use_compile_trains_and_keeps_checkpoint_keys_plain(corpus_txt, tmp_path
         "checkpoint keys must not carry torch.compile's prefix"
     )
     assert set(keys) == set(torch.load(out / "model.pt", weights_only=True)["model"].keys())
+
+
+def test_documents_mode_trains_on_padded_jsonl_documents(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "docs.jsonl"
+    lines = [{"text": f"Document {i}: " + "to be or not to be " * (i % 5 + 1)} for i in range(60)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    args = ["--data_path", path, "--dataset_mode", "documents", "--save_dir", out, "--max_steps", 8, *TINY]
+    code, err = run(args, capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(val) >= 2 and val[-1] < val[0]

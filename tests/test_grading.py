@@ -124,7 +124,8 @@ def test_scoreboard_prints_one_row_per_todo_and_exits_nonzero_until_done():
         "· not started" in result.stdout and f"0/{n_train} TODOs done in train_exercise.py" in result.stdout
     )
     solved = subprocess.run([sys.executable, "data_solution.py"], cwd=ROOT, capture_output=True, text=True)
-    assert solved.returncode == 0 and "1/1 TODOs done in data_solution.py" in solved.stdout
+    n_data = sum(todo.module == "data" for todo in CATALOG)
+    assert solved.returncode == 0 and f"{n_data}/{n_data} TODOs done in data_solution.py" in solved.stdout
 
 
 def test_scoreboard_rejects_an_unknown_todo():

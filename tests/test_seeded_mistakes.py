@@ -28,6 +28,15 @@ MISTAKES = {
         lambda lr, tmp: test_todo_data.test_todo_1_windows_match_slicing(lr, 100, 8, 8),
         "must be int64",
     ),
+    "padding targets not ignored": (
+        "data_solution.py",
+        "y = torch.full((T,), IGNORE_INDEX, dtype=torch.long)",
+        "y = torch.full((T,), pad, dtype=torch.long)",
+        lambda lr, tmp: test_todo_data.test_todo_7_documents_are_bos_tokens_eos_padded_with_ignored_labels(
+            lr, tmp, 40
+        ),
+        "must be -100 (IGNORE_INDEX)",
+    ),
     "warmup from 0 instead of step + 1": (
         "train_solution.py",
         "return max_lr * (step + 1) / warmup_steps",

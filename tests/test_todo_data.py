@@ -48,3 +48,38 @@ def test_todo_1_reads_a_memory_mapped_token_file(learner, tmp_path):
     dataset = learner.data.BlockDataset(np.memmap(path, dtype=np.uint16, mode="r"), 64)
     for i in (0, 1, len(dataset) - 1):
         check_window(dataset, i, tokens, 64, 64)
+
+
+DOCUMENTS = ["今天天气真好", "ab", "", "a document longer than one sequence"]
+
+
+@pytest.mark.todo("7")
+@pytest.mark.parametrize("max_seq_len", [8, 40])
+def test_todo_7_documents_are_bos_tokens_eos_padded_with_ignored_labels(learner, tmp_path, max_seq_len):
+    import json
+
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in DOCUMENTS))
+    tokenizer = learner.data.CharTokenizer.from_texts(DOCUMENTS)
+    dataset = learner.data.PretrainDataset(path, tokenizer, max_seq_len)
+    eot = tokenizer.eot_id
+    for i, text in enumerate(DOCUMENTS):
+        x, y = dataset[i]
+        # The reference, written out: BOS + tokens + EOS, cut to T + 1, shifted, padded.
+        tokens = ([eot] + tokenizer.encode(text) + [eot])[: max_seq_len + 1]
+        n = len(tokens) - 1
+        assert x.dtype == torch.int64 and y.dtype == torch.int64, "x and y must be int64 (torch.long) tensors"
+        assert x.shape == (max_seq_len,) and y.shape == (max_seq_len,), (
+            f"pad every document to max_seq_len={max_seq_len}; got shapes {tuple(x.shape)}, {tuple(y.shape)}"
+        )
+        assert x[0] == eot, "a document starts with BOS (here the end-of-text token)"
+        assert x[:n].tolist() == tokens[:-1], (
+            f"document {i}: x must be BOS + the document's tokens (+ EOS), cut"
+        )
+        assert y[:n].tolist() == tokens[1:], (
+            f"document {i}: y must be x shifted by one; for a document that fits, its last target is EOS"
+        )
+        assert (x[n:] == eot).all(), "pad x with the padding token (the end-of-text token)"
+        assert (y[n:] == -100).all(), (
+            "the targets at padded positions must be -100 (IGNORE_INDEX), so the loss skips them"
+        )

@@ -27,6 +27,7 @@ CATALOG = [
     Todo("4", "train", ("accumulate_gradients",), "accumulate_gradients: loss / k, no_sync"),
     Todo("5", "train", ("autocast_context", "make_grad_scaler"), "autocast + GradScaler for float16"),
     Todo("6", "train", ("evaluate",), "evaluate: eval mode, no_grad, mean loss"),
+    Todo("7", "data", ("PretrainDataset.__getitem__",), "PretrainDataset: BOS/EOS, padding, -100"),
     Todo(
         "8", "train", ("checkpoint_state", "restore_checkpoint"), "checkpoint_state / restore: exact resume"
     ),
