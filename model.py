@@ -37,6 +37,12 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.0
     bias: bool = False  # biases in Linear and LayerNorm; GPT-2 had them, most modern LLMs drop them
+    # Mixture of experts (MiniMind's --use_moe): each block's MLP becomes n_experts MLPs,
+    # of which a router picks experts_per_token for every token.
+    use_moe: bool = False
+    n_experts: int = 4
+    experts_per_token: int = 2
+    aux_loss_weight: float = 0.01  # weight of the load-balancing loss added to the LM loss
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
@@ -91,6 +97,42 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+class MoE(nn.Module):
+    """A mixture-of-experts feed-forward: n_experts MLPs and a router.
+
+    For each token the router scores the experts; the top experts_per_token run and
+    their outputs are mixed with the router's (renormalised) probabilities. More
+    parameters, about the same compute per token. Left alone, a router tends to send
+    everything to a few experts; the load-balancing loss of the Switch Transformer,
+    n_experts · Σ_e f_e · P_e (f_e: share of routing slots given to expert e, P_e: its
+    mean router probability), is smallest (1) when routing is uniform, and is added
+    to the LM loss during training (seed 001 §3.3: loss = res.loss + res.aux_loss).
+    """
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.top_k = config.experts_per_token
+        self.router = nn.Linear(config.n_embd, config.n_experts, bias=False)
+        self.experts = nn.ModuleList([MLP(config) for _ in range(config.n_experts)])
+        self.aux_loss = torch.zeros(())  # set by every forward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        tokens = x.view(-1, C)  # (N, C), N = B·T
+        probs = F.softmax(self.router(tokens), dim=-1)  # (N, n_experts)
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # (N, k) each
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(tokens)
+        for e, expert in enumerate(self.experts):
+            token_idx, slot = (chosen == e).nonzero(as_tuple=True)  # the tokens routed to expert e
+            if token_idx.numel():
+                out.index_add_(0, token_idx, expert(tokens[token_idx]) * weights[token_idx, slot, None])
+        n_experts = len(self.experts)
+        share = torch.bincount(chosen.flatten(), minlength=n_experts).to(probs.dtype) / chosen.numel()
+        self.aux_loss = n_experts * (share * probs.mean(dim=0)).sum()
+        return out.view(B, T, C)
+
+
 class Block(nn.Module):
     """One Transformer layer: attention mixes positions, the MLP transforms each one."""
 
@@ -99,7 +141,7 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MoE(config) if config.use_moe else MLP(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Pre-norm residual: the residual stream x is never normalised itself, which
@@ -170,6 +212,9 @@ class GPT(nn.Module):
             loss = F.cross_entropy(
                 logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX
             )
+            if self.config.use_moe and self.training:  # evaluation reports the LM loss alone
+                aux = sum(block.mlp.aux_loss for block in self.transformer.h)
+                loss = loss + self.config.aux_loss_weight * aux
         return logits, loss
 
     def num_params(self, non_embedding: bool = True) -> int:
@@ -191,7 +236,12 @@ class GPT(nn.Module):
         gives the model FLOPs utilisation (MFU).
         """
         T = seq_len or self.config.block_size
-        return 6 * self.num_params() + 12 * self.config.n_layer * T * self.config.n_embd
+        n_active = self.num_params()
+        if self.config.use_moe:  # only experts_per_token of the n_experts MLPs run for a token
+            expert = sum(p.numel() for p in self.transformer.h[0].mlp.experts[0].parameters())
+            idle = self.config.n_experts - self.config.experts_per_token
+            n_active -= self.config.n_layer * idle * expert
+        return 6 * n_active + 12 * self.config.n_layer * T * self.config.n_embd
 
     def configure_optimizers(
         self,

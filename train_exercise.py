@@ -792,6 +792,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--num_attention_heads", type=int, help="[preset] heads per layer (n_head)")
     model.add_argument("--max_seq_len", type=int, help="[preset] context length in tokens (block_size)")
     model.add_argument("--dropout", type=float, help="[preset] dropout probability")
+    model.add_argument(
+        "--use_moe",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help="1: mixture-of-experts MLPs (4 experts, top-2 routing, load-balancing loss)",
+    )
 
     train = p.add_argument_group("training")
     train.add_argument(
@@ -1067,6 +1074,7 @@ def train(args: argparse.Namespace) -> None:
         n_head=args.num_attention_heads,
         n_embd=args.hidden_size,
         dropout=args.dropout,
+        use_moe=bool(args.use_moe),
     )
     model = GPT(config)
     if args.from_weight != "none":
@@ -1100,7 +1108,9 @@ def train(args: argparse.Namespace) -> None:
     train_model = torch.compile(model) if args.use_compile else model
     if group.world_size > 1:
         train_model = DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None
+            train_model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=config.use_moe,  # an expert may get no token in a batch
         )
 
     tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len * group.world_size

@@ -274,3 +274,17 @@ def test_documents_mode_trains_on_padded_jsonl_documents(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(val) >= 2 and val[-1] < val[0]
+
+
+def test_use_moe_trains_on_cpu(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, err = run(
+        ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 12, "--use_moe", 1, *TINY], capsys
+    )
+    assert code == 0, err
+    weights = torch.load(out / "model.pt", weights_only=True)
+    assert weights["model_config"]["use_moe"] and any(".experts.3." in k for k in weights["model"])
+    val = [
+        json.loads(x)["val_loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in x
+    ]
+    assert val[-1] < val[0]

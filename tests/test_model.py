@@ -116,3 +116,65 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert kept.tolist() == [[True, True, False, False]]
     kept = filter_top_k_top_p(probs.log(), top_p=0.1).isfinite()
     assert kept.tolist() == [[True, False, False, False]], "the most likely token is always kept"
+
+
+# --- mixture of experts (--use_moe) -------------------------------------------------------
+
+
+def moe_gpt(seed=0):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, use_moe=True))
+
+
+def test_moe_load_balancing_loss_is_minimal_for_a_uniform_router():
+    model = moe_gpt()
+    moe = model.transformer.h[0].mlp
+    x = torch.randn(4, 16, 32)
+    torch.nn.init.zeros_(moe.router.weight)  # every expert equally likely
+    moe(x)
+    assert moe.aux_loss.item() == pytest.approx(1.0), "uniform routing gives the minimum, 1"
+    with torch.no_grad():
+        moe.router.weight[0] = 5 * x.reshape(-1, 32).mean(0)  # a router that prefers expert 0
+    moe(x)
+    assert moe.aux_loss.item() > 1.2, "an unbalanced router must pay a larger auxiliary loss"
+
+
+def test_moe_mixes_the_chosen_experts_by_router_weight():
+    moe = moe_gpt().transformer.h[0].mlp
+    x = torch.randn(1, 3, 32)
+    probs = torch.softmax(moe.router(x.view(-1, 32)), dim=-1)
+    top, chosen = probs.topk(2, dim=-1)
+    expected = torch.stack([
+        sum(top[t, j] / top[t].sum() * moe.experts[chosen[t, j]](x[0, t]) for j in range(2)) for t in range(3)
+    ])  # fmt: skip
+    torch.testing.assert_close(moe(x)[0], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_moe_adds_the_aux_loss_in_training_only_and_learns():
+    model = moe_gpt()
+    x = torch.randint(0, 32, (8, 16))
+    y = torch.roll(x, -1, dims=1)
+    train_loss = model(x, targets=y)[1]
+    model.eval()
+    eval_loss = model(x, targets=y)[1]
+    aux = sum(block.mlp.aux_loss for block in model.transformer.h)
+    assert train_loss.item() == pytest.approx(eval_loss.item() + 0.01 * aux.item(), rel=1e-4)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):
+        _, loss = model(x, targets=y)
+        first = first or loss.item()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < first - 1.0, f"MoE training should lower the loss ({first:.2f} → {loss.item():.2f})"
+
+
+def test_moe_flops_count_only_the_experts_a_token_uses():
+    dense, moe = tiny_gpt(), moe_gpt()  # the same sizes, one MLP vs 4 experts per block
+    expert = sum(p.numel() for p in moe.transformer.h[0].mlp.experts[0].parameters())
+    router = moe.transformer.h[0].mlp.router.weight.numel()
+    assert moe.num_params() - dense.num_params() == 2 * (3 * expert + router)
+    # A token runs 2 experts where the dense model runs 1 MLP, plus the router, in each of 2 layers.
+    assert moe.flops_per_token() - dense.flops_per_token() == 6 * 2 * (expert + router)
