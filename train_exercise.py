@@ -5,11 +5,12 @@
 The pieces, section by section (the exercise's TODO numbers in brackets):
 
 1. `get_lr`: the learning-rate schedule, linear warmup then cosine decay [2a, 2b].
-2. Devices and mixed precision: the autocast context and the GradScaler [5].
+2. Devices, processes (DDP under torchrun) and mixed precision: autocast and the GradScaler [5].
 3. The training step: `set_lr` [3a], `compute_loss` [3b], `accumulate_gradients` [4]
    and `clip_and_step` [3c], put together by `train_step`.
 4. `evaluate`: the mean loss over fixed validation batches, perplexity, bits per byte [6].
-5. `BatchStream`: the order of the training batches, reproducible from a checkpoint.
+5. `BatchStream`: the order of the training batches, shared out among processes and
+   reproducible from a checkpoint.
 6. Checkpoints: atomic saves, random states, refusing to resume a different model.
 7. Logging: the metrics file, the plot, text samples.
 8. Running the exercise file while some TODOs are still open.
