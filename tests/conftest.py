@@ -67,10 +67,10 @@ def tiny_gpt(vocab_size: int = 32, block_size: int = 16, dropout: float = 0.0, s
 @pytest.fixture(autouse=True)
 def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Prepared corpora go to a temporary folder, never into the repository's data/."""
-    import data_solution
+    from course import corpus
 
     prepared = tmp_path / "prepared"
-    monkeypatch.setattr(data_solution, "DATA_DIR", prepared)
+    monkeypatch.setattr(corpus, "DATA_DIR", prepared)
     return prepared
 
 

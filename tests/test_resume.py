@@ -6,7 +6,6 @@ that becomes NaN stops the run without touching the last good checkpoint."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -33,25 +32,19 @@ def workspace(tmp_path_factory):
     corpus = root / "verse.txt"
     corpus.write_text(VERSE * 60)
     base = [*RUN, "--data_path", str(corpus), "--data_dir", str(root / "prepared")]
-    result = subprocess.run(
-        [sys.executable, "train_solution.py", *base, "--save_dir", str(root / "straight")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert train.main([*base, "--save_dir", str(root / "straight")]) == 0
     return root, base
 
 
-def start(args: list[str], save_dir: Path, extra_env: dict | None = None) -> subprocess.Popen:
-    env = {**os.environ, **(extra_env or {})}
+def start(args: list[str], save_dir: Path, driver: str | None = None) -> subprocess.Popen:
+    """A real training process: train_solution.py, or a `python -c driver` that wraps it."""
+    program = ["-c", driver] if driver else ["train_solution.py"]
     return subprocess.Popen(
-        [sys.executable, "train_solution.py", *args, "--save_dir", str(save_dir)],
+        [sys.executable, *program, *args, "--save_dir", str(save_dir)],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
     )
 
 
@@ -70,13 +63,8 @@ def wait_for_step(process: subprocess.Popen, save_dir: Path, step: int, timeout:
 
 
 def resume(base: list[str], save_dir: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "train_solution.py", *base, "--save_dir", str(save_dir), "--from_resume", "1"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    """Continue a stopped run in this process (nothing here needs a process to die)."""
+    assert train.main([*base, "--save_dir", str(save_dir), "--from_resume", "1"]) == 0
 
 
 def assert_same_final_weights(a: Path, b: Path) -> None:
@@ -125,13 +113,9 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(workspace)
         "torch.save = dying_save\n"
         "sys.exit(train_solution.main(sys.argv[1:]))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", driver, *base, "--save_dir", str(save_dir)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == -signal.SIGKILL
+    process = start(base, save_dir, driver=driver)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
     assert (save_dir / ".resume.pt.tmp").read_bytes() == b"half a checkpoint", "the kill hit the write"
     checkpoint = torch.load(save_dir / "resume.pt", weights_only=True)
     assert checkpoint["step"] == 4, "the previous (first) checkpoint must still be there, whole"
@@ -139,18 +123,40 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(workspace)
     assert_same_final_weights(root / "straight", save_dir)
 
 
+# A run that waits before step 8 until its Ctrl+C handler has seen the signal, so the
+# signal always lands mid-run: however fast the machine, the run cannot finish first.
+WAIT_FOR_CTRL_C = """
+import signal, sys, time
+from pathlib import Path
+import train_solution
+real_train_step, calls = train_solution.train_step, [0]
+def train_step(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 8:
+        handler = signal.getsignal(signal.SIGINT)  # the run's course.guards.CtrlC
+        Path(sys.argv[1]).touch()  # tell the test: send Ctrl+C now
+        while not handler.__self__.requested:
+            time.sleep(0.01)
+    return real_train_step(*args, **kwargs)
+train_solution.train_step = train_step
+sys.exit(train_solution.main(sys.argv[2:]))
+"""
+
+
 def test_ctrl_c_saves_a_checkpoint_then_stops(workspace):
     root, base = workspace
-    save_dir = root / "ctrl_c"
-    process = start(base, save_dir)
-    wait_for_step(process, save_dir, 7)
+    save_dir, ready = root / "ctrl_c", root / "ctrl_c_ready"
+    process = start([str(ready), *base], save_dir, driver=WAIT_FOR_CTRL_C)
+    while not ready.exists():
+        assert process.poll() is None, f"the run ended before step 8: {process.stderr.read()[-1000:]}"
+        time.sleep(0.01)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-1000:]
     assert "continue with --from_resume 1" in stderr
     stopped_at = torch.load(save_dir / "resume.pt", weights_only=True)["step"]
-    assert stopped_at == max(losses(save_dir)), "the checkpoint is of the last step the run finished"
-    assert stopped_at < 36
+    assert stopped_at == 8, "Ctrl+C during step 8: the run finishes that step, saves it, and stops"
+    assert max(losses(save_dir)) == 8, "the metrics end at the checkpoint's step"
     resume(base, save_dir)
     assert_same_final_weights(root / "straight", save_dir)
 

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_gpt
 
+from course import checkpoints
+
 MAX_LR, MIN_LR = 6e-4, 6e-5
 
 
@@ -481,13 +483,14 @@ def trained_state(learner, seed=0):
     """A tiny model, AdamW and an enabled GradScaler after two real steps, and a batch stream."""
     import numpy as np
 
+    from course.batches import BatchStream
     from data_solution import BlockDataset
 
     torch.manual_seed(seed)
     model = tiny_gpt(seed=seed, dropout=0.1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
-    stream = learner.train.BatchStream(BlockDataset(np.arange(2000, dtype=np.uint16) % 32, 16), 4, seed=seed)
+    stream = BatchStream(BlockDataset(np.arange(2000, dtype=np.uint16) % 32, 16), 4, seed=seed)
     for _ in range(2):
         learner.train.train_step(model, optimizer, scaler, [next(stream)], 1e-3, 1.0)
     return model, optimizer, scaler, stream
@@ -553,19 +556,19 @@ def test_todo_8_resumed_run_matches_the_uninterrupted_run(learner, tmp_path):
     class Crash(Exception):
         pass
 
-    real_save = learner.train.save_atomic
+    real_save = checkpoints.save_atomic
 
     def save_then_crash(obj, path):
         real_save(obj, path)
-        if path.name == learner.train.RESUME_FILE and obj.get("step") == 3:
+        if path.name == checkpoints.RESUME_FILE and obj.get("step") == 3:
             raise Crash
 
-    learner.train.save_atomic = save_then_crash
+    checkpoints.save_atomic = save_then_crash
     try:
         with pytest.raises(Crash):
             learner.train.main([*args, "--save_dir", str(tmp_path / "resumed")])
     finally:
-        learner.train.save_atomic = real_save
+        checkpoints.save_atomic = real_save
     assert learner.train.main([*args, "--save_dir", str(tmp_path / "resumed"), "--from_resume", "1"]) == 0
 
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")

@@ -1,6 +1,7 @@
-"""The given pieces of train_solution.py. The TODO functions (get_lr, set_lr,
-compute_loss, clip_and_step, accumulate_gradients, the AMP helpers, evaluate) are
-tested by the graded tests in test_todo_train.py, which run on the solution by default."""
+"""The training step as a whole, and the machinery around the loop (course/): batches,
+bits per byte, the NaN guard. The TODO functions (get_lr, set_lr, compute_loss,
+clip_and_step, accumulate_gradients, the AMP helpers, evaluate) are tested by the
+graded tests in test_todo_train.py, which run on the solution by default."""
 
 import math
 
@@ -10,6 +11,10 @@ import torch
 from conftest import tiny_gpt
 
 import train_solution as train
+from course.batches import BatchStream, fixed_eval_batches
+from course.errors import TrainingDiverged
+from course.guards import check_finite
+from course.logbook import bits_per_byte
 from data_solution import BlockDataset
 
 
@@ -26,7 +31,7 @@ def test_a_few_steps_lower_the_loss():
     model = tiny_gpt()
     optimizer = model.configure_optimizers(0.1, 3e-3, (0.9, 0.95), "cpu")
     scaler = train.make_grad_scaler(torch.device("cpu"), torch.float32)
-    stream = train.BatchStream(dataset, batch_size=8, seed=0)
+    stream = BatchStream(dataset, batch_size=8, seed=0)
     batches = [next(stream) for _ in range(40)]
     first = train.evaluate(model, batches[:4]).loss
     for i in range(0, 40, 2):
@@ -57,11 +62,11 @@ def test_bfloat16_autocast_step_runs_on_cpu():
 
 def test_fixed_eval_batches_cover_the_split_evenly():
     dataset = BlockDataset(np.arange(1000, dtype=np.uint16), 9)
-    batches = train.fixed_eval_batches(dataset, batch_size=4, n_batches=3)
+    batches = fixed_eval_batches(dataset, batch_size=4, n_batches=3)
     assert len(batches) == 3 and all(x.shape == (4, 9) for x, _ in batches)
     starts = [int(x[i, 0]) for x, _ in batches for i in range(4)]
     assert starts[0] == 0 and starts[-1] == (len(dataset) - 1) * 9
-    again = train.fixed_eval_batches(dataset, 4, 3)
+    again = fixed_eval_batches(dataset, 4, 3)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True)), (
         "the same batches every time"
     )
@@ -69,7 +74,7 @@ def test_fixed_eval_batches_cover_the_split_evenly():
 
 def test_bits_per_byte():
     # 1 nat/token, 2 tokens per 6 bytes: 2 nats / 6 bytes = 1/(3 ln 2) bits per byte
-    assert train.bits_per_byte(1.0, 2, 6) == pytest.approx(1 / (3 * math.log(2)))
+    assert bits_per_byte(1.0, 2, 6) == pytest.approx(1 / (3 * math.log(2)))
 
 
 # --- data order ---------------------------------------------------------------------------
@@ -77,11 +82,11 @@ def test_bits_per_byte():
 
 def test_batch_stream_restarts_mid_epoch_with_the_same_batches():
     dataset = BlockDataset(np.arange(500, dtype=np.uint16), 8)
-    full = train.BatchStream(dataset, batch_size=4, seed=7)
+    full = BatchStream(dataset, batch_size=4, seed=7)
     expected = [next(full)[0] for _ in range(40)]  # several epochs (15 batches each)
-    first = train.BatchStream(dataset, batch_size=4, seed=7)
+    first = BatchStream(dataset, batch_size=4, seed=7)
     seen = [next(first)[0] for _ in range(22)]
-    resumed = train.BatchStream(dataset, batch_size=4, seed=7, **first.state())
+    resumed = BatchStream(dataset, batch_size=4, seed=7, **first.state())
     seen += [next(resumed)[0] for _ in range(18)]
     assert all(torch.equal(a, b) for a, b in zip(expected, seen, strict=True))
     epoch0 = torch.cat(expected[:15])[:, 0].tolist()
@@ -91,10 +96,10 @@ def test_batch_stream_restarts_mid_epoch_with_the_same_batches():
 
 def test_check_finite_stops_on_a_bad_loss_or_gradient(tmp_path):
     fine, no_bad_steps = torch.tensor(3.0), torch.zeros((), dtype=torch.int)
-    train.check_finite(fine, no_bad_steps, 1, 5, tmp_path / "resume.pt")
+    check_finite(fine, no_bad_steps, 1, 5, tmp_path / "resume.pt")
     with pytest.raises(
-        train.TrainingDiverged, match="the loss became nan between steps 1 and 5.*nothing was saved"
+        TrainingDiverged, match="the loss became nan between steps 1 and 5.*nothing was saved"
     ):
-        train.check_finite(torch.tensor(float("nan")), no_bad_steps, 1, 5, tmp_path / "resume.pt")
-    with pytest.raises(train.TrainingDiverged, match="the gradient norm became inf or nan"):
-        train.check_finite(fine, torch.ones((), dtype=torch.int), 1, 5, tmp_path / "resume.pt")
+        check_finite(torch.tensor(float("nan")), no_bad_steps, 1, 5, tmp_path / "resume.pt")
+    with pytest.raises(TrainingDiverged, match="the gradient norm became inf or nan"):
+        check_finite(fine, torch.ones((), dtype=torch.int), 1, 5, tmp_path / "resume.pt")

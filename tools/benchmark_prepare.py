@@ -46,10 +46,10 @@ CHILD = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-import data_solution
+from course import corpus
 start = time.perf_counter()
-out = data_solution.prepare("gpt2", Path(sys.argv[2]), Path(sys.argv[3]))
-meta = data_solution.read_meta(out)
+out = corpus.prepare("gpt2", Path(sys.argv[2]), Path(sys.argv[3]))
+meta = corpus.read_meta(out)
 print(time.perf_counter() - start, meta["train_tokens"] + meta["val_tokens"])
 """
 

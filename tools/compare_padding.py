@@ -22,6 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data_solution as data  # noqa: E402
 import train_solution as train  # noqa: E402
+from course.batches import document_datasets, fixed_eval_batches  # noqa: E402
+from course.corpus import load_tokens, prepared_dir, read_meta  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 
@@ -46,17 +48,17 @@ def main() -> int:
         speed = [r["tokens_per_sec"] for r in records if "tokens_per_sec" in r]
         results[mode] = {"tokens_per_sec": sorted(speed)[len(speed) // 2]}
 
-    meta = data.read_meta(data.prepared_dir(args.data_path, "char", work / "prepared"))  # what both runs used
+    meta = read_meta(prepared_dir(args.data_path, "char", work / "prepared"))  # what both runs used
     tokenizer = data.tokenizer_from_meta(meta)
-    train_docs, _ = train.document_datasets(args.data_path, tokenizer, args.max_seq_len)
+    train_docs, _ = document_datasets(data.PretrainDataset, args.data_path, tokenizer, args.max_seq_len)
     real = sum(int((train_docs[i][1] != -100).sum()) for i in range(len(train_docs)))
     padding = 1 - real / (len(train_docs) * args.max_seq_len)
     results["blocks"]["padding"], results["documents"]["padding"] = 0.0, padding
 
     # Both models on the same held-out windows: the blocks validation split.
-    prepared = data.prepared_dir(args.data_path, "char", work / "prepared")
-    val = data.BlockDataset(data.load_tokens(prepared, "val"), args.max_seq_len)
-    batches = train.fixed_eval_batches(val, 16, 10)
+    prepared = prepared_dir(args.data_path, "char", work / "prepared")
+    val = data.BlockDataset(load_tokens(prepared, "val"), args.max_seq_len)
+    batches = fixed_eval_batches(val, 16, 10)
     for mode, result in results.items():
         weights = torch.load(work / mode / "model.pt", weights_only=True)
         model = GPT(GPTConfig(**weights["model_config"]))

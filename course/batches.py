@@ -1,0 +1,139 @@
+"""The datasets of a run, the order of its training batches, and its validation batches.
+
+`BatchStream` serves the training batches, reshuffled every epoch, in an order that a
+checkpoint can reproduce exactly: (epoch, position) is all it needs, so a resumed run
+sees precisely the batches the stopped run would have seen next. Under DDP it gives
+each process its own share of every global batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from course.corpus import load_tokens
+from course.errors import DataError
+
+
+def block_dataset(make_dataset: Callable, prepared: Path, split: str, block_size: int) -> Dataset:
+    """make_dataset(tokens, block_size) over the token file of one split (a BlockDataset)."""
+    try:
+        return make_dataset(load_tokens(prepared, split), block_size)
+    except DataError as err:
+        raise DataError(f"{split} split of {prepared.name}: {err}") from None
+
+
+def limit_windows(dataset: Dataset, max_tokens: int) -> Dataset:
+    """All windows, or max_tokens worth of them spread evenly over the split, so that
+    a small budget still sees every play rather than the first few."""
+    n_windows = max(1, max_tokens // dataset.block_size)
+    if not max_tokens or n_windows >= len(dataset):
+        return dataset
+    return Subset(dataset, np.linspace(0, len(dataset) - 1, n_windows).round().astype(int).tolist())
+
+
+def document_datasets(
+    make_dataset: Callable, path: Path, tokenizer, max_seq_len: int, val_fraction: float = 0.1
+) -> tuple[Dataset, Dataset]:
+    """MiniMind-style datasets, make_dataset(path, tokenizer, max_seq_len, documents) (a
+    PretrainDataset): the last val_fraction of the documents for validation."""
+    n_documents = len(make_dataset(path, tokenizer, max_seq_len))
+    n_val = max(1, int(n_documents * val_fraction))
+    if n_documents - n_val < 1:
+        raise DataError(
+            f"{path} has {n_documents} document(s); documents mode needs at least 2 (train and val)"
+        )
+    return (
+        make_dataset(path, tokenizer, max_seq_len, range(n_documents - n_val)),
+        make_dataset(path, tokenizer, max_seq_len, range(n_documents - n_val, n_documents)),
+    )
+
+
+def fixed_eval_batches(dataset: Dataset, batch_size: int, n_batches: int) -> list:
+    """n_batches batches of windows spread evenly over the whole validation split.
+
+    Fixed batches (not random ones) make evaluations comparable between steps and
+    between runs: a change in val loss is a change in the model, not in the sample."""
+    n_windows = min(len(dataset), batch_size * n_batches)
+    picks = np.linspace(0, len(dataset) - 1, n_windows).round().astype(int)
+    windows = [dataset[int(i)] for i in picks]
+    return [
+        (torch.stack([x for x, _ in chunk]), torch.stack([y for _, y in chunk]))
+        for chunk in (windows[i : i + batch_size] for i in range(0, n_windows, batch_size))
+    ]
+
+
+class BatchStream:
+    """Training batches, reshuffled every epoch, that can restart mid-epoch.
+
+    The order of epoch e is a permutation drawn from seed + e alone, so
+    (epoch, position) is all a checkpoint needs to continue with the very batch
+    the run would have seen next: no batch is replayed and none is skipped.
+    Under DDP, DistributedSampler gives each of the world_size processes every
+    world_size-th window of that permutation, so together they read each global
+    batch once (with world_size = 1 it is the plain permutation).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        seed: int,
+        epoch: int = 0,
+        position: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        **loader_options,
+    ) -> None:
+        if len(dataset) < batch_size * world_size:
+            raise DataError(
+                f"the training split has {len(dataset)} windows, fewer than one batch "
+                f"of {batch_size} per process; use a smaller --batch_size or more text"
+            )
+        self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
+        self.epoch, self.position = epoch, position
+        self.rank, self.world_size = rank, world_size
+        self.loader_options = loader_options
+        self.batches_per_epoch = len(dataset) // world_size // batch_size
+        self._iterator = None
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def seek(self, epoch: int, position: int) -> None:
+        """Continue from batch `position` of epoch `epoch` (a state() from a checkpoint)."""
+        self.epoch, self.position, self._iterator = epoch, position, None
+
+    def _epoch_loader(self) -> DataLoader:
+        sampler = DistributedSampler(
+            self.dataset, self.world_size, self.rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        sampler.set_epoch(self.epoch)  # permutation from seed + epoch
+        remaining = list(sampler)[self.position * self.batch_size :]
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        # The loader draws its workers' seeds from `generator` too; without it, it
+        # would draw from the global RNG and shift every later dropout mask.
+        return DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=remaining,
+            drop_last=True,
+            generator=generator,
+            **self.loader_options,
+        )
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.position == self.batches_per_epoch:  # epoch finished: start the next one
+            self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
+        if self._iterator is None:
+            self._iterator = iter(self._epoch_loader())
+        batch = next(self._iterator)
+        self.position += 1
+        return batch

@@ -1,0 +1,139 @@
+"""Checkpoint files: written atomically, read with a clear error, refused when they
+belong to a different run.
+
+A run's folder (`--save_dir`, default out/) holds
+
+    resume.pt   everything needed to continue the run (the dict of the training
+                chapter's checkpoint_state, plus the configs and the data's identity)
+    model.pt    the latest weights, with their model config and tokenizer
+    best.pt     the weights with the lowest validation loss so far, in model.pt's format
+
+What goes into resume.pt is the lesson of TODO 8; how it gets onto the disk safely,
+and how a resume refuses a checkpoint of another model or corpus, is here.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from course.errors import UsageError
+
+RESUME_FILE = "resume.pt"  # everything needed to continue the run
+WEIGHTS_FILE = "model.pt"  # the model alone, to sample from or start another run
+BEST_FILE = "best.pt"  # the weights of the best validation loss
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save to a temporary file, then rename it over `path`. A rename is atomic,
+    so a crash mid-save leaves the previous file intact, never a half-written one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say so in one line
+        raise UsageError(
+            f"cannot read checkpoint {path} ({type(err).__name__}); is it a file this script saved?"
+        ) from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every generator a run draws from. Every process gets the same seed: they
+    read different data, and one saved random state then serves them all on resume
+    (MiniMind adds the rank instead)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict:
+    """Every random generator a run draws from (dropout, sampling, user code)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_same(what: str, saved: dict, current: dict) -> None:
+    """Refuse to resume into a different model or data, naming the first difference."""
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            raise UsageError(
+                f"the checkpoint's {what} differs: {key}={saved.get(key)!r} in the checkpoint, "
+                f"{current.get(key)!r} now; use the options of the saved run or a new --save_dir"
+            )
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """--from_weight: the weights of model.pt (or best.pt) of another run, for the same architecture."""
+    if not path.is_file():
+        raise UsageError(f"--from_weight {path}: no such file")
+    weights = load_checkpoint(path)
+    check_same("model config", weights["model_config"], model.config.to_dict())
+    model.load_state_dict(weights["model"])
+
+
+class RunFiles:
+    """The checkpoint files of one run, and what identifies the run: the model's
+    config, the tokenizer, the corpus and the options it was started with."""
+
+    def __init__(self, save_dir: Path) -> None:
+        self.save_dir = save_dir
+        self.resume_path = save_dir / RESUME_FILE
+        self.identity: dict = {}
+
+    def load_resume(self) -> dict:
+        """The checkpoint that --from_resume 1 continues."""
+        if not self.resume_path.is_file():
+            raise UsageError(
+                f"--from_resume 1: there is no {RESUME_FILE} in {self.save_dir}/ to continue from"
+            )
+        return load_checkpoint(self.resume_path)
+
+    def describe(self, model_config: dict, tokenizer_meta: dict, data_meta: dict, options: dict) -> None:
+        """Remember what identifies this run; it is saved with every checkpoint."""
+        self.identity = {
+            "model_config": model_config,
+            "data_source": {"tokenizer": data_meta["tokenizer"], "source": data_meta["source"]},
+            "tokenizer": tokenizer_meta,
+            "train_args": options,
+        }
+
+    def check_same_run(self, checkpoint: dict) -> None:
+        """A resume must continue the same model on the same data."""
+        check_same("model config", checkpoint["model_config"], self.identity["model_config"])
+        check_same("data", checkpoint["data_source"], self.identity["data_source"])
+
+    def save_weights(self, model: torch.nn.Module, name: str = WEIGHTS_FILE, **extra) -> None:
+        weights = {
+            "model": model.state_dict(),
+            "model_config": self.identity["model_config"],
+            "tokenizer": self.identity["tokenizer"],
+        }
+        save_atomic({**weights, **extra}, self.save_dir / name)
+
+    def save_resume(self, state: dict) -> None:
+        """A checkpoint_state() dict, with the run's identity so a resume can refuse a mismatch."""
+        save_atomic({**state, **self.identity}, self.resume_path)

