@@ -106,7 +106,8 @@ class MoE(nn.Module):
     everything to a few experts; the load-balancing loss of the Switch Transformer,
     n_experts · Σ_e f_e · P_e (f_e: share of routing slots given to expert e, P_e: its
     mean router probability), is smallest (1) when routing is uniform, and is added
-    to the LM loss during training (seed 001 §3.3: loss = res.loss + res.aux_loss).
+    to the LM loss during training, as MiniMind's train_pretrain.py does
+    (loss = res.loss + res.aux_loss).
     """
 
     def __init__(self, config: GPTConfig) -> None:

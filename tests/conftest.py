@@ -9,7 +9,13 @@ and nothing needs the network; and the grading options.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +23,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# One thread per process, in this one and in every process a test starts (they inherit
+# the variable): the tiny models here gain nothing from a second thread, and the slow
+# jobs that run in the background (see the end of this file) get the other core.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 from todos import TODOS, Learner, isolate, load  # noqa: E402
 
@@ -88,6 +100,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests that wait for a background job run last, so the job has the whole suite to finish.
+    items.sort(key=lambda item: item.get_closest_marker("background") is not None)
     wanted = config.getoption("--todo")
     if wanted is None:
         return
@@ -108,3 +122,70 @@ def learner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     assert marker, "the learner fixture is for tests marked @pytest.mark.todo(<id>)"
     impl = request.config.getoption("--impl")
     return isolate(load(impl), marker.args[0], load("solution"), monkeypatch)
+
+
+# --- slow jobs in the background -----------------------------------------------------------
+# A few tests need their own processes that take long to start or to run: torch.compile's
+# first compilation, torchrun with two processes. Such a job starts in a thread of this
+# process as soon as a test that needs it is collected, so its processes run on the other
+# core while the rest of the suite runs; the test then waits for the job to finish.
+
+BACKGROUND_JOBS: dict[str, Callable[[Path], None]] = {}
+
+
+def background_job(name: str):
+    """Register `job(workdir)`: it runs subprocesses only (no torch work in this process)."""
+
+    def register(job: Callable[[Path], None]) -> Callable[[Path], None]:
+        BACKGROUND_JOBS[name] = job
+        return job
+
+    return register
+
+
+def run_checked(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a command from the repository root; fail with the end of its stderr if it fails."""
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command[:4])} ... failed:\n{result.stderr[-3000:]}"
+    return result
+
+
+class Job:
+    def __init__(self, name: str, root: Path) -> None:
+        self.workdir = root / name
+        self.workdir.mkdir()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(BACKGROUND_JOBS[name],), daemon=True)
+        self.thread.start()
+
+    def _run(self, job: Callable[[Path], None]) -> None:
+        try:
+            job(self.workdir)
+        except BaseException as err:  # handed to the test that waits for the job
+            self.error = err
+
+    def result(self) -> Path:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.workdir
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    wanted = {m.args[0] for item in session.items for m in item.iter_markers("background")}
+    if not wanted:
+        return
+    root = Path(tempfile.mkdtemp(prefix="pytest-background-"))
+    session.config.stash[JOBS] = {name: Job(name, root) for name in sorted(wanted)}
+    session.config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
+
+
+JOBS = pytest.StashKey[dict]()
+
+
+@pytest.fixture
+def background(request: pytest.FixtureRequest) -> Path:
+    """The working folder of this test's background job, once the job has finished."""
+    marker = request.node.get_closest_marker("background")
+    assert marker, "the background fixture is for tests marked @pytest.mark.background(<job>)"
+    return request.config.stash[JOBS][marker.args[0]].result()

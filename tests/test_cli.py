@@ -2,11 +2,13 @@
 ending with a one-line error and exit code 2 while earlier outputs stay untouched."""
 
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL
+from conftest import TINY_MODEL, VERSE, background_job, run_checked
 
 import train_solution as train
 from course import checkpoints
@@ -159,11 +161,20 @@ def test_help_lists_the_options(capsys):
         assert flag in help_text
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One finished run (its own corpus and data folder), trained once for all bad-input cases."""
+    root = tmp_path_factory.mktemp("finished")
+    (root / "verse.txt").write_text(VERSE * 40)
+    args = ["--data_path", root / "verse.txt", "--data_dir", root / "prepared", "--save_dir", root / "out"]
+    assert run([*args, "--max_steps", 2, *TINY])[0] == 0
+    return root / "out"
+
+
 @pytest.fixture
-def previous_run(corpus_txt, tmp_path, capsys):
-    """A finished run whose outputs a failed run must leave untouched."""
-    out = tmp_path / "out"
-    assert run(["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 2, *TINY], capsys)[0] == 0
+def previous_run(finished_run, tmp_path):
+    """A copy of the finished run, whose outputs a failed run must leave untouched."""
+    out = shutil.copytree(finished_run, tmp_path / "out")
     return out, {p.name: p.read_bytes() for p in out.iterdir()}
 
 
@@ -248,16 +259,26 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, f"{case}: earlier outputs were modified"
 
 
-def test_use_compile_trains_and_keeps_checkpoint_keys_plain(corpus_txt, tmp_path, capsys):
-    out = tmp_path / "out"
-    args = ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 3, "--use_compile", 1, *TINY]
-    code, err = run(args, capsys)
-    assert code == 0, err
+@background_job("compile")
+def compiled_run(workdir: Path) -> None:
+    """A real `--use_compile 1` run. Its first compilation takes ~20 s on 2 cores, so it
+    runs in the background while the rest of the suite goes on."""
+    (workdir / "verse.txt").write_text(VERSE * 40)
+    run_checked([sys.executable, "train_solution.py", "--data_path", str(workdir / "verse.txt"),
+                 "--data_dir", str(workdir / "prepared"), "--save_dir", str(workdir / "out"),
+                 "--max_steps", "3", "--use_compile", "1", *TINY])  # fmt: skip
+
+
+@pytest.mark.background("compile")
+def test_use_compile_trains_and_keeps_checkpoint_keys_plain(background):
+    out = background / "out"
     keys = torch.load(out / "resume.pt", weights_only=True)["model"].keys()
     assert not any(k.startswith("_orig_mod") for k in keys), (
         "checkpoint keys must not carry torch.compile's prefix"
     )
     assert set(keys) == set(torch.load(out / "model.pt", weights_only=True)["model"].keys())
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3], "three compiled training steps"
 
 
 def test_documents_mode_trains_on_padded_jsonl_documents(tmp_path, capsys):

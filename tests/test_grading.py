@@ -130,11 +130,9 @@ def test_scoreboard_prints_one_row_per_todo_and_exits_nonzero_until_done():
     assert solved.returncode == 0 and f"{n_data}/{n_data} TODOs done in data_solution.py" in solved_out
 
 
-def test_scoreboard_rejects_an_unknown_todo():
-    result = subprocess.run(
-        [sys.executable, "train_exercise.py", "--test", "9z"], cwd=ROOT, capture_output=True, text=True
-    )
-    assert result.returncode == 2 and "has no TODO '9z'" in result.stderr
+def test_scoreboard_rejects_an_unknown_todo(capsys):
+    assert load("exercise").train.main(["--test", "9z"]) == 2
+    assert "has no TODO '9z'" in capsys.readouterr().err
 
 
 # --- the exercise file runs as far as the learner has got ------------------------------------

@@ -1,4 +1,4 @@
-"""The TODO catalog (COURSE_SPEC §3) as the tests see it: where each TODO lives and
+"""The TODO catalog as the tests see it: where each TODO lives and
 which functions hold its code, so a graded test can use the learner's code for its
 own TODO and the reference code for every other one."""
 
