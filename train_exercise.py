@@ -371,6 +371,23 @@ def validate(
     return best_val_loss
 
 
+def save_checkpoint(
+    run: RunFiles,
+    model: GPT,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    step: int,
+    stream: BatchStream,
+    best_val_loss: float,
+) -> None:
+    """model.pt (the weights, to sample from or start another run) and resume.pt (the
+    checkpoint_state [8] that continues this run), each written atomically."""
+    run.save_weights(model)
+    state = open_todos.state_or_none(checkpoint_state, model, optimizer, scaler, step, stream, best_val_loss)
+    if state is not None:
+        run.save_resume(state)
+
+
 def train(args: argparse.Namespace) -> None:
     """Set up, then for every optimizer step: LR, batches, train_step, log, evaluate, save.
     Under torchrun every process runs this; only rank 0 logs, evaluates and saves."""
@@ -423,12 +440,7 @@ def train(args: argparse.Namespace) -> None:
             if at_eval and group.is_main:
                 best_val_loss = validate(done, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
             if at_save and group.is_main:
-                run.save_weights(model)
-                state = open_todos.state_or_none(
-                    checkpoint_state, model, optimizer, scaler, done, stream, best_val_loss
-                )
-                if state is not None:
-                    run.save_resume(state)
+                save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss)
             if (at_eval or at_save) and group.is_main:
                 logbook.restart_clock()  # tokens/s counts training steps only
             if stop:
