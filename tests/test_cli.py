@@ -36,7 +36,7 @@ def test_tiny_run_writes_every_output_and_learns(corpus_txt, tmp_path, capsys):
     out = tmp_path / "out"
     code, err = run(["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 30, *TINY], capsys)
     assert code == 0, err
-    for name in ("resume.pt", "model.pt", "metrics.jsonl", "metrics.png", "samples.txt"):
+    for name in ("resume.pt", "model.pt", "best.pt", "metrics.jsonl", "metrics.png", "samples.txt"):
         assert (out / name).is_file(), f"{name} missing"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_loss" in r]
@@ -46,6 +46,19 @@ def test_tiny_run_writes_every_output_and_learns(corpus_txt, tmp_path, capsys):
     assert {"val_loss", "val_ppl", "val_bpb"} <= set(val[-1])
     weights = torch.load(out / "model.pt", weights_only=True)
     assert weights["model_config"]["n_layer"] == 2 and weights["tokenizer"]["tokenizer"] == "char"
+    assert_best_weights_are_of_the_lowest_val_loss(out)
+
+
+def assert_best_weights_are_of_the_lowest_val_loss(out: Path) -> None:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    best_record = min((r for r in records if "val_loss" in r), key=lambda r: r["val_loss"])
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert (best["step"], best["val_loss"]) == (best_record["step"], best_record["val_loss"]), (
+        "best.pt must hold the weights of the lowest validation loss"
+    )
+    if best_record["step"] == max(r["step"] for r in records):  # then they are also the latest weights
+        latest = torch.load(out / "model.pt", weights_only=True)["model"]
+        assert all(torch.equal(best["model"][k], latest[k]) for k in latest)
 
 
 class Crash(Exception):
@@ -84,6 +97,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(corpus_txt, tmp_path
     assert run([*args, "--save_dir", interrupted, "--from_resume", 1], capsys)[0] == 0
 
     assert losses(interrupted) == losses(straight), "the resumed run must see the same batches and randomness"
+    assert_best_weights_are_of_the_lowest_val_loss(interrupted)  # across the resume
     a = torch.load(straight / "model.pt", weights_only=True)["model"]
     b = torch.load(interrupted / "model.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), "final weights must be identical"
