@@ -23,7 +23,7 @@ corpus, or any .txt / MiniMind .jsonl file, read in chunks) is machinery, in
     >>> tok.decode(tok.encode("今天天气真好"))
     '今天天气真好'
 
-Check your TODOs with `python data_exercise.py`.
+Check your TODOs: `python data_exercise.py` grades them (`--hint 1` gives a hint).
 """
 
 from __future__ import annotations
@@ -223,11 +223,12 @@ class BlockDataset(Dataset):
             raise IndexError(f"window {idx} out of range for {len(self)} windows")
         s = idx * self.stride
         T = self.block_size
-        # TODO 1: x = tokens[s : s + T] and y = the same window shifted by one token
-        #   Both as int64 tensors: torch.from_numpy(array.astype(np.int64)) (embedding
-        #   lookups and cross_entropy want int64 indices; the file holds uint16).
+        # TODO 1: x = the window of T tokens at s, y = the same window shifted by one token
+        #   Returns (x, y), two int64 tensors of shape (T,): y[i] is the token that follows
+        #   x[i] in the corpus. (The file holds uint16; embeddings and the loss want int64.)
+        #   Stuck? python data_exercise.py --hint 1
         raise NotImplementedError(
-            "TODO 1: x = tokens[s : s + T] and y = the same window shifted by one token"
+            "TODO 1: x = the window of T tokens at s, y = the same window shifted by one token"
         )
         # END TODO 1
 
@@ -278,17 +279,17 @@ class PretrainDataset(Dataset):
         ids = self.tokenizer.encode(self.text(idx))
         T = self.max_seq_len
         bos = eos = pad = self.tokenizer.eot_id
-        # TODO 7: tokens = (BOS + ids + EOS) cut to T + 1; x = tokens[:-1] and y = tokens[1:],
-        #   right-padded to T: x with `pad`, y with IGNORE_INDEX (-100) so the loss skips them.
-        #   Hint: torch.full((T,), value, dtype=torch.long), then fill the first n positions.
-        raise NotImplementedError(
-            "TODO 7: tokens = (BOS + ids + EOS) cut to T + 1; x = tokens[:-1] and y = tokens[1:],"
-        )
+        # TODO 7: BOS + the document + EOS, cut, shifted by one, right-padded
+        #   Returns (x, y), two int64 tensors of shape (T,). The sequence is bos, the ids and
+        #   eos, cut to its first T + 1 tokens; x is it without its last token, y without its
+        #   first. Past the sequence is padding: `pad` in x and IGNORE_INDEX (-100) in y, so
+        #   the loss skips it. Stuck? python data_exercise.py --hint 7
+        raise NotImplementedError("TODO 7: BOS + the document + EOS, cut, shifted by one, right-padded")
         # END TODO 7
 
 
 if __name__ == "__main__":
-    # `python data_exercise.py` grades the TODOs of this file and prints a scoreboard.
-    from tests.scoreboard import grade
+    # `python data_exercise.py` grades the TODOs of this file; `--hint 1` gives a hint.
+    from course.cli import data_main
 
-    sys.exit(grade(Path(__file__)))
+    sys.exit(data_main(sys.argv[1:], Path(__file__)))

@@ -18,11 +18,13 @@ The machinery around it (options and presets, corpus files, the resumable batch
 order, processes under torchrun, checkpoint files, logging, Ctrl+C and the NaN guard)
 is in the `course` package: one call each from here.
 
-Run it:
-    python train_solution.py                      # the main job: Shakespeare on your CPU/GPU
-    python train_solution.py --help               # every option
-    python train_solution.py --from_resume 1      # continue the run saved in out/
-    torchrun --standalone --nproc_per_node=2 train_solution.py   # several processes (DDP)
+Check your TODOs and run it:
+    python train_exercise.py --test               # grade the TODOs of this file (--test 2b: one)
+    python train_exercise.py --hint 2b            # one hint at a time for a TODO
+    python train_exercise.py                      # the main job: Shakespeare on your CPU/GPU
+    python train_exercise.py --help               # every option
+    python train_exercise.py --from_resume 1      # continue the run saved in out/
+    torchrun --standalone --nproc_per_node=2 train_exercise.py   # several processes (DDP)
 
 A step is one optimizer step: the LR schedule, logging, evaluation and checkpoints
 all count optimizer steps, never micro-batches. Losses are in nats per token.
@@ -79,15 +81,18 @@ def get_lr(step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr
     total_steps - warmup_steps steps, and stays at min_lr from total_steps on.
     """
     if step < warmup_steps:
-        # TODO 2a: warmup: grow the LR linearly, reaching max_lr at step warmup_steps - 1
-        #   Step 0 gets max_lr * 1 / warmup_steps (count from step + 1, not from 0).
+        # TODO 2a: warmup: a linear ramp that reaches max_lr at step warmup_steps - 1
+        #   For step < warmup_steps: the LR grows by the same amount every step, is already
+        #   above 0 at step 0 (the first step must learn something) and equals max_lr at the
+        #   last warmup step. Stuck? python train_exercise.py --hint 2a
         raise NotImplementedError(
-            "TODO 2a: warmup: grow the LR linearly, reaching max_lr at step warmup_steps - 1"
+            "TODO 2a: warmup: a linear ramp that reaches max_lr at step warmup_steps - 1"
         )
         # END TODO 2a
     # TODO 2b: cosine decay from max_lr to min_lr, then min_lr from total_steps on
-    #   progress runs from 0 at warmup_steps to 1 at total_steps;
-    #   lr = min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * progress))   (math.cos, math.pi)
+    #   For step >= warmup_steps: max_lr at step warmup_steps, then half a cosine that
+    #   falls smoothly to min_lr at total_steps, and min_lr for every later step (the LR
+    #   never goes below min_lr). Stuck? python train_exercise.py --hint 2b
     raise NotImplementedError("TODO 2b: cosine decay from max_lr to min_lr, then min_lr from total_steps on")
     # END TODO 2b
 
@@ -105,19 +110,22 @@ class StepStats:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The optimizer reads its LR from each parameter group, so the schedule writes there."""
-    # TODO 3a: write lr into every parameter group of the optimizer
-    #   optimizer.param_groups is a list of dicts; each has an "lr" entry.
-    raise NotImplementedError("TODO 3a: write lr into every parameter group of the optimizer")
+    # TODO 3a: set the learning rate of every parameter group to lr
+    #   After this call the optimizer's next step uses lr for every parameter, whatever
+    #   groups it has (model.py makes two: with and without weight decay).
+    #   Stuck? python train_exercise.py --hint 3a
+    raise NotImplementedError("TODO 3a: set the learning rate of every parameter group to lr")
     # END TODO 3a
 
 
 def compute_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The forward pass: the model scores every next token and returns the mean
     cross-entropy against the targets y (x shifted by one), in nats per token."""
-    # TODO 3b: the forward pass: logits, loss = model(x, targets=y); return the loss
-    raise NotImplementedError(
-        "TODO 3b: the forward pass: logits, loss = model(x, targets=y); return the loss"
-    )
+    # TODO 3b: the forward pass: the mean cross-entropy of predicting y from x
+    #   Returns a scalar tensor in nats per token, still attached to the autograd graph
+    #   (backward follows). The model in model.py can compute it for you.
+    #   Stuck? python train_exercise.py --hint 3b
+    raise NotImplementedError("TODO 3b: the forward pass: the mean cross-entropy of predicting y from x")
     # END TODO 3b
 
 
@@ -135,9 +143,10 @@ def clip_and_step(
        backward writes them fresh instead of adding to stale ones.
     """
     # TODO 3c: unscale, clip, step, update the scale, clear the gradients; return the norm
-    #   scaler.unscale_(optimizer), torch.nn.utils.clip_grad_norm_(params, max_norm) (it
-    #   returns the norm before clipping), scaler.step(optimizer), scaler.update(),
-    #   optimizer.zero_grad(set_to_none=True). grad_clip == 0 means max_norm = inf.
+    #   Returns the gradient norm before clipping, in true (unscaled) units. The weights
+    #   move by the gradient clipped to norm grad_clip (0: no clipping); a float16 step
+    #   whose gradients overflowed is skipped by the scaler; no gradient is left behind
+    #   for the next step. Stuck? python train_exercise.py --hint 3c
     raise NotImplementedError(
         "TODO 3c: unscale, clip, step, update the scale, clear the gradients; return the norm"
     )
@@ -159,8 +168,10 @@ def accumulate_gradients(
     `no_sync` skips that for all but the last micro-batch, where it is needed once.
     """
     # TODO 4: forward + backward over every micro-batch; return the mean loss (detached)
-    #   Per micro-batch: `with amp_ctx:` compute_loss(...), then scaler.scale(loss / k).backward().
-    #   Wrap all but the last micro-batch in model.no_sync() when the model has it (DDP).
+    #   Afterwards .grad holds the gradient of the mean loss over all k micro-batches:
+    #   what one batch k times larger would give. Forwards run under amp_ctx, backwards
+    #   go through the scaler, and under DDP only the last backward averages gradients
+    #   across processes. Stuck? python train_exercise.py --hint 4
     raise NotImplementedError(
         "TODO 4: forward + backward over every micro-batch; return the mean loss (detached)"
     )
@@ -201,7 +212,9 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
     loss is scaled up first (see make_grad_scaler). Use bfloat16 where the GPU has it.
     """
     # TODO 5: the autocast context for this device and dtype (NO_AUTOCAST for float32)
-    #   torch.autocast(device_type=..., dtype=...): device_type is "cuda", "cpu" or "mps".
+    #   bfloat16 or float16: matmuls inside the context run in that type, on this kind of
+    #   device (cpu, cuda or mps); float32: nothing changes.
+    #   Stuck? python train_exercise.py --hint 5
     raise NotImplementedError(
         "TODO 5: the autocast context for this device and dtype (NO_AUTOCAST for float32)"
     )
@@ -214,7 +227,8 @@ def make_grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.Grad
     by it before the update. bfloat16 has float32's range and needs no scaler; a
     disabled scaler passes every call straight through."""
     # TODO 5: a GradScaler that is enabled for float16 only
-    #   torch.amp.GradScaler(device_type, enabled=...)
+    #   A disabled scaler passes every call through unchanged, so the training step can
+    #   always use it. Stuck? python train_exercise.py --hint 5
     raise NotImplementedError("TODO 5: a GradScaler that is enabled for float16 only")
     # END TODO 5
 
@@ -240,8 +254,10 @@ def evaluate(
     eval() turns dropout off; no_grad() skips building the backward graph.
     """
     # TODO 6: eval mode, no gradients, mean loss over the batches, back to train mode
-    #   model.eval() / model.train(), `with torch.no_grad(), amp_ctx:`, compute_loss(...);
-    #   return EvalResult(loss=<mean as a float>, perplexity=math.exp(loss)).
+    #   Returns an EvalResult: the mean of the batches' losses as a Python float, and its
+    #   exponential. Forwards run under amp_ctx, with dropout off and no autograd graph;
+    #   the model is back in training mode afterwards.
+    #   Stuck? python train_exercise.py --hint 6
     raise NotImplementedError(
         "TODO 6: eval mode, no gradients, mean loss over the batches, back to train mode"
     )
@@ -269,12 +285,12 @@ def checkpoint_state(
     random generators decide the next dropout masks. Leave any of them out and the
     resumed run quietly becomes a different run.
     """
-    # TODO 8: a dict with the model's, optimizer's and scaler's state_dict(), the step,
-    #   the data position (stream.state()), the RNG states (capture_rng_state()) and
-    #   best_val_loss. restore_checkpoint below reads the same dict back.
-    raise NotImplementedError(
-        "TODO 8: a dict with the model's, optimizer's and scaler's state_dict(), the step,"
-    )
+    # TODO 8: a dict with everything an exact resume needs
+    #   The states of the model, the optimizer and the scaler, the step, the position in
+    #   the data (the stream knows it), every random generator's state (a helper is
+    #   imported at the top), and best_val_loss. restore_checkpoint reads the dict back.
+    #   Stuck? python train_exercise.py --hint 8
+    raise NotImplementedError("TODO 8: a dict with everything an exact resume needs")
     # END TODO 8
 
 
@@ -282,9 +298,11 @@ def restore_checkpoint(
     checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
 ) -> tuple[int, dict, float]:
     """Load a checkpoint_state() dict back; returns (step, data position, best val loss)."""
-    # TODO 8: load_state_dict() into the model, the optimizer and the scaler, and
-    #   restore_rng_state(...); then return the step, data position and best_val_loss.
-    raise NotImplementedError("TODO 8: load_state_dict() into the model, the optimizer and the scaler, and")
+    # TODO 8: load a checkpoint_state() dict back into the run
+    #   The model, the optimizer and the scaler get their saved states back, and so do the
+    #   random generators; returns (step, data position, best_val_loss) as they were saved.
+    #   Stuck? python train_exercise.py --hint 8
+    raise NotImplementedError("TODO 8: load a checkpoint_state() dict back into the run")
     # END TODO 8
 
 

@@ -16,7 +16,9 @@ The machinery around it (options and presets, corpus files, the resumable batch
 order, processes under torchrun, checkpoint files, logging, Ctrl+C and the NaN guard)
 is in the `course` package: one call each from here.
 
-Run it:
+Check your TODOs and run it:
+    python train_solution.py --test               # grade the TODOs of this file (--test 2b: one)
+    python train_solution.py --hint 2b            # one hint at a time for a TODO
     python train_solution.py                      # the main job: Shakespeare on your CPU/GPU
     python train_solution.py --help               # every option
     python train_solution.py --from_resume 1      # continue the run saved in out/
@@ -77,13 +79,16 @@ def get_lr(step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr
     total_steps - warmup_steps steps, and stays at min_lr from total_steps on.
     """
     if step < warmup_steps:
-        # TODO 2a: warmup: grow the LR linearly, reaching max_lr at step warmup_steps - 1
-        #   Step 0 gets max_lr * 1 / warmup_steps (count from step + 1, not from 0).
+        # TODO 2a: warmup: a linear ramp that reaches max_lr at step warmup_steps - 1
+        #   For step < warmup_steps: the LR grows by the same amount every step, is already
+        #   above 0 at step 0 (the first step must learn something) and equals max_lr at the
+        #   last warmup step. Stuck? python train_exercise.py --hint 2a
         return max_lr * (step + 1) / warmup_steps
         # END TODO 2a
     # TODO 2b: cosine decay from max_lr to min_lr, then min_lr from total_steps on
-    #   progress runs from 0 at warmup_steps to 1 at total_steps;
-    #   lr = min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * progress))   (math.cos, math.pi)
+    #   For step >= warmup_steps: max_lr at step warmup_steps, then half a cosine that
+    #   falls smoothly to min_lr at total_steps, and min_lr for every later step (the LR
+    #   never goes below min_lr). Stuck? python train_exercise.py --hint 2b
     if step >= total_steps:
         return min_lr
     progress = (step - warmup_steps) / (total_steps - warmup_steps)  # 0 → 1
@@ -104,8 +109,10 @@ class StepStats:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """The optimizer reads its LR from each parameter group, so the schedule writes there."""
-    # TODO 3a: write lr into every parameter group of the optimizer
-    #   optimizer.param_groups is a list of dicts; each has an "lr" entry.
+    # TODO 3a: set the learning rate of every parameter group to lr
+    #   After this call the optimizer's next step uses lr for every parameter, whatever
+    #   groups it has (model.py makes two: with and without weight decay).
+    #   Stuck? python train_exercise.py --hint 3a
     for group in optimizer.param_groups:
         group["lr"] = lr
     # END TODO 3a
@@ -114,7 +121,10 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def compute_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The forward pass: the model scores every next token and returns the mean
     cross-entropy against the targets y (x shifted by one), in nats per token."""
-    # TODO 3b: the forward pass: logits, loss = model(x, targets=y); return the loss
+    # TODO 3b: the forward pass: the mean cross-entropy of predicting y from x
+    #   Returns a scalar tensor in nats per token, still attached to the autograd graph
+    #   (backward follows). The model in model.py can compute it for you.
+    #   Stuck? python train_exercise.py --hint 3b
     _, loss = model(x, targets=y)
     return loss
     # END TODO 3b
@@ -134,9 +144,10 @@ def clip_and_step(
        backward writes them fresh instead of adding to stale ones.
     """
     # TODO 3c: unscale, clip, step, update the scale, clear the gradients; return the norm
-    #   scaler.unscale_(optimizer), torch.nn.utils.clip_grad_norm_(params, max_norm) (it
-    #   returns the norm before clipping), scaler.step(optimizer), scaler.update(),
-    #   optimizer.zero_grad(set_to_none=True). grad_clip == 0 means max_norm = inf.
+    #   Returns the gradient norm before clipping, in true (unscaled) units. The weights
+    #   move by the gradient clipped to norm grad_clip (0: no clipping); a float16 step
+    #   whose gradients overflowed is skipped by the scaler; no gradient is left behind
+    #   for the next step. Stuck? python train_exercise.py --hint 3c
     scaler.unscale_(optimizer)
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -162,8 +173,10 @@ def accumulate_gradients(
     `no_sync` skips that for all but the last micro-batch, where it is needed once.
     """
     # TODO 4: forward + backward over every micro-batch; return the mean loss (detached)
-    #   Per micro-batch: `with amp_ctx:` compute_loss(...), then scaler.scale(loss / k).backward().
-    #   Wrap all but the last micro-batch in model.no_sync() when the model has it (DDP).
+    #   Afterwards .grad holds the gradient of the mean loss over all k micro-batches:
+    #   what one batch k times larger would give. Forwards run under amp_ctx, backwards
+    #   go through the scaler, and under DDP only the last backward averages gradients
+    #   across processes. Stuck? python train_exercise.py --hint 4
     k = len(micro_batches)
     losses = []
     for i, (x, y) in enumerate(micro_batches):
@@ -212,7 +225,9 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
     loss is scaled up first (see make_grad_scaler). Use bfloat16 where the GPU has it.
     """
     # TODO 5: the autocast context for this device and dtype (NO_AUTOCAST for float32)
-    #   torch.autocast(device_type=..., dtype=...): device_type is "cuda", "cpu" or "mps".
+    #   bfloat16 or float16: matmuls inside the context run in that type, on this kind of
+    #   device (cpu, cuda or mps); float32: nothing changes.
+    #   Stuck? python train_exercise.py --hint 5
     if dtype == torch.float32:
         return NO_AUTOCAST
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -225,7 +240,8 @@ def make_grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.Grad
     by it before the update. bfloat16 has float32's range and needs no scaler; a
     disabled scaler passes every call straight through."""
     # TODO 5: a GradScaler that is enabled for float16 only
-    #   torch.amp.GradScaler(device_type, enabled=...)
+    #   A disabled scaler passes every call through unchanged, so the training step can
+    #   always use it. Stuck? python train_exercise.py --hint 5
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # END TODO 5
 
@@ -251,8 +267,10 @@ def evaluate(
     eval() turns dropout off; no_grad() skips building the backward graph.
     """
     # TODO 6: eval mode, no gradients, mean loss over the batches, back to train mode
-    #   model.eval() / model.train(), `with torch.no_grad(), amp_ctx:`, compute_loss(...);
-    #   return EvalResult(loss=<mean as a float>, perplexity=math.exp(loss)).
+    #   Returns an EvalResult: the mean of the batches' losses as a Python float, and its
+    #   exponential. Forwards run under amp_ctx, with dropout off and no autograd graph;
+    #   the model is back in training mode afterwards.
+    #   Stuck? python train_exercise.py --hint 6
     model.eval()
     with torch.no_grad(), amp_ctx:
         losses = [compute_loss(model, x, y).float() for x, y in batches]
@@ -283,9 +301,11 @@ def checkpoint_state(
     random generators decide the next dropout masks. Leave any of them out and the
     resumed run quietly becomes a different run.
     """
-    # TODO 8: a dict with the model's, optimizer's and scaler's state_dict(), the step,
-    #   the data position (stream.state()), the RNG states (capture_rng_state()) and
-    #   best_val_loss. restore_checkpoint below reads the same dict back.
+    # TODO 8: a dict with everything an exact resume needs
+    #   The states of the model, the optimizer and the scaler, the step, the position in
+    #   the data (the stream knows it), every random generator's state (a helper is
+    #   imported at the top), and best_val_loss. restore_checkpoint reads the dict back.
+    #   Stuck? python train_exercise.py --hint 8
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -302,8 +322,10 @@ def restore_checkpoint(
     checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
 ) -> tuple[int, dict, float]:
     """Load a checkpoint_state() dict back; returns (step, data position, best val loss)."""
-    # TODO 8: load_state_dict() into the model, the optimizer and the scaler, and
-    #   restore_rng_state(...); then return the step, data position and best_val_loss.
+    # TODO 8: load a checkpoint_state() dict back into the run
+    #   The model, the optimizer and the scaler get their saved states back, and so do the
+    #   random generators; returns (step, data position, best_val_loss) as they were saved.
+    #   Stuck? python train_exercise.py --hint 8
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])

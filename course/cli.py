@@ -25,6 +25,9 @@ from course.corpus import TOKENIZERS
 from course.devices import resolve_device, resolve_dtype
 from course.distributed import ProcessGroup, init_distributed, shut_down
 from course.errors import DataError, Interrupted, TrainingDiverged, UsageError
+from course.todos import TODOS, next_hint
+
+HINT_HELP = "print the next hint for a TODO: first the idea, then the API names, pseudocode last"
 
 # Defaults that depend on the hardware. CPU: a 0.8M-parameter model that learns
 # Shakespeare's look in about 3 minutes on 2 cores, on a million characters
@@ -186,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TODO",
         help="grade the TODOs of this file with pytest and print a scoreboard (or one TODO: --test 2b)",
     )
+    grading.add_argument(
+        "--hint",
+        metavar="TODO",
+        help="print the next hint for a TODO: the idea, then the API, then pseudocode",
+    )
     return p
 
 
@@ -283,6 +291,8 @@ def main(train: Callable[[argparse.Namespace], None], argv: list[str] | None, sc
     """Parse the options, run `train`, and turn the ways a run can end into exit codes:
     0 done, 1 diverged or stopped at an open TODO, 2 a usage or data mistake, 130 Ctrl+C."""
     args = build_parser().parse_args(argv)
+    if args.hint:
+        return show_hint(args.hint, script)
     if args.test:
         from tests.scoreboard import grade  # the graded tests live in tests/
 
@@ -310,3 +320,33 @@ def main(train: Callable[[argparse.Namespace], None], argv: list[str] | None, sc
     finally:
         shut_down()
     return 0
+
+
+def show_hint(todo_id: str, script: Path) -> int:
+    """`--hint 2b`: the next hint of a TODO of this file (course/todos.py has them all)."""
+    module, _, impl = script.stem.partition("_")
+    if todo_id not in TODOS:
+        print(f"error: there is no TODO {todo_id!r}; the TODOs are {', '.join(TODOS)}", file=sys.stderr)
+        return 2
+    if TODOS[todo_id].module != module:
+        other = f"{TODOS[todo_id].module}_{impl}.py"
+        print(f"error: TODO {todo_id} is in {other}: `python {other} --hint {todo_id}`", file=sys.stderr)
+        return 2
+    print(next_hint(todo_id))
+    return 0
+
+
+def data_main(argv: list[str] | None, script: Path) -> int:
+    """`python data_exercise.py`: grade the TODOs of the data chapter; `--hint 1`: a hint."""
+    parser = OneLineErrorParser(description="Grade the TODOs of this file and print a scoreboard.")
+    parser.add_argument(
+        "--hint",
+        metavar="TODO",
+        help="print the next hint for a TODO: the idea, then the API, then pseudocode",
+    )
+    args = parser.parse_args(argv)
+    if args.hint:
+        return show_hint(args.hint, script)
+    from tests.scoreboard import grade  # the graded tests live in tests/
+
+    return grade(script)

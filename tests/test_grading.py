@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,11 +17,8 @@ from pathlib import Path
 import pytest
 import test_todo_data
 import test_todo_train
-from conftest import ROOT, TINY_MODEL
+from conftest import ROOT, TINY_MODEL, background_job, make_exercises, skip_if_learner_edited
 from todos import CATALOG, TODOS, Learner, isolate, load
-
-sys.path.insert(0, str(ROOT / "tools"))
-import make_exercises  # noqa: E402
 
 GRADED_MODULES = [test_todo_data, test_todo_train]
 
@@ -55,23 +54,30 @@ def test_every_todo_has_graded_tests():
     assert {todo for todo, _, _ in graded_cases()} == set(TODOS)
 
 
-def test_exercise_files_are_up_to_date():
-    for path, expected in make_exercises.expected_files().items():
-        assert path.read_text() == expected, f"{path.name} is stale: run python tools/make_exercises.py"
+@pytest.mark.pristine
+@pytest.mark.parametrize("exercise", make_exercises.PAIRS.values())
+def test_exercise_files_are_up_to_date(exercise):
+    skip_if_learner_edited(exercise)
+    expected = make_exercises.expected_files()[ROOT / exercise]
+    assert (ROOT / exercise).read_text() == expected, (
+        f"{exercise} is out of date: run python tools/make_exercises.py"
+    )
 
 
 def test_exercise_differs_from_solution_only_inside_todo_regions():
     for solution, exercise in make_exercises.PAIRS.items():
         source = (ROOT / solution).read_text()
         solved = make_exercises.make_exercise(source, solution, solved=frozenset(TODOS))
-        renamed = "".join(make_exercises.rename_imports(line) for line in source.splitlines(keepends=True))
+        renamed = make_exercises.rename(source)
         assert solved.split("\n", 2)[2] == renamed, (
             f"{exercise} with every TODO solved must be {solution} itself"
         )
 
 
+@pytest.mark.pristine
 @pytest.mark.parametrize("todo", list(TODOS))
 def test_graded_tests_fail_on_the_unsolved_exercise_with_their_own_message(todo, monkeypatch, tmp_path):
+    skip_if_learner_edited(f"{TODOS[todo].module}_exercise.py", todo)
     cases = [(func, kwargs) for t, func, kwargs in graded_cases() if t == todo]
     for func, kwargs in cases:
         with monkeypatch.context() as patch:
@@ -111,23 +117,38 @@ def test_pasting_one_solution_region_turns_exactly_that_todo_green(solved, monke
                     run_case(func, learner, kwargs, tmp_path)
 
 
-def test_scoreboard_prints_one_row_per_todo_and_exits_nonzero_until_done():
+@pytest.fixture(scope="module")
+def scoreboards():
+    """The scoreboards of the exercise's train TODOs and of the solution's data TODOs,
+    run at once (each is mostly the start-up of a Python process)."""
+
     def scoreboard(*command: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.PIPE, text=True)
 
-    unsolved, solved = (
-        scoreboard("train_exercise.py", "--test"),
-        scoreboard("data_solution.py"),
-    )  # in parallel
-    unsolved_out, solved_out = unsolved.communicate()[0], solved.communicate()[0]
-    assert unsolved.returncode == 1
+    running = {
+        "train_exercise": scoreboard("train_exercise.py", "--test"),
+        "data_solution": scoreboard("data_solution.py"),
+    }
+    return {name: (process.communicate()[0], process.returncode) for name, process in running.items()}
+
+
+@pytest.mark.pristine
+def test_scoreboard_of_the_unsolved_exercise_shows_every_todo_not_started(request):
+    skip_if_learner_edited("train_exercise.py")
+    out, code = request.getfixturevalue("scoreboards")["train_exercise"]
+    assert code == 1
     for todo in CATALOG:
         if todo.module == "train":
-            assert f"{todo.id:<5} {todo.title}" in unsolved_out
+            assert f"{todo.id:<5} {todo.title}" in out
     n_train = sum(todo.module == "train" for todo in CATALOG)
-    assert "· not started" in unsolved_out and f"0/{n_train} TODOs done in train_exercise.py" in unsolved_out
-    n_data = sum(todo.module == "data" for todo in CATALOG)
-    assert solved.returncode == 0 and f"{n_data}/{n_data} TODOs done in data_solution.py" in solved_out
+    assert "· not started" in out and f"0/{n_train} TODOs done in train_exercise.py" in out
+
+
+def test_scoreboard_of_the_solution_passes_with_exit_0(scoreboards):
+    out, code = scoreboards["data_solution"]
+    required = [todo.id for todo in CATALOG if todo.module == "data" and not todo.bonus]
+    assert code == 0 and f"{len(required)}/{len(required)} TODOs done in data_solution.py" in out
+    assert "bonus TODO 7 done" in out
 
 
 def test_scoreboard_rejects_an_unknown_todo(capsys):
@@ -181,3 +202,67 @@ def test_open_core_todo_stops_training_with_its_message(todo, corpus_txt, tmp_pa
     code, output, _ = run_variant({todo}, corpus_txt, tmp_path, capsys)
     assert code == 1
     assert f"stopped at TODO {todo}:" in output and "--test` grades it" in output
+
+
+# --- a learner's checkout: "done" is done ---------------------------------------------------
+
+FILLED = {"finished": set(TODOS), "half-finished": {"1", "2a", "2b", "3a", "3b", "3c"}}
+COURSE_FILES = ["course", "tests", "tools", "data/gpt2.tiktoken", "model.py", "data_solution.py",
+                "train_solution.py", "pyproject.toml", "tutorial.ipynb"]  # fmt: skip
+
+
+@background_job("checkouts")
+def learner_checkouts(workdir: Path) -> None:
+    """Copies of the course whose exercise files hold working answers (every TODO, or
+    TODOs 1-3c), where a learner would run plain pytest (its checks that need pristine
+    files) and both graders."""
+    env = {key: value for key, value in os.environ.items() if key != "CI"}  # a learner's machine
+    results = {}
+    for name, filled in FILLED.items():
+        copy = workdir / name
+        for item in COURSE_FILES:
+            source, target = ROOT / item, copy / item
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, target)
+        for solution, exercise in make_exercises.PAIRS.items():
+            text = make_exercises.make_exercise((ROOT / solution).read_text(), solution, frozenset(filled))
+            (copy / exercise).write_text(text)
+        commands = {
+            "pytest": ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "pristine", "-rs"],
+            "train": ["train_exercise.py", "--test"],
+            "data": ["data_exercise.py"],
+        }
+        for key, args in commands.items():
+            done = subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True)
+            results[f"{name} {key}"] = [done.returncode, done.stdout + done.stderr]
+    (workdir / "results.json").write_text(json.dumps(results))
+
+
+@pytest.mark.background("checkouts")
+def test_a_finished_checkout_passes_pytest_and_both_graders(background):
+    results = json.loads((background / "results.json").read_text())
+    for key in ("finished pytest", "finished train", "finished data"):
+        code, output = results[key]
+        assert code == 0, f"{key}: exit {code}\n{output[-2000:]}"
+    assert "9/9 TODOs done in train_exercise.py" in results["finished train"][1]
+    assert "1/1 TODOs done in data_exercise.py; bonus TODO 7 done" in results["finished data"][1]
+    assert "your work in TODO" in results["finished pytest"][1], "the pristine checks say why they skip"
+
+
+@pytest.mark.background("checkouts")
+def test_a_half_finished_checkout_passes_pytest_and_its_graders_name_the_open_todos(background):
+    results = json.loads((background / "results.json").read_text())
+    code, output = results["half-finished pytest"]
+    assert code == 0, output[-2000:]
+    code, output = results["half-finished train"]
+    assert code == 1
+    for todo in ("2a", "2b", "3a", "3b", "3c"):
+        assert f"{todo:<5} {TODOS[todo].title:<46} ✓ passed" in output, output
+    for todo in ("4", "5", "6", "8"):
+        assert f"{todo:<5} {TODOS[todo].title:<46} · not started" in output, output
+    assert "5/9 TODOs done" in output and "next: TODO 4 " in output
+    code, output = results["half-finished data"]
+    assert code == 0 and "1/1 TODOs done in data_exercise.py; bonus TODO 7 open" in output, output

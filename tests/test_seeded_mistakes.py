@@ -51,6 +51,29 @@ MISTAKES = {
         lambda lr, tmp: test_todo_train.test_todo_2b_cosine_decay(lr, 10, 100),
         "total_steps - warmup_steps",
     ),
+    "cosine that decays to 0 instead of min_lr": (
+        "train_solution.py",
+        "return min_lr + 0.5 * (max_lr - min_lr) * (1.0 + math.cos(math.pi * progress))",
+        "return 0.5 * max_lr * (1.0 + math.cos(math.pi * progress))",
+        lambda lr, tmp: test_todo_train.test_todo_2b_cosine_decay(lr, 10, 100),
+        "from max_lr to min_lr, not to 0: near the end, at step 99, the LR should be 6.01645e-05, got 1.8",
+    ),
+    "document cut to T tokens instead of T + 1": (
+        "data_solution.py",
+        "tokens = ([bos] + ids + [eos])[: T + 1]",
+        "tokens = ([bos] + ids + [eos])[:T]",
+        lambda lr, tmp: test_todo_data.test_todo_7_documents_are_bos_tokens_eos_padded_with_ignored_labels(
+            lr, tmp, 8
+        ),
+        "cut the sequence to max_seq_len + 1 tokens, not max_seq_len",
+    ),
+    "optimizer.step() instead of scaler.step(optimizer)": (
+        "train_solution.py",
+        "    scaler.step(optimizer)\n",
+        "    optimizer.step()\n",
+        lambda lr, tmp: test_todo_train.test_todo_3c_a_float16_step_whose_gradients_overflowed_is_skipped(lr),
+        "step with scaler.step(optimizer), not optimizer.step()",
+    ),
     "no min_lr floor after total_steps": (
         "train_solution.py",
         "    if step >= total_steps:\n        return min_lr\n",

@@ -73,9 +73,19 @@ def test_todo_7_documents_are_bos_tokens_eos_padded_with_ignored_labels(learner,
             f"pad every document to max_seq_len={max_seq_len}; got shapes {tuple(x.shape)}, {tuple(y.shape)}"
         )
         assert x[0] == eot, "a document starts with BOS (here the end-of-text token)"
-        assert x[:n].tolist() == tokens[:-1], (
-            f"document {i}: x must be BOS + the document's tokens (+ EOS), cut"
-        )
+        if x[:n].tolist() != tokens[:-1]:
+            cut_to_t = ([eot] + tokenizer.encode(text) + [eot])[:max_seq_len]
+            if len(cut_to_t) == max_seq_len and x[: max_seq_len - 1].tolist() == cut_to_t[:-1]:
+                pytest.fail(
+                    f"document {i} ({len(text)} characters, longer than max_seq_len={max_seq_len}): x holds "
+                    f"{max_seq_len - 1} real tokens and then padding; cut the sequence to max_seq_len + 1 "
+                    f"tokens, not max_seq_len: T + 1 tokens make the T (x, y) pairs of a full sequence"
+                )
+            pytest.fail(
+                f"document {i} ({text!r}, max_seq_len={max_seq_len}): x should begin with {tokens[:-1]} "
+                f"(BOS, the document's tokens, EOS, cut to max_seq_len + 1 tokens, without the last), "
+                f"got {x[:n].tolist()}"
+            )
         assert y[:n].tolist() == tokens[1:], (
             f"document {i}: y must be x shifted by one; for a document that fits, its last target is EOS"
         )

@@ -46,6 +46,10 @@ def cosine(progress):
     return MIN_LR + 0.5 * (MAX_LR - MIN_LR) * (1 + math.cos(math.pi * progress))
 
 
+def cosine_to_zero(progress):  # a plausible mistake: forgetting min_lr
+    return 0.5 * MAX_LR * (1 + math.cos(math.pi * progress))
+
+
 @pytest.mark.todo("2b")
 @pytest.mark.parametrize("warmup, total", [(10, 100), (0, 50), (3, 4)])
 def test_todo_2b_cosine_decay(learner, warmup, total):
@@ -53,23 +57,36 @@ def test_todo_2b_cosine_decay(learner, warmup, total):
     assert get_lr(warmup, warmup, total, MAX_LR, MIN_LR) == pytest.approx(MAX_LR, rel=1e-9), (
         "the cosine starts at max_lr at step == warmup_steps (progress 0)"
     )
-    for step in range(warmup, total):
-        got = get_lr(step, warmup, total, MAX_LR, MIN_LR)
-        expected = cosine((step - warmup) / (total - warmup))
-        if got == pytest.approx(expected, rel=1e-9):
-            continue
-        if got == pytest.approx(cosine((step - warmup) / total)):
+    table = {step: (get_lr(step, warmup, total, MAX_LR, MIN_LR), step) for step in range(warmup, total)}
+    wrong = {
+        step: got
+        for step, (got, _) in table.items()
+        if got != pytest.approx(cosine((step - warmup) / (total - warmup)), rel=1e-9)
+    }
+    if wrong:
+        matches = lambda formula: all(got == pytest.approx(formula(step)) for step, got in wrong.items())
+        if matches(lambda step: cosine((step - warmup) / total)):
             pytest.fail(
                 "the cosine must last total_steps - warmup_steps steps: divide by that, not by total_steps"
             )
-        if got == pytest.approx(cosine(step / total)):
+        if matches(lambda step: cosine(step / total)):
             pytest.fail(
                 "progress must count from the end of warmup: "
                 "(step - warmup_steps) / (total_steps - warmup_steps)"
             )
+        if matches(lambda step: cosine_to_zero((step - warmup) / (total - warmup))):
+            pytest.fail(
+                f"the cosine must fall from max_lr to min_lr, not to 0: near the end, at step {total - 1}, "
+                f"the LR should be {cosine((total - 1 - warmup) / (total - warmup)):.6g}, "
+                f"got {wrong[total - 1]:.6g}; scale the cosine over max_lr - min_lr and add min_lr"
+            )
+        step = max(wrong, key=lambda s: abs(wrong[s] - cosine((s - warmup) / (total - warmup))))
+        expected = cosine((step - warmup) / (total - warmup))
         pytest.fail(
             f"cosine: at step {step} (warmup {warmup}, total {total}) the LR should be "
-            f"min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * progress)) = {expected:.4g}, got {got:.4g}"
+            f"min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * progress)) = {expected:.6g}, "
+            f"got {wrong[step]:.6g} (off by {wrong[step] - expected:+.3g}); this is the step where "
+            "the difference is largest"
         )
     for step in (total, total + 1, 10 * total):
         got = get_lr(step, warmup, total, MAX_LR, MIN_LR)
@@ -231,6 +248,24 @@ def test_todo_3c_clips_the_unscaled_gradient_then_steps(learner, scale):
             scaler.unscale_(optimizer)
         except RuntimeError:
             pytest.fail("call scaler.update() after scaler.step(optimizer), once per optimizer step")
+
+
+@pytest.mark.todo("3c")
+def test_todo_3c_a_float16_step_whose_gradients_overflowed_is_skipped(learner):
+    model, scaler = gradients_ready(2.0**10)
+    next(model.parameters()).grad.view(-1)[0] = float("inf")  # float16 overflow in one gradient
+    update, _, _ = sgd_update(model, lambda opt: learner.train.clip_and_step(model, opt, scaler, 1.0))
+    if not torch.isfinite(update).all() or update.abs().max() > 0:
+        pytest.fail(
+            "a step whose gradients overflowed (inf) changed the weights "
+            f"({'to inf/NaN' if not torch.isfinite(update).all() else 'by a finite amount'}): step with "
+            "scaler.step(optimizer), not optimizer.step(); the scaler skips a step whose gradients "
+            "are not finite"
+        )
+    assert scaler.get_scale() == 2.0**9, (
+        f"after an overflow the GradScaler's scale should halve from {2.0**10:g} to {2.0**9:g}, but it is "
+        f"{scaler.get_scale():g}: call scaler.update() after scaler.step(optimizer), once per optimizer step"
+    )
 
 
 @pytest.mark.todo("3c")

@@ -1,6 +1,5 @@
-"""The TODO catalog as the tests see it: where each TODO lives and
-which functions hold its code, so a graded test can use the learner's code for its
-own TODO and the reference code for every other one."""
+"""The TODO catalog (course/todos.py) as the tests use it: a graded test takes the
+learner's code for its own TODO and the reference code for every other one."""
 
 from __future__ import annotations
 
@@ -8,31 +7,9 @@ import importlib
 from dataclasses import dataclass
 from types import ModuleType
 
+from course.todos import CATALOG, TODOS
 
-@dataclass(frozen=True)
-class Todo:
-    id: str
-    module: str  # "data" or "train"
-    functions: tuple[str, ...]  # attribute paths in that module
-    title: str
-
-
-CATALOG = [
-    Todo("1", "data", ("BlockDataset.__getitem__",), "BlockDataset.__getitem__: x and the shifted y"),
-    Todo("2a", "train", ("get_lr",), "get_lr: linear warmup"),
-    Todo("2b", "train", ("get_lr",), "get_lr: cosine decay to min_lr"),
-    Todo("3a", "train", ("set_lr",), "set_lr: the LR of every param group"),
-    Todo("3b", "train", ("compute_loss",), "compute_loss: the forward pass"),
-    Todo("3c", "train", ("clip_and_step",), "clip_and_step: unscale, clip, step, zero_grad"),
-    Todo("4", "train", ("accumulate_gradients",), "accumulate_gradients: loss / k, no_sync"),
-    Todo("5", "train", ("autocast_context", "make_grad_scaler"), "autocast + GradScaler for float16"),
-    Todo("6", "train", ("evaluate",), "evaluate: eval mode, no_grad, mean loss"),
-    Todo("7", "data", ("PretrainDataset.__getitem__",), "PretrainDataset: BOS/EOS, padding, -100"),
-    Todo(
-        "8", "train", ("checkpoint_state", "restore_checkpoint"), "checkpoint_state / restore: exact resume"
-    ),
-]
-TODOS = {todo.id: todo for todo in CATALOG}
+__all__ = ["CATALOG", "TODOS", "Learner", "isolate", "load"]
 
 
 @dataclass

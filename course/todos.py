@@ -1,0 +1,183 @@
+"""The TODOs of the exercise files, and their hints, in one place.
+
+`python train_exercise.py --hint 2b` (or `python data_exercise.py --hint 1`) prints the
+next hint of a TODO, one layer at a time: first the idea, then the concepts and the
+API names, and only last the pseudocode. The tutorial notebook shows the same texts.
+How many hints each TODO took is kept in .hints_used.json (not part of the course
+files) and shown on the scoreboard.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+HINTS_USED_FILE = Path(__file__).resolve().parent.parent / ".hints_used.json"
+
+
+@dataclass(frozen=True)
+class Todo:
+    id: str
+    module: str  # "data" or "train": the exercise file it is in
+    functions: tuple[str, ...]  # attribute paths in that module that hold its code
+    title: str
+    bonus: bool = False  # shown on the scoreboard, but not needed to finish the file
+
+
+CATALOG = [
+    Todo("1", "data", ("BlockDataset.__getitem__",), "BlockDataset.__getitem__: x and the shifted y"),
+    Todo("2a", "train", ("get_lr",), "get_lr: linear warmup"),
+    Todo("2b", "train", ("get_lr",), "get_lr: cosine decay to min_lr"),
+    Todo("3a", "train", ("set_lr",), "set_lr: the LR of every param group"),
+    Todo("3b", "train", ("compute_loss",), "compute_loss: the forward pass"),
+    Todo("3c", "train", ("clip_and_step",), "clip_and_step: unscale, clip, step, zero_grad"),
+    Todo("4", "train", ("accumulate_gradients",), "accumulate_gradients: loss / k, no_sync"),
+    Todo("5", "train", ("autocast_context", "make_grad_scaler"), "autocast + GradScaler for float16"),
+    Todo("6", "train", ("evaluate",), "evaluate: eval mode, no_grad, mean loss"),
+    Todo(
+        "7", "data", ("PretrainDataset.__getitem__",), "PretrainDataset: BOS/EOS, padding, -100", bonus=True
+    ),
+    Todo(
+        "8", "train", ("checkpoint_state", "restore_checkpoint"), "checkpoint_state / restore: exact resume"
+    ),
+]
+TODOS = {todo.id: todo for todo in CATALOG}
+
+# Three layers per TODO: the idea, the concepts and API names, the pseudocode.
+HINTS: dict[str, tuple[str, str, str]] = {
+    "1": (
+        "A window of T + 1 consecutive tokens holds T training examples: at every position, "
+        "the tokens so far and the one that comes next. x is what the model reads, y what it "
+        "must predict at each position.",
+        "NumPy slicing: tokens[a:b] holds b - a tokens, the one at b excluded. The token file "
+        "holds uint16; embedding lookups and cross_entropy want int64: array.astype(np.int64), "
+        "then torch.from_numpy(...).",
+        "x = the T tokens from s on; y = the T tokens from s + 1 on (one further); convert "
+        "both to int64 tensors; return x, y.",
+    ),
+    "2a": (
+        "Warmup grows the LR in equal steps so that the last warmup step reaches max_lr. Count "
+        "the steps done from 1, not 0: at step 0 the LR must already be above zero, or the "
+        "first step learns nothing.",
+        "A linear ramp: a fraction of max_lr, (steps done including this one) / warmup_steps.",
+        "return max_lr * (step + 1) / warmup_steps",
+    ),
+    "2b": (
+        "Measure how far through the decay a step is, as a number from 0 (at warmup_steps) to "
+        "1 (at total_steps). Half a cosine turns that number into a factor that falls smoothly "
+        "from 1 to 0; the LR is min_lr plus that factor times the gap to max_lr.",
+        "progress = (step - warmup_steps) / (total_steps - warmup_steps); "
+        "0.5 * (1 + math.cos(math.pi * progress)) goes from 1 to 0. From total_steps on, return "
+        "min_lr without computing the cosine (past 1 it would rise again).",
+        "if step >= total_steps: return min_lr\n"
+        "progress = (step - warmup_steps) / (total_steps - warmup_steps)\n"
+        "return min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * progress))",
+    ),
+    "3a": (
+        "An optimizer does not read one global learning rate: each parameter group (model.py "
+        "makes one with weight decay and one without) carries its own settings.",
+        "optimizer.param_groups is a list of dicts; the key 'lr' is the learning rate of that group.",
+        "for each group in optimizer.param_groups: set group['lr'] to lr",
+    ),
+    "3b": (
+        "The model computes the loss itself when you give it the targets; you only call it.",
+        "GPT.forward(idx, targets=None) in model.py returns (logits, loss); the loss is the "
+        "mean cross-entropy over every position, in nats per token.",
+        "logits, loss = model(x, targets=y); return loss",
+    ),
+    "3c": (
+        "Order matters. The gradients must be in true units before you measure and clip them "
+        "(float16 gradients are still multiplied by the scaler's factor); only then take the "
+        "step; then forget the gradients so that the next step starts from zero.",
+        "scaler.unscale_(optimizer); torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm) "
+        "returns the norm before clipping (max_norm = float('inf') when grad_clip is 0); "
+        "scaler.step(optimizer), not optimizer.step(): the scaler skips a step whose gradients "
+        "overflowed; scaler.update(); optimizer.zero_grad(set_to_none=True).",
+        "unscale; norm = clip(parameters, grad_clip or inf); scaler.step(optimizer); "
+        "scaler.update(); zero_grad(set_to_none=True); return norm.detach()",
+    ),
+    "4": (
+        "backward() adds into .grad instead of replacing it. So k backward passes of "
+        "(loss of micro-batch i) / k add up to the gradient of the mean loss: the gradient "
+        "of one batch k times larger, in the memory of one micro-batch.",
+        "Run the forward under `with amp_ctx:`; scaler.scale(loss / k).backward(); under DDP "
+        "(hasattr(model, 'no_sync')) wrap every micro-batch but the last in `with "
+        "model.no_sync():` so gradients are averaged across processes once; keep each "
+        "loss.detach() and return torch.stack(losses).mean().",
+        "for i, (x, y) in enumerate(micro_batches):\n"
+        "    with (model.no_sync() if DDP and not the last else nullcontext()):\n"
+        "        with amp_ctx: loss = compute_loss(model, x, y)\n"
+        "        scaler.scale(loss / k).backward()\n"
+        "    keep loss.detach()\n"
+        "return the mean of the kept losses",
+    ),
+    "5": (
+        "Autocast runs the matmuls in a 16-bit type and keeps the sensitive ops in float32. "
+        "Only float16 has a range small enough that tiny gradients vanish, so only float16 "
+        "needs a GradScaler.",
+        "torch.autocast(device_type=device.type, dtype=dtype); NO_AUTOCAST for float32; "
+        "torch.amp.GradScaler(device.type, enabled=...).",
+        "autocast_context: return NO_AUTOCAST if dtype is float32, else "
+        "torch.autocast(device_type=device.type, dtype=dtype)\n"
+        "make_grad_scaler: return torch.amp.GradScaler(device.type, enabled=(dtype is float16))",
+    ),
+    "6": (
+        "Evaluation must measure the model, not the noise: dropout off, and no autograd graph "
+        "(nothing will call backward). The model must train normally again afterwards.",
+        "model.eval() and model.train(); `with torch.no_grad(), amp_ctx:`; compute_loss; "
+        ".item() turns a one-element tensor into a Python float; math.exp.",
+        "model.eval()\n"
+        "with no_grad and amp_ctx: losses = [compute_loss(model, x, y) for each batch]\n"
+        "model.train()\n"
+        "loss = mean of losses as a float; return EvalResult(loss, math.exp(loss))",
+    ),
+    "7": (
+        "MiniMind trains on one document per sequence: BOS marks its start, EOS its end. A "
+        "long document is cut; a short one is padded to the fixed length, and the padded "
+        "targets are marked so that the loss ignores them.",
+        "A Python list: [bos] + ids + [eos], sliced to its first T + 1 tokens; "
+        "torch.full((T,), value, dtype=torch.long) makes a tensor to fill; IGNORE_INDEX (-100) "
+        "is the target cross_entropy skips.",
+        "tokens = ([bos] + ids + [eos])[:T + 1]; n = len(tokens) - 1\n"
+        "x = full(T, pad); y = full(T, IGNORE_INDEX)\n"
+        "x[:n] = tokens[:-1]; y[:n] = tokens[1:]; return x, y",
+    ),
+    "8": (
+        "The weights alone do not continue a run. List everything that decides what happens "
+        "next: the weights, Adam's moving averages, the GradScaler's scale, where the LR "
+        "schedule is, which batch comes next, and the random generators (dropout).",
+        "state_dict() / load_state_dict() on the model, the optimizer and the scaler; "
+        "stream.state() is the data position; capture_rng_state() / restore_rng_state() from "
+        "course/checkpoints.py.",
+        "checkpoint_state: return a dict of model/optimizer/scaler state_dicts, step, "
+        "stream.state(), capture_rng_state(), best_val_loss\n"
+        "restore_checkpoint: load each state_dict back, restore_rng_state(...), "
+        "return step, data position, best_val_loss",
+    ),
+}
+LAYERS = ("the idea", "concepts and API names", "pseudocode")
+
+
+def hints_used(path: Path | None = None) -> dict[str, int]:
+    """How many hints each TODO has taken so far."""
+    path = path or HINTS_USED_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def next_hint(todo_id: str, path: Path | None = None) -> str:
+    """The next hint of a TODO (the last one again once all are shown), counted as used."""
+    path = path or HINTS_USED_FILE
+    used = hints_used(path)
+    layer = min(used.get(todo_id, 0), len(LAYERS) - 1)
+    used[todo_id] = layer + 1
+    path.write_text(json.dumps(used, indent=1, sort_keys=True) + "\n")
+    left = len(LAYERS) - layer - 1
+    if left:
+        more = f"{left} more: run the same command again."
+    else:
+        more = "That was the last hint; the solution file has the complete code."
+    header = f"TODO {todo_id}, hint {layer + 1}/{len(LAYERS)} ({LAYERS[layer]}):"
+    text = "\n".join(textwrap.fill(line, 88) for line in HINTS[todo_id][layer].splitlines())
+    return f"{header}\n\n{text}\n\n{more}"

@@ -1,0 +1,78 @@
+"""Help comes in layers, on demand: `--hint <id>` gives the idea, then the concepts and
+API names, then pseudocode; the TODO comments in the exercise files state the goal and
+the contract, never the solution's code."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ROOT, make_exercises
+from todos import CATALOG, TODOS
+
+from course import cli, todos
+from tests import scoreboard
+
+
+@pytest.fixture
+def hints_file(tmp_path, monkeypatch):
+    path = tmp_path / "hints_used.json"
+    monkeypatch.setattr(todos, "HINTS_USED_FILE", path)
+    return path
+
+
+@pytest.mark.parametrize("todo", CATALOG, ids=lambda t: t.id)
+def test_hint_gives_the_idea_then_the_concepts_then_pseudocode(todo, hints_file, capsys):
+    script = ROOT / f"{todo.module}_exercise.py"
+    shown = []
+    for _ in range(4):
+        assert cli.show_hint(todo.id, script) == 0
+        shown.append(capsys.readouterr().out)
+    for layer, (text, name) in enumerate(zip(shown, todos.LAYERS, strict=False), start=1):
+        assert f"TODO {todo.id}, hint {layer}/3 ({name})" in text
+        assert " ".join(todos.HINTS[todo.id][layer - 1].split()[:4]) in " ".join(text.split())
+    assert "2 more" in shown[0] and "1 more" in shown[1] and "last hint" in shown[2]
+    assert shown[3] == shown[2], "after the last hint, the last one again"
+    assert todos.hints_used()[todo.id] == 3
+
+
+def test_hint_for_a_todo_of_the_other_file_says_where_it_is(hints_file, capsys):
+    assert cli.show_hint("1", ROOT / "train_exercise.py") == 2
+    assert "TODO 1 is in data_exercise.py: `python data_exercise.py --hint 1`" in capsys.readouterr().err
+    assert cli.show_hint("9z", ROOT / "train_exercise.py") == 2
+    assert "there is no TODO '9z'" in capsys.readouterr().err
+    assert not hints_file.exists(), "a refused hint is not counted"
+
+
+def test_the_scoreboard_shows_how_many_hints_were_used(hints_file, capsys):
+    cli.show_hint("2b", ROOT / "train_exercise.py")
+    cli.show_hint("2b", ROOT / "train_exercise.py")
+    board = scoreboard.Scoreboard()
+    board.status = {"2a": scoreboard.PASSED, "2b": scoreboard.FAILED}
+    board.reason = {"2b": "the cosine ..."}
+    capsys.readouterr()
+    scoreboard.print_board("train_exercise.py", ["2a", "2b"], board)
+    rows = capsys.readouterr().out.splitlines()
+    assert any(row.startswith("2b ") and "[2 hints used]" in row for row in rows)
+    assert not any(row.startswith("2a ") and "hint" in row for row in rows)
+
+
+def code_lines(region: str) -> list[str]:
+    """The non-trivial code lines of a solution region: not comments, not short."""
+    lines = (line.strip() for line in region.splitlines())
+    return [line for line in lines if line and not line.startswith("#") and len(line) >= 12]
+
+
+@pytest.mark.parametrize("solution", make_exercises.PAIRS)
+def test_exercise_comments_state_the_contract_not_the_code(solution):
+    source = (ROOT / solution).read_text()
+    exercise = make_exercises.make_exercise(source, solution)
+    for (todo, solved), (_, unsolved) in zip(
+        make_exercises.regions(source), make_exercises.regions(exercise), strict=True
+    ):
+        given_away = [line for line in code_lines(solved) if line in unsolved]
+        assert not given_away, f"TODO {todo}: the exercise's comment gives away the code {given_away}"
+        assert f"--hint {todo}" in unsolved, f"TODO {todo}: the comment should say how to get a hint"
+
+
+def test_every_todo_has_three_hint_layers():
+    assert set(todos.HINTS) == set(TODOS)
+    assert all(len(layers) == 3 and all(layers) for layers in todos.HINTS.values())
