@@ -68,12 +68,28 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default, once: not when it is None (the help says what happens
+    then) and not when the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def preset_help(option: str, text: str) -> str:
+    """The help of a [preset] option, with the value of each preset."""
+    values = ", ".join(f"{name} {preset[option]}" for name, preset in PRESETS.items())
+    return f"[preset] {text} (default: {values})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         description="Pretrain a GPT on next-token prediction. With no options: prepares "
         "Shakespeare's plays, picks your device and trains a small model (about 3 minutes on "
         "a 2-core CPU). Options marked [preset] default to the cpu or gpu preset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data")
     data.add_argument(
@@ -92,11 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     model = p.add_argument_group("model (MiniMind names; GPTConfig field in brackets)")
-    model.add_argument("--hidden_size", type=int, help="[preset] embedding size (n_embd)")
-    model.add_argument("--num_hidden_layers", type=int, help="[preset] Transformer blocks (n_layer)")
-    model.add_argument("--num_attention_heads", type=int, help="[preset] heads per layer (n_head)")
-    model.add_argument("--max_seq_len", type=int, help="[preset] context length in tokens (block_size)")
-    model.add_argument("--dropout", type=float, help="[preset] dropout probability")
+    model.add_argument("--hidden_size", type=int, help=preset_help("hidden_size", "embedding size (n_embd)"))
+    model.add_argument(
+        "--num_hidden_layers", type=int, help=preset_help("num_hidden_layers", "Transformer blocks (n_layer)")
+    )
+    model.add_argument(
+        "--num_attention_heads", type=int, help=preset_help("num_attention_heads", "heads per layer (n_head)")
+    )
+    model.add_argument(
+        "--max_seq_len", type=int, help=preset_help("max_seq_len", "context length in tokens (block_size)")
+    )
+    model.add_argument("--dropout", type=float, help=preset_help("dropout", "dropout probability"))
     model.add_argument(
         "--use_moe",
         type=int,
@@ -113,7 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="passes over the training split; sets the number of steps unless --max_steps is given",
     )
     train.add_argument(
-        "--max_steps", type=int, default=None, help="[preset] optimizer steps to train (wins over --epochs)"
+        "--max_steps",
+        type=int,
+        default=None,
+        help=preset_help("max_steps", "optimizer steps to train (wins over --epochs)"),
     )
     train.add_argument(
         "--dataset_mode",
@@ -125,17 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--max_train_tokens",
         type=int,
-        help="[preset] train on N tokens of the training split, as windows spread evenly over it (0 = all); "
-        "the cpu preset uses 1,000,000 so that an epoch is 488 steps and --epochs 3 takes a few minutes",
+        help=preset_help(
+            "max_train_tokens",
+            "train on N tokens of the training split, as windows spread evenly over it (0 = all); "
+            "with the cpu preset's 1,000,000 an epoch is 488 steps, so --epochs 3 takes a few minutes",
+        ),
     )
-    train.add_argument("--batch_size", type=int, help="[preset] sequences per micro-batch")
+    train.add_argument("--batch_size", type=int, help=preset_help("batch_size", "sequences per micro-batch"))
     train.add_argument(
         "--accumulation_steps",
         type=int,
         default=1,
         help="micro-batches per optimizer step (gradient accumulation)",
     )
-    train.add_argument("--learning_rate", type=float, help="[preset] peak learning rate")
+    train.add_argument("--learning_rate", type=float, help=preset_help("learning_rate", "peak learning rate"))
     train.add_argument(
         "--min_lr", type=float, default=None, help="final LR of the cosine (default: learning_rate / 10)"
     )
@@ -162,12 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     system.add_argument(
         "--use_compile", type=int, default=0, choices=(0, 1), help="1: torch.compile the model"
     )
-    system.add_argument("--num_workers", type=int, help="[preset] DataLoader worker processes")
+    system.add_argument(
+        "--num_workers", type=int, help=preset_help("num_workers", "DataLoader worker processes")
+    )
 
     out = p.add_argument_group("output")
     out.add_argument("--save_dir", default="out", help="checkpoints, metrics, plot and samples go here")
     out.add_argument("--log_interval", type=int, default=10, help="steps between log lines")
-    out.add_argument("--eval_interval", type=int, help="[preset] steps between evaluations and samples")
+    out.add_argument(
+        "--eval_interval",
+        type=int,
+        help=preset_help("eval_interval", "steps between evaluations and samples"),
+    )
     out.add_argument("--eval_iters", type=int, default=20, help="validation batches per evaluation")
     out.add_argument("--save_interval", type=int, default=500, help="steps between checkpoints")
     out.add_argument(
@@ -312,8 +346,10 @@ def main(train: Callable[[argparse.Namespace], None], argv: list[str] | None, sc
         print("interrupted at once: the last saved checkpoint is kept", file=sys.stderr)
         return 130
     except NotImplementedError as todo:
+        todo_id = str(todo).split(":", 1)[0].removeprefix("TODO ")
+        file = script.name if TODOS[todo_id].module in script.name else f"{TODOS[todo_id].module}_exercise.py"
         print(
-            f"stopped at {todo}\n  Fill it in in {script.name}; `python {script.name} --test` grades it.",
+            f"stopped at {todo}\n  Fill it in in {file}; `python {file} --hint {todo_id}` gives a hint.",
             file=sys.stderr,
         )
         return 1

@@ -25,6 +25,11 @@ def note_once(message: str) -> None:
         tqdm.write(f"note: {message}")
 
 
+def open_todo(error: NotImplementedError) -> str:
+    """'TODO 2a' from the NotImplementedError("TODO 2a: ...") of an open TODO."""
+    return str(error).split(":", 1)[0]
+
+
 def lr_or_constant(
     get_lr: Callable[..., float], step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr: float
 ) -> float:
@@ -32,7 +37,10 @@ def lr_or_constant(
     try:
         return get_lr(step, warmup_steps, total_steps, max_lr, min_lr)
     except NotImplementedError as todo:
-        note_once(f"{todo} -- not done yet, so the learning rate stays at {max_lr} for those steps")
+        steps = "warmup steps" if open_todo(todo) == "TODO 2a" else "steps after warmup"
+        note_once(
+            f"{open_todo(todo)} is not done yet, so the learning rate stays at {max_lr} for the {steps}."
+        )
         return max_lr
 
 
@@ -43,7 +51,7 @@ def precision_or_float32(
     try:
         return autocast_context(device, dtype), make_grad_scaler(device, dtype)
     except NotImplementedError as todo:
-        note_once(f"{todo} -- not done yet, so training runs in float32")
+        note_once(f"{open_todo(todo)} is not done yet, so training runs in float32.")
         return nullcontext(), torch.amp.GradScaler(device.type, enabled=False)
 
 
@@ -52,7 +60,9 @@ def evaluate_or_none(evaluate: Callable, *args):
     try:
         return evaluate(*args)
     except NotImplementedError as todo:
-        note_once(f"{todo} -- not done yet, so there is no validation loss")
+        note_once(
+            f"{open_todo(todo)} is not done yet, so there is no validation loss (samples are still written)."
+        )
         return None
 
 
@@ -61,5 +71,5 @@ def state_or_none(checkpoint_state: Callable, *args) -> dict | None:
     try:
         return checkpoint_state(*args)
     except NotImplementedError as todo:
-        note_once(f"{todo} -- not done yet, so no resume checkpoint is saved (model.pt still is)")
+        note_once(f"{open_todo(todo)} is not done yet, so no resume checkpoint is saved (model.pt still is).")
         return None
