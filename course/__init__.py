@@ -16,6 +16,7 @@ needs, but that is not the lesson, lives here, one module per concern:
 - `logbook`: the metrics file, the plot, text samples, the progress bar, throughput.
 - `guards`: Ctrl+C that saves before stopping, and the NaN guard.
 - `open_todos`: what the exercise files do while a TODO is still open.
+- `todos`: the TODO catalog and the layered hints behind `--hint`.
 
 Read it to see how a real trainer handles these things; you do not need it to do the
 course.
