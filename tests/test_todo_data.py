@@ -68,11 +68,15 @@ def test_todo_7_documents_are_bos_tokens_eos_padded_with_ignored_labels(learner,
         # The reference, written out: BOS + tokens + EOS, cut to T + 1, shifted, padded.
         tokens = ([eot] + tokenizer.encode(text) + [eot])[: max_seq_len + 1]
         n = len(tokens) - 1
-        assert x.dtype == torch.int64 and y.dtype == torch.int64, "x and y must be int64 (torch.long) tensors"
+        assert x.dtype == torch.int64 and y.dtype == torch.int64, (
+            f"x and y must be int64 (torch.long) tensors, got {x.dtype} and {y.dtype}"
+        )
         assert x.shape == (max_seq_len,) and y.shape == (max_seq_len,), (
             f"pad every document to max_seq_len={max_seq_len}; got shapes {tuple(x.shape)}, {tuple(y.shape)}"
         )
-        assert x[0] == eot, "a document starts with BOS (here the end-of-text token)"
+        assert x[0] == eot, (
+            f"document {i}: x must start with BOS (here the end-of-text token, id {eot}), got id {int(x[0])}"
+        )
         if x[:n].tolist() != tokens[:-1]:
             cut_to_t = ([eot] + tokenizer.encode(text) + [eot])[:max_seq_len]
             if len(cut_to_t) == max_seq_len and x[: max_seq_len - 1].tolist() == cut_to_t[:-1]:
@@ -89,7 +93,10 @@ def test_todo_7_documents_are_bos_tokens_eos_padded_with_ignored_labels(learner,
         assert y[:n].tolist() == tokens[1:], (
             f"document {i}: y must be x shifted by one; for a document that fits, its last target is EOS"
         )
-        assert (x[n:] == eot).all(), "pad x with the padding token (the end-of-text token)"
+        assert (x[n:] == eot).all(), (
+            f"document {i}: after its {n} real tokens, x must be padded with `pad` (id {eot}), "
+            f"got {x[n:].tolist()}"
+        )
         assert (y[n:] == -100).all(), (
             "the targets at padded positions must be -100 (IGNORE_INDEX), so the loss skips them"
         )

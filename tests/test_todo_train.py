@@ -106,7 +106,10 @@ def test_todo_3a_set_lr_on_every_param_group(learner):
     assert lrs == [0.0123, 0.0123], (
         f"every param group needs the new LR (there are {len(lrs)}: with and without weight decay); got {lrs}"
     )
-    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.1, 0.0], "only the LR may change"
+    decays = [g["weight_decay"] for g in optimizer.param_groups]
+    assert decays == [0.1, 0.0], (
+        f"set_lr must change the LR only; the weight decays became {decays}, not [0.1, 0.0]"
+    )
 
 
 @pytest.mark.todo("3b")
@@ -276,7 +279,10 @@ def test_todo_3c_no_clipping_when_grad_clip_is_zero(learner):
     assert update.norm().item() == pytest.approx(true_norm.item(), rel=1e-4), (
         "grad_clip == 0 turns clipping off: clip to max_norm = float('inf') (the norm is still measured)"
     )
-    assert norm.item() == pytest.approx(true_norm.item(), rel=1e-4)
+    assert norm.item() == pytest.approx(true_norm.item(), rel=1e-4), (
+        f"return the gradient norm, {true_norm.item():.5f} here, even when nothing is clipped; "
+        f"got {norm.item():.5f}"
+    )
 
 
 @pytest.mark.todo("3c")
@@ -337,9 +343,13 @@ def test_todo_4_accumulated_gradient_equals_the_big_batch_gradient(learner):
             "4 micro-batches of 2 must give the gradient of one batch of 8: backward each loss / k "
             "and let the gradients add up in .grad (no zero_grad in between)"
         )
-    assert torch.is_tensor(loss) and not loss.requires_grad, "return the mean loss detached (loss.detach())"
+    assert torch.is_tensor(loss) and not loss.requires_grad, (
+        "return the mean loss as a tensor detached from the graph (loss.detach()), "
+        f"got {type(loss).__name__}{' that still requires grad' if torch.is_tensor(loss) else ''}"
+    )
     assert loss.item() == pytest.approx(big_loss.item(), rel=1e-5), (
-        "return the mean of the micro-batch losses (undivided), which equals the big-batch loss"
+        f"the returned loss should be the mean of the micro-batch losses (undivided by k), which equals the "
+        f"big-batch loss {big_loss.item():.5f}; got {loss.item():.5f}"
     )
 
 
@@ -422,7 +432,8 @@ def test_todo_5_autocast_runs_matmuls_in_the_16_bit_type(learner, dtype):
 def test_todo_5_float32_means_no_autocast(learner):
     with learner.train.autocast_context(torch.device("cpu"), torch.float32):
         assert not torch.is_autocast_enabled("cpu"), "float32 needs no autocast: return NO_AUTOCAST"
-        assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.float32
+        dtype = torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype
+        assert dtype == torch.float32, f"with float32, a Linear layer must compute in float32, got {dtype}"
 
 
 @pytest.mark.todo("5")
@@ -439,7 +450,9 @@ def test_todo_5_autocast_follows_the_device(learner):
 def test_todo_5_grad_scaler_only_for_float16(learner):
     for dtype, wanted in [(torch.float16, True), (torch.bfloat16, False), (torch.float32, False)]:
         scaler = learner.train.make_grad_scaler(torch.device("cpu"), dtype)
-        assert isinstance(scaler, torch.amp.GradScaler), "return a torch.amp.GradScaler"
+        assert isinstance(scaler, torch.amp.GradScaler), (
+            f"make_grad_scaler must return a torch.amp.GradScaler, got {type(scaler).__name__}"
+        )
         assert scaler.is_enabled() == wanted, (
             f"{dtype}: the scaler must be {'enabled' if wanted else 'disabled'}: float16's small range "
             "needs loss scaling, bfloat16 has float32's range and does not"
@@ -480,11 +493,15 @@ def test_todo_6_mean_loss_and_perplexity(learner):
     with torch.no_grad():
         model.eval()
         expected = sum(model(x, targets=y)[1].item() for x, y in batches) / len(batches)
-    assert isinstance(result.loss, float), "EvalResult.loss must be a Python float (use .item())"
+    assert isinstance(result.loss, float), (
+        f"EvalResult.loss must be a Python float, got {type(result.loss).__name__}: use .item()"
+    )
     assert result.loss == pytest.approx(expected, rel=1e-5), (
         f"the loss must be the mean over all the batches: expected {expected:.4f}, got {result.loss:.4f}"
     )
-    assert result.perplexity == pytest.approx(math.exp(expected), rel=1e-5), "perplexity = exp(loss)"
+    assert result.perplexity == pytest.approx(math.exp(expected), rel=1e-5), (
+        f"the perplexity must be exp(mean loss) = {math.exp(expected):.4f}, got {result.perplexity:.4f}"
+    )
 
 
 @pytest.mark.todo("6")
@@ -536,7 +553,9 @@ def test_todo_8_restore_brings_back_every_piece_of_the_state(learner):
     model, optimizer, scaler, stream = trained_state(learner, seed=0)
     state = learner.train.checkpoint_state(model, optimizer, scaler, 2, stream, 3.25)
     expected_next_random = torch.rand(3)  # what the generator gives right after the save
-    assert isinstance(state, dict), "checkpoint_state must return a dict (torch.save writes it to disk)"
+    assert isinstance(state, dict), (
+        f"checkpoint_state must return a dict (torch.save writes it to disk), got {type(state).__name__}"
+    )
 
     fresh_model, fresh_optimizer, fresh_scaler, _ = trained_state(learner, seed=1)
     torch.manual_seed(999)
@@ -556,11 +575,14 @@ def test_todo_8_restore_brings_back_every_piece_of_the_state(learner):
         torch.equal(saved_moments[k]["exp_avg"], restored_moments[k]["exp_avg"]) for k in saved_moments
     ), "the optimizer state must be restored: Adam's moment estimates are part of the training state"
     assert fresh_scaler.get_scale() == scaler.get_scale(), (
-        "the GradScaler's state (its scale) must be restored"
+        f"the GradScaler's state must be restored: its scale should be {scaler.get_scale():g} again, "
+        f"got {fresh_scaler.get_scale():g}"
     )
     assert step == 2, f"restore_checkpoint must return the saved step (2), got {step}"
-    assert position == stream.state(), "restore_checkpoint must return the data position (stream.state())"
-    assert best == 3.25, "restore_checkpoint must return best_val_loss"
+    assert position == stream.state(), (
+        f"restore_checkpoint must return the saved data position {stream.state()}, got {position}"
+    )
+    assert best == 3.25, f"restore_checkpoint must return the saved best_val_loss (3.25), got {best}"
 
 
 @pytest.mark.todo("8")

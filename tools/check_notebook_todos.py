@@ -66,6 +66,9 @@ def main() -> int:
         return 2
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:
+        # The data module finds the bundled GPT-2 vocabulary beside itself, in data/.
+        (Path(tmp) / "data").mkdir()
+        (Path(tmp) / "data" / "gpt2.tiktoken").symlink_to(ROOT / "data" / "gpt2.tiktoken")
         for todo in todos:
             problems, seconds = run_notebook(todo, Path(tmp))
             status = "ok" if not problems else f"{len(problems)} problem(s): {problems[0]}"
