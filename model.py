@@ -279,10 +279,13 @@ class GPT(nn.Module):
         """Extend each sequence in idx (B, T) by max_new_tokens sampled tokens.
 
         temperature < 1 sharpens the distribution, > 1 flattens it, 0 means greedy.
-        top_k keeps only the k most likely tokens; top_p keeps the smallest set of
-        tokens whose probabilities add up to at least p ("nucleus" sampling).
+        top_k keeps only the k most likely tokens (None or 0: all); top_p keeps the
+        smallest set of tokens whose probabilities add up to at least p ("nucleus"
+        sampling; the most likely token is always kept, so top_p=0 is greedy too).
         Call model.eval() first if the model has dropout.
         """
+        if temperature < 0:
+            raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
         for _ in range(max_new_tokens):
             context = idx[:, -self.config.block_size :]  # the model cannot see further back
             logits, _ = self(context)
@@ -301,17 +304,19 @@ def filter_top_k_top_p(
     logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None
 ) -> torch.Tensor:
     """Set the logits of tokens outside the top-k / top-p set to -inf, so softmax gives
-    them probability zero. logits: (B, V)."""
-    if top_k is not None and top_k < logits.size(-1):
+    them probability zero. logits: (B, V). top_k None or <= 0 and top_p None or >= 1
+    filter nothing; the most likely token always survives."""
+    if top_k is not None and 0 < top_k < logits.size(-1):
         kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
     if top_p is not None and top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
         sorted_probs = F.softmax(sorted_logits, dim=-1)
-        # Drop a token when the tokens ranked above it already reach top_p; the
-        # most likely token is therefore always kept.
+        # Drop a token when the tokens ranked above it already reach top_p, but never
+        # the most likely one (with top_p <= 0 nothing would be left to sample from).
         mass_above = sorted_probs.cumsum(dim=-1) - sorted_probs
         drop_sorted = mass_above >= top_p
+        drop_sorted[:, 0] = False
         drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

@@ -178,3 +178,25 @@ def test_moe_flops_count_only_the_experts_a_token_uses():
     assert moe.num_params() - dense.num_params() == 2 * (3 * expert + router)
     # A token runs 2 experts where the dense model runs 1 MLP, plus the router, in each of 2 layers.
     assert moe.flops_per_token() - dense.flops_per_token() == 6 * 2 * (expert + router)
+
+
+def test_sampling_edge_cases_are_handled_not_crashed():
+    model = tiny_gpt().eval()
+    idx = torch.zeros((2, 1), dtype=torch.long)
+    torch.manual_seed(0)
+    greedy = model.generate(idx, 5, temperature=0)
+    assert torch.equal(model.generate(idx, 5, temperature=1.0, top_p=0.0), greedy), (
+        "top_p=0 keeps only the most likely token: the same as greedy decoding"
+    )
+    assert model.generate(idx, 5, temperature=1.0, top_k=0).shape == (2, 6), "top_k=0 means no top-k filter"
+    with pytest.raises(ValueError, match="temperature must be 0 .greedy. or positive, got -1"):
+        model.generate(idx, 5, temperature=-1.0)
+
+
+def test_filter_keeps_the_most_likely_token_whatever_top_p():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    for top_p in (0.0, -1.0, 1e-9):
+        kept = filter_top_k_top_p(logits, top_p=top_p)
+        assert torch.isfinite(kept).tolist() == [[False, True, False, False]]
+    assert torch.equal(filter_top_k_top_p(logits, top_k=0), logits)
+    assert torch.equal(filter_top_k_top_p(logits, top_k=-3), logits)
