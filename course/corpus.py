@@ -108,9 +108,12 @@ def iter_shakespeare(archive: Path) -> Iterator[tuple[str, bool]]:
 def iter_txt(path: Path, chunk_chars: int = TEXT_CHUNK_CHARS) -> Iterator[tuple[str, bool]]:
     """A .txt file is one document, read in ~chunk_chars pieces.
 
-    A piece is only cut before a line that starts with a non-space character. GPT-2's
-    BPE never merges across such a point (whitespace before a word is a separate
-    token), so tokenizing the pieces gives exactly the tokens of the whole file.
+    A piece is only cut before a line that starts with a non-space character, and the
+    whitespace at its end moves to the start of the next piece. GPT-2's pattern never
+    joins a word with the whitespace after it, and it treats whitespace at the very
+    end of a text specially (one token for "\n\n", where the middle of a text gives
+    two), so with the whitespace carried over, the pieces give exactly the tokens of
+    the whole file.
     """
     lines: list[str] = []
     size = 0
@@ -118,8 +121,10 @@ def iter_txt(path: Path, chunk_chars: int = TEXT_CHUNK_CHARS) -> Iterator[tuple[
         for line_number, raw in enumerate(f, start=1):
             line = decode_line(raw, path, line_number)
             if size >= chunk_chars and not line[:1].isspace():
-                yield "".join(lines), False
-                lines, size = [], 0
+                piece = "".join(lines)
+                text = piece.rstrip()
+                yield text, False
+                lines, size = [piece[len(text) :]], len(piece) - len(text)
             lines.append(line)
             size += len(line)
     yield "".join(lines), True

@@ -107,6 +107,22 @@ def test_chunked_txt_reading_gives_the_same_gpt2_tokens(tmp_path):
     assert [t for p, _ in pieces for t in tok.encode(p)] == tok.encode(text)
 
 
+def test_a_piece_boundary_after_a_blank_line_keeps_the_whole_file_tokens(tmp_path):
+    """GPT-2 encodes "\n\n" at the end of a text as one token and before a word as two:
+    a piece must not end with whitespace that the whole file tokenizes differently."""
+    text = "".join(f"Paragraph {i} ends here.\n\n" for i in range(200))
+    path = tmp_path / "paragraphs.txt"
+    path.write_text(text)
+    pieces = list(data.iter_txt(path, chunk_chars=64))
+    assert len(pieces) > 20 and "".join(p for p, _ in pieces) == text
+    tok = GPT2Tokenizer()
+    whole, pieced = tok.encode(text), [t for p, _ in pieces for t in tok.encode(p)]
+    assert len(pieced) == len(whole), (
+        f"{len(pieced)} tokens from the pieces, {len(whole)} from the whole file"
+    )
+    assert pieced == whole
+
+
 def test_prepare_reuses_and_refreshes(corpus_txt, tmp_path):
     out = tmp_path / "p"
     data.prepare("char", corpus_txt, out)
