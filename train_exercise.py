@@ -427,9 +427,9 @@ def train(args: argparse.Namespace) -> None:
         start_step, data_position, best_val_loss = restore_checkpoint(checkpoint, model, optimizer, scaler)
         stream.seek(**data_position)
     resumed_at = start_step if checkpoint is not None else None
-    logbook = Logbook(args, group, device, tokenizer, meta, scaler, resumed_at)
+    logbook = Logbook(args, group, device, dtype, tokenizer, meta, scaler, resumed_at)
     train_model = wrap_for_training(model, group, device, args.use_compile, args.use_moe)
-    logbook.print_setup(dtype, model, len(stream.dataset), schedule, start_step, stream.batches_per_epoch)
+    logbook.print_setup(model, len(stream.dataset), schedule, start_step, stream.batches_per_epoch)
 
     if start_step == 0 and group.is_main:  # the untrained model: loss ≈ ln(vocab size)
         best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run)

@@ -22,7 +22,7 @@ import torch
 
 from course.checkpoints import RESUME_FILE
 from course.corpus import TOKENIZERS
-from course.devices import resolve_device, resolve_dtype
+from course.devices import enable_tf32, resolve_device, resolve_dtype
 from course.distributed import ProcessGroup, init_distributed, shut_down
 from course.errors import DataError, Interrupted, TrainingDiverged, UsageError
 from course.todos import TODOS, next_hint
@@ -316,6 +316,7 @@ def configure(args: argparse.Namespace) -> tuple[ProcessGroup, torch.device, tor
     the preset's values for options left unset; then every option is checked."""
     group, device = init_distributed(resolve_device(args.device))
     dtype = resolve_dtype(args.dtype, device)
+    enable_tf32(device)
     fill_preset(args, device)
     check_options(args)
     return group, device, dtype

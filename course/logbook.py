@@ -101,6 +101,7 @@ class Logbook:
         args: argparse.Namespace,
         group: ProcessGroup,
         device: torch.device,
+        dtype: torch.dtype,
         tokenizer,
         meta: dict,
         scaler: torch.amp.GradScaler,
@@ -123,7 +124,8 @@ class Logbook:
         self.save_dir = Path(args.save_dir)
         self.metrics_path = self.save_dir / METRICS_FILE
         self.tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len * group.world_size
-        self.peak_flops = gpu_peak_flops(device)
+        self.dtype = dtype
+        self.peak_flops = gpu_peak_flops(device, dtype)
         # On resume, keep the metrics up to the checkpoint and drop any logged after it.
         self.records = (
             read_metrics(self.metrics_path, up_to_step=resumed_at) if resumed_at is not None else []
@@ -198,8 +200,8 @@ class Logbook:
             }
             if self.scaler.is_enabled():
                 record["skipped_steps"] = self.skipped_steps
-            if self.peak_flops:
-                record["mfu"] = flops_per_token * tokens_per_sec / self.peak_flops
+            if self.peak_flops:  # tokens_per_sec counts every process; the peak is one GPU's
+                record["mfu"] = flops_per_token * tokens_per_sec / (self.peak_flops * self.group.world_size)
             self.records.append(record)
             append_metrics(self.metrics_path, record)
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
@@ -225,10 +227,10 @@ class Logbook:
         plot_metrics(self.records, self.save_dir / PLOT_FILE)
 
     def print_setup(
-        self, dtype: torch.dtype, model, train_windows: int, schedule, start_step: int, batches_per_epoch: int
+        self, model, train_windows: int, schedule, start_step: int, batches_per_epoch: int
     ) -> None:
         """Two lines that say what this run is about to do."""
-        args, group, meta = self.args, self.group, self.meta
+        args, group, meta, dtype = self.args, self.group, self.meta, self.dtype
         processes = f"{group.world_size} processes, " if group.world_size > 1 else ""
         self.print(
             f"{processes}device {self.device} ({str(dtype).removeprefix('torch.')}), preset {args.preset}, "

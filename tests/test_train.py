@@ -103,3 +103,25 @@ def test_check_finite_stops_on_a_bad_loss_or_gradient(tmp_path):
         check_finite(torch.tensor(float("nan")), no_bad_steps, 1, 5, tmp_path / "resume.pt")
     with pytest.raises(TrainingDiverged, match="the gradient norm became inf or nan"):
         check_finite(fine, torch.ones((), dtype=torch.int), 1, 5, tmp_path / "resume.pt")
+
+
+def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
+    """tokens/s counts the tokens of every process; MFU divides by the peak of all the GPUs."""
+    import argparse
+
+    from course.distributed import ProcessGroup
+    from course.logbook import Logbook
+
+    args = argparse.Namespace(save_dir=str(tmp_path), batch_size=4, accumulation_steps=1, max_seq_len=8,
+                              dataset_mode="blocks")  # fmt: skip
+    meta, scaler = {"val_tokens": 1, "val_bytes": 1}, torch.amp.GradScaler("cpu", enabled=False)
+    group = ProcessGroup(rank=0, world_size=2)
+    book = Logbook(args, group, torch.device("cpu"), torch.float32, None, meta, scaler, resumed_at=None)
+    book.peak_flops = 1e12  # as on a GPU of the table
+    with book.progress(0, 1):
+        book.step_done(torch.tensor(2.0), torch.tensor(1.0))
+        book.log_train(1, 1e-3, torch.tensor(1.0), flops_per_token=1000)
+    record = book.records[-1]
+    assert record["mfu"] == pytest.approx(1000 * record["tokens_per_sec"] / (2 * 1e12)), (
+        "with 2 processes, MFU = FLOPs per second of all processes / (2 × one GPU's peak)"
+    )
