@@ -381,10 +381,10 @@ def load_data(
     return meta, tokenizer, stream, eval_batches
 
 
-def build_model(args: argparse.Namespace, vocab_size: int, device: torch.device) -> GPT:
+def build_model(args: argparse.Namespace, tokenizer: Tokenizer, device: torch.device) -> GPT:
     """The GPT of the chosen size (model.py): fresh, or with --from_weight an earlier run's weights."""
     config = GPTConfig(
-        vocab_size=vocab_size,
+        vocab_size=tokenizer.vocab_size,
         block_size=args.max_seq_len,
         n_layer=args.num_hidden_layers,
         n_head=args.num_attention_heads,
@@ -394,7 +394,7 @@ def build_model(args: argparse.Namespace, vocab_size: int, device: torch.device)
     )
     model = GPT(config)
     if args.from_weight != "none":
-        load_weights(model, Path(args.from_weight))
+        load_weights(model, Path(args.from_weight), tokenizer.meta())
     return model.to(device)
 
 
@@ -445,7 +445,7 @@ def train(args: argparse.Namespace) -> None:
     meta, tokenizer, stream, eval_batches = load_data(args, group, device)
     schedule = cli.plan_schedule(args, stream.batches_per_epoch)  # total steps, warmup, min LR
 
-    model = build_model(args, tokenizer.vocab_size, device)
+    model = build_model(args, tokenizer, device)
     optimizer = model.configure_optimizers(args.weight_decay, args.learning_rate, (0.9, 0.95), device.type)
     amp_ctx, scaler = open_todos.precision_or_float32(autocast_context, make_grad_scaler, device, dtype)
     run.describe(model.config.to_dict(), tokenizer.meta(), meta, vars(args))

@@ -86,12 +86,35 @@ def check_same(what: str, saved: dict, current: dict) -> None:
             )
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """--from_weight: the weights of model.pt (or best.pt) of another run, for the same architecture."""
+# GPTConfig fields that a new run may change: the weights do not depend on them.
+TRAINING_SETTINGS = ("dropout", "aux_loss_weight")
+
+
+def architecture(model_config: dict) -> dict:
+    return {key: value for key, value in model_config.items() if key not in TRAINING_SETTINGS}
+
+
+def describe_tokenizer(meta: dict) -> str:
+    if meta["tokenizer"] == "char":
+        return f"a char vocabulary of {len(meta['chars'])} characters"
+    return f"the {meta['tokenizer']} vocabulary"
+
+
+def load_weights(model: torch.nn.Module, path: Path, tokenizer_meta: dict) -> None:
+    """--from_weight: the weights of model.pt (or best.pt) of another run, for the same
+    tokenizer and architecture (dropout may differ: fine-tuning often changes it)."""
     if not path.is_file():
         raise UsageError(f"--from_weight {path}: no such file")
     weights = load_checkpoint(path)
-    check_same("model config", weights["model_config"], model.config.to_dict())
+    saved = weights["tokenizer"]
+    if saved != tokenizer_meta:
+        same_kind = describe_tokenizer(saved) == describe_tokenizer(tokenizer_meta)
+        raise UsageError(
+            f"--from_weight {path} was trained with another tokenizer ({describe_tokenizer(saved)} there, "
+            f"{describe_tokenizer(tokenizer_meta)}{', other characters' if same_kind else ''} here): every "
+            "embedding would stand for another token; use the --tokenizer and --data_path of that run"
+        )
+    check_same("model config", architecture(weights["model_config"]), architecture(model.config.to_dict()))
     model.load_state_dict(weights["model"])
 
 

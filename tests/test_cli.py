@@ -129,6 +129,8 @@ def test_from_weight_starts_a_new_run_from_saved_weights(corpus_txt, tmp_path, c
             "--from_weight",
             first / "model.pt",
             *TINY,
+            "--dropout",  # fine-tuning may change dropout: it is not part of the weights
+            0.1,
         ],
         capsys,
     )
@@ -246,6 +248,15 @@ BAD_INPUTS = {
     "warmup as long as training": (lambda t: ["--max_steps", 5, "--warmup_steps", 5], "must be smaller"),
     "documents mode on a .txt": (lambda t: ["--dataset_mode", "documents"], "give --data_path file.jsonl"),
     "weights file missing": (lambda t: ["--from_weight", t / "missing.pt"], "no such file"),
+    "weights of another tokenizer": (
+        lambda t: [
+            "--from_weight",
+            t / "out" / "model.pt",
+            "--data_path",
+            write(t, "abc.txt", b"abc\n" * 500),
+        ],
+        "was trained with another tokenizer (a char vocabulary of",
+    ),
     "weights file not a checkpoint": (
         lambda t: ["--from_weight", write(t, "junk.pt", b"not a checkpoint")],
         "cannot read checkpoint",
