@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from course.corpus import load_tokens
 from course.errors import DataError
@@ -67,6 +67,18 @@ def fixed_eval_batches(dataset: Dataset, batch_size: int, n_batches: int) -> lis
     ]
 
 
+class RemainingOfEpoch(Sampler[int]):
+    """The windows a BatchStream has not served yet in its current epoch, read afresh
+    each time the DataLoader starts an epoch (so one loader, and its workers, serve
+    every epoch)."""
+
+    def __init__(self, stream: BatchStream) -> None:
+        self.stream = stream
+
+    def __iter__(self):
+        return iter(self.stream.remaining_windows())
+
+
 class BatchStream:
     """Training batches, reshuffled every epoch, that can restart mid-epoch.
 
@@ -97,8 +109,19 @@ class BatchStream:
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.epoch, self.position = epoch, position
         self.rank, self.world_size = rank, world_size
-        self.loader_options = loader_options
         self.batches_per_epoch = len(dataset) // world_size // batch_size
+        # The loader draws its workers' seeds from its own generator; without one it would
+        # draw from the global RNG and shift every later dropout mask. Worker processes
+        # (--num_workers) stay alive from one epoch to the next.
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=RemainingOfEpoch(self),
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed),
+            persistent_workers=loader_options.get("num_workers", 0) > 0,
+            **loader_options,
+        )
         self._iterator = None
 
     def state(self) -> dict:
@@ -108,23 +131,13 @@ class BatchStream:
         """Continue from batch `position` of epoch `epoch` (a state() from a checkpoint)."""
         self.epoch, self.position, self._iterator = epoch, position, None
 
-    def _epoch_loader(self) -> DataLoader:
+    def remaining_windows(self) -> list[int]:
+        """This process's windows of the current epoch that have not been served yet."""
         sampler = DistributedSampler(
             self.dataset, self.world_size, self.rank, shuffle=True, seed=self.seed, drop_last=True
         )
         sampler.set_epoch(self.epoch)  # permutation from seed + epoch
-        remaining = list(sampler)[self.position * self.batch_size :]
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        # The loader draws its workers' seeds from `generator` too; without it, it
-        # would draw from the global RNG and shift every later dropout mask.
-        return DataLoader(
-            self.dataset,
-            batch_size=self.batch_size,
-            sampler=remaining,
-            drop_last=True,
-            generator=generator,
-            **self.loader_options,
-        )
+        return list(sampler)[self.position * self.batch_size :]
 
     def __iter__(self) -> BatchStream:
         return self
@@ -133,7 +146,7 @@ class BatchStream:
         if self.position == self.batches_per_epoch:  # epoch finished: start the next one
             self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
         if self._iterator is None:
-            self._iterator = iter(self._epoch_loader())
+            self._iterator = iter(self.loader)
         batch = next(self._iterator)
         self.position += 1
         return batch

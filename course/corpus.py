@@ -341,13 +341,44 @@ def read_meta(prepared: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def load_tokens(prepared: Path, split: str) -> np.ndarray:
-    """The token ids of one split as a read-only memory map: nothing is loaded into
-    RAM until a window is sliced, so the corpus may be larger than memory."""
+class TokenFile:
+    """The token ids of one split on disk, read through a memory map: nothing is loaded
+    into RAM until a window is sliced, so the corpus may be larger than memory.
+
+    The map is opened on first use, in each process that uses it. A DataLoader worker
+    started with spawn (the default on macOS and Windows) receives a pickled copy of
+    the dataset; a TokenFile pickles as its path, where a memory map would pickle every
+    token (a full copy of the corpus per worker).
+    """
+
+    def __init__(self, path: Path, dtype: str) -> None:
+        self.path, self.dtype = path, np.dtype(dtype)
+        self.n_tokens = path.stat().st_size // self.dtype.itemsize
+        self._tokens: np.ndarray | None = None
+
+    def tokens(self) -> np.ndarray:
+        if self._tokens is None:  # an empty file cannot be memory-mapped
+            empty = self.n_tokens == 0
+            self._tokens = np.zeros(0, self.dtype) if empty else np.memmap(self.path, self.dtype, mode="r")
+        return self._tokens
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __getitem__(self, key):
+        return self.tokens()[key]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self.tokens(), dtype=dtype)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tokens": None}  # the path, not the tokens
+
+
+def load_tokens(prepared: Path, split: str) -> TokenFile:
+    """The token ids of one split (see TokenFile: sliced like an array, read from disk)."""
     meta = read_meta(prepared)
     path = prepared / f"{split}.bin"
     if meta is None or not path.is_file():
         raise DataError(f"{prepared} holds no prepared data; run the training script to prepare it")
-    if path.stat().st_size == 0:
-        return np.zeros(0, dtype=meta["dtype"])
-    return np.memmap(path, dtype=meta["dtype"], mode="r")
+    return TokenFile(path, meta["dtype"])

@@ -10,6 +10,7 @@ good checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 from pathlib import Path
@@ -30,13 +31,17 @@ class CtrlC:
         self.requested = False
 
     def __enter__(self) -> CtrlC:
-        self.previous = None
+        self.previous, self.pid = None, os.getpid()
         # Signals are delivered to the main thread only.
         if self.enabled and threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
+        if os.getpid() != self.pid:
+            # A DataLoader worker forked from the training process: Ctrl+C in a terminal
+            # reaches it too. The training process handles it; the worker keeps serving.
+            return
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True

@@ -6,6 +6,7 @@ that becomes NaN stops the run without touching the last good checkpoint."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -37,14 +38,16 @@ def workspace(tmp_path_factory):
 
 
 def start(args: list[str], save_dir: Path, driver: str | None = None) -> subprocess.Popen:
-    """A real training process: train_solution.py, or a `python -c driver` that wraps it."""
+    """A real training process: train_solution.py, or a `python -c driver` that wraps it,
+    in a process group of its own (as a terminal starts it)."""
     program = ["-c", driver] if driver else ["train_solution.py"]
     return subprocess.Popen(
         [sys.executable, *program, *args, "--save_dir", str(save_dir)],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
 
 
@@ -146,14 +149,17 @@ sys.exit(train_solution.main(sys.argv[2:]))
 def test_ctrl_c_saves_a_checkpoint_then_stops(workspace):
     root, base = workspace
     save_dir, ready = root / "ctrl_c", root / "ctrl_c_ready"
-    process = start([str(ready), *base], save_dir, driver=WAIT_FOR_CTRL_C)
+    # With a DataLoader worker: a terminal's Ctrl+C reaches every process of the group.
+    process = start([str(ready), *base, "--num_workers", "1"], save_dir, driver=WAIT_FOR_CTRL_C)
     while not ready.exists():
         assert process.poll() is None, f"the run ended before step 8: {process.stderr.read()[-1000:]}"
         time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-1000:]
     assert "continue with --from_resume 1" in stderr
+    said = (stdout + stderr).count("Ctrl+C: saving a checkpoint")
+    assert said == 1, f"Ctrl+C announced {said} times: the worker must leave it to the training process"
     stopped_at = torch.load(save_dir / "resume.pt", weights_only=True)["step"]
     assert stopped_at == 8, "Ctrl+C during step 8: the run finishes that step, saves it, and stops"
     assert max(losses(save_dir)) == 8, "the metrics end at the checkpoint's step"

@@ -125,3 +125,24 @@ def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
     assert record["mfu"] == pytest.approx(1000 * record["tokens_per_sec"] / (2 * 1e12)), (
         "with 2 processes, MFU = FLOPs per second of all processes / (2 × one GPU's peak)"
     )
+
+
+def test_a_token_file_dataset_pickles_as_a_path_and_loads_in_spawned_workers(tmp_path):
+    """macOS and Windows start DataLoader workers with spawn, which pickles the dataset:
+    the token file must travel as its path, not as a copy of every token."""
+    import pickle
+
+    from course.corpus import TokenFile
+
+    tokens = (np.arange(200_000) % 50_000).astype(np.uint16)
+    tokens.tofile(tmp_path / "train.bin")
+    dataset = BlockDataset(TokenFile(tmp_path / "train.bin", "uint16"), 16)
+    assert len(pickle.dumps(dataset)) < 10_000, (
+        "the pickled dataset should hold the path, not 400 kB of tokens"
+    )
+    stream = BatchStream(dataset, batch_size=4, seed=0, num_workers=1, multiprocessing_context="spawn")
+    in_process = BatchStream(dataset, batch_size=4, seed=0)
+    for _ in range(3):
+        (x, y), (x_ref, y_ref) = next(stream), next(in_process)
+        assert torch.equal(x, x_ref) and torch.equal(y, y_ref), "a spawned worker serves the same batches"
+    assert stream.loader.persistent_workers, "workers stay alive from one epoch to the next"
