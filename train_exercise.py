@@ -412,15 +412,20 @@ def train(args: argparse.Namespace) -> None:
     group, device, dtype = cli.configure(args)  # device, number type, processes; options checked
     run = RunFiles(Path(args.save_dir))
     checkpoint = run.load_resume() if args.from_resume else None
+    saved_plan = checkpoint.get("plan") if checkpoint is not None else None
+    if saved_plan is not None:  # a resume continues the saved plan: same schedule, same batches
+        cli.continue_plan(args, saved_plan, group)
     seed_everything(args.seed)
 
     meta, tokenizer, stream, eval_batches = load_data(args, group, device)
-    schedule = cli.plan_schedule(args, stream.batches_per_epoch)  # total steps, warmup, min LR
+    schedule = cli.plan_schedule(args, stream.batches_per_epoch, saved_plan)  # steps, warmup, min LR
 
     model = build_model(args, tokenizer, device)
     optimizer = model.configure_optimizers(args.weight_decay, args.learning_rate, (0.9, 0.95), device.type)
     amp_ctx, scaler = open_todos.precision_or_float32(autocast_context, make_grad_scaler, device, dtype)
-    run.describe(model.config.to_dict(), tokenizer.meta(), meta, vars(args))
+    run.describe(
+        model.config.to_dict(), tokenizer.meta(), meta, vars(args), cli.run_plan(args, schedule, group)
+    )
     start_step, best_val_loss = 0, float("inf")
     if checkpoint is not None:  # continue the stopped run exactly: same state, same next batch
         run.check_same_run(checkpoint)
@@ -433,11 +438,11 @@ def train(args: argparse.Namespace) -> None:
 
     if start_step == 0 and group.is_main:  # the untrained model: loss ≈ ln(vocab size)
         best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
-    total_steps = schedule.total_steps
-    with CtrlC(enabled=group.world_size == 1) as ctrl_c, logbook.progress(start_step, total_steps):
-        for step in range(start_step, total_steps):
+    end_step = schedule.end_step
+    with CtrlC(enabled=group.world_size == 1) as ctrl_c, logbook.progress(start_step, end_step):
+        for step in range(start_step, end_step):
             lr = open_todos.lr_or_constant(
-                get_lr, step, schedule.warmup_steps, total_steps, args.learning_rate, schedule.min_lr
+                get_lr, step, schedule.warmup_steps, schedule.total_steps, args.learning_rate, schedule.min_lr
             )
             micro_batches = [
                 (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
@@ -448,9 +453,9 @@ def train(args: argparse.Namespace) -> None:
 
             done = step + 1  # optimizer steps completed
             stop = ctrl_c.requested  # read once: a Ctrl+C from here on stops after the next step
-            at_log = done % args.log_interval == 0 or done == total_steps
-            at_eval = done % args.eval_interval == 0 or done == total_steps
-            at_save = done % args.save_interval == 0 or done == total_steps or stop
+            at_log = done % args.log_interval == 0 or done == end_step
+            at_eval = done % args.eval_interval == 0 or done == end_step
+            at_save = done % args.save_interval == 0 or done == end_step or stop
             if at_log or at_eval or at_save:
                 logbook.check_finite(done)  # stop before a NaN is logged or saved over a good checkpoint
             if at_log:

@@ -135,13 +135,17 @@ class RunFiles:
             )
         return load_checkpoint(self.resume_path)
 
-    def describe(self, model_config: dict, tokenizer_meta: dict, data_meta: dict, options: dict) -> None:
-        """Remember what identifies this run; it is saved with every checkpoint."""
+    def describe(
+        self, model_config: dict, tokenizer_meta: dict, data_meta: dict, options: dict, plan: dict
+    ) -> None:
+        """Remember what identifies this run; it is saved with every checkpoint. The plan
+        (schedule and batch order, see course.cli.run_plan) is what a resume continues."""
         self.identity = {
             "model_config": model_config,
             "data_source": {"tokenizer": data_meta["tokenizer"], "source": data_meta["source"]},
             "tokenizer": tokenizer_meta,
             "train_args": options,
+            "plan": plan,
         }
 
     def check_same_run(self, checkpoint: dict) -> None:

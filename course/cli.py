@@ -291,16 +291,43 @@ def count_total_steps(args: argparse.Namespace, batches_per_epoch: int) -> int:
 
 @dataclass
 class Schedule:
-    """How long the run trains and how its learning rate moves."""
+    """How long the run trains and how its learning rate moves. A resumed run keeps
+    the saved schedule; end_step may differ from total_steps there (--max_steps)."""
 
     total_steps: int
     warmup_steps: int
     min_lr: float
+    end_step: int
 
 
-def plan_schedule(args: argparse.Namespace, batches_per_epoch: int) -> Schedule:
+UNSET = object()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, and in options_given the names of those on the command line (a
+    resume must tell an option given from one left at its default)."""
+    parser = build_parser()
+    names = vars(parser.parse_args([])).keys()
+    args = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, UNSET)))
+    defaults = vars(parser.parse_args([]))
+    given = sorted(name for name in names if getattr(args, name) is not UNSET)
+    for name in names:
+        if getattr(args, name) is UNSET:
+            setattr(args, name, defaults[name])
+    args.options_given = given
+    return args
+
+
+def plan_schedule(
+    args: argparse.Namespace, batches_per_epoch: int, saved_plan: dict | None = None
+) -> Schedule:
     """The number of steps (--max_steps, or --epochs of the training split), the warmup
-    (default: 10% of the steps) and the final LR (default: learning_rate / 10)."""
+    (default: 10% of the steps) and the final LR (default: learning_rate / 10); when
+    resuming, the saved run's, with --max_steps or --epochs moving only where it ends."""
+    if saved_plan is not None:
+        given_length = {"max_steps", "epochs"} & set(args.options_given)
+        end_step = count_total_steps(args, batches_per_epoch) if given_length else saved_plan["total_steps"]
+        return Schedule(saved_plan["total_steps"], saved_plan["warmup_steps"], args.min_lr, end_step)
     total_steps = count_total_steps(args, batches_per_epoch)
     warmup_steps = args.warmup_steps if args.warmup_steps is not None else total_steps // 10
     if warmup_steps >= total_steps:
@@ -308,7 +335,54 @@ def plan_schedule(args: argparse.Namespace, batches_per_epoch: int) -> Schedule:
             f"--warmup_steps {warmup_steps} must be smaller than the {total_steps} training steps"
         )
     min_lr = args.min_lr if args.min_lr is not None else args.learning_rate / 10
-    return Schedule(total_steps, warmup_steps, min_lr)
+    return Schedule(total_steps, warmup_steps, min_lr, total_steps)
+
+
+# The options that decide a run's plan: its LR schedule and the order of its batches.
+PLAN_OPTIONS = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumulation_steps", "seed",
+                "max_train_tokens")  # fmt: skip
+
+
+def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) -> dict:
+    """What a resume must continue: saved with every resume checkpoint."""
+    plan = {name: getattr(args, name) for name in PLAN_OPTIONS}
+    plan.update(total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps, min_lr=schedule.min_lr)
+    return {**plan, "world_size": group.world_size}
+
+
+# Options a resume may change, with an honest meaning: the rest of the schedule keeps its
+# shape (warmup, cosine, total steps) at the new learning rates; lowering the LR after
+# the loss diverged is the usual fix.
+RESUME_MAY_CHANGE = ("learning_rate", "min_lr")
+
+
+def continue_plan(args: argparse.Namespace, plan: dict, group: ProcessGroup) -> None:
+    """--from_resume 1: options left out take the saved run's values; an option given
+    with another value would change the run the checkpoint continues, and is refused
+    (the learning rates apart, see RESUME_MAY_CHANGE)."""
+    if plan["world_size"] != group.world_size:
+        raise UsageError(
+            f"the saved run trained with {plan['world_size']} process(es), this one has {group.world_size}: "
+            "each process reads its own share of every batch, so resume with the same number"
+        )
+    for name in PLAN_OPTIONS:
+        given = name in args.options_given
+        if given and getattr(args, name) != plan[name] and name in RESUME_MAY_CHANGE:
+            print(
+                f"note: --{name} {getattr(args, name)} replaces the saved run's {plan[name]!r} from here on"
+            )
+        elif given and getattr(args, name) != plan[name]:
+            raise UsageError(
+                f"--{name} {getattr(args, name)} would change the saved run ({name}={plan[name]!r}): "
+                "leave it out to continue that run, or start a new one in another --save_dir"
+            )
+        else:
+            setattr(args, name, plan[name])
+    if args.min_lr > args.learning_rate:
+        raise UsageError(
+            f"--learning_rate {args.learning_rate} is below the saved run's min_lr {args.min_lr}: "
+            "give --min_lr too"
+        )
 
 
 def configure(args: argparse.Namespace) -> tuple[ProcessGroup, torch.device, torch.dtype]:
@@ -325,7 +399,7 @@ def configure(args: argparse.Namespace) -> tuple[ProcessGroup, torch.device, tor
 def main(train: Callable[[argparse.Namespace], None], argv: list[str] | None, script: Path) -> int:
     """Parse the options, run `train`, and turn the ways a run can end into exit codes:
     0 done, 1 diverged or stopped at an open TODO, 2 a usage or data mistake, 130 Ctrl+C."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if args.hint:
         return show_hint(args.hint, script)
     if args.test:

@@ -239,9 +239,15 @@ class Logbook:
             f"of {meta['train_tokens']:,} tokens"
         )
         self.print(
-            f"steps {start_step} → {schedule.total_steps}, {self.tokens_per_step:,} tokens per step, "
+            f"steps {start_step} → {schedule.end_step}, {self.tokens_per_step:,} tokens per step, "
             f"{batches_per_epoch // args.accumulation_steps} steps per epoch, warmup {schedule.warmup_steps}"
         )
+        if schedule.end_step > schedule.total_steps:
+            first = max(start_step, schedule.total_steps) + 1
+            self.print(
+                f"note: the saved run's schedule ends at step {schedule.total_steps}; "
+                f"steps {first}-{schedule.end_step} continue at its min_lr {schedule.min_lr:g}"
+            )
         resume_path = self.save_dir / RESUME_FILE
         if self.resumed_at is None and resume_path.is_file():
             self.print(

@@ -114,6 +114,57 @@ def test_resume_with_more_steps_continues_the_count(corpus_txt, tmp_path, capsys
     assert torch.load(out / "resume.pt", weights_only=True)["step"] == 10
 
 
+def test_a_longer_max_steps_on_resume_continues_at_min_lr_and_says_so(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--data_path", corpus_txt, "--save_dir", out, *TINY, "--learning_rate", 3e-3, "--min_lr", 3e-4]
+    assert run([*args, "--max_steps", 20], capsys)[0] == 0
+    code = train.main([str(a) for a in [*args, "--max_steps", 40, "--from_resume", 1]])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "the saved run's schedule ends at step 20; steps 21-40 continue at its min_lr 0.0003" in printed
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+    assert all(lrs[step] == pytest.approx(3e-4) for step in range(21, 41)), (
+        "past the saved schedule's end the LR stays at min_lr; it must not warm up and decay again"
+    )
+
+
+def test_resume_without_max_steps_continues_the_saved_plan(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--data_path", corpus_txt, "--save_dir", out, *TINY, "--batch_size", 6, "--seed", 5]
+    assert run([*args, "--max_steps", 6], capsys)[0] == 0
+    i = TINY_MODEL.index("--batch_size")
+    model_only = TINY_MODEL[:i] + TINY_MODEL[i + 2 :]  # the model's options, but not the batch size
+    assert (
+        run(["--data_path", corpus_txt, "--save_dir", out, *model_only, "--from_resume", 1], capsys)[0] == 0
+    )
+    resumed = torch.load(out / "resume.pt", weights_only=True)
+    assert resumed["step"] == 6, "without --max_steps, the resume ends where the saved run's plan ends"
+    assert resumed["plan"]["batch_size"] == 6 and resumed["plan"]["seed"] == 5, (
+        "left-out options: saved values"
+    )
+
+
+def test_resume_with_another_number_of_processes_is_refused():
+    from course.cli import continue_plan
+    from course.distributed import ProcessGroup
+    from course.errors import UsageError
+
+    args = train_args_for_plan()
+    plan = {**{name: getattr(args, name) for name in ("learning_rate", "min_lr", "warmup_steps", "batch_size",
+            "accumulation_steps", "seed", "max_train_tokens")}, "world_size": 2}  # fmt: skip
+    with pytest.raises(UsageError, match="the saved run trained with 2 process.es., this one has 1"):
+        continue_plan(args, plan, ProcessGroup(rank=0, world_size=1))
+
+
+def train_args_for_plan():
+    from course.cli import parse_args
+
+    return parse_args(
+        ["--learning_rate", "1e-3", "--min_lr", "1e-4", "--warmup_steps", "2", "--batch_size", "4"]
+    )
+
+
 def test_from_weight_starts_a_new_run_from_saved_weights(corpus_txt, tmp_path, capsys):
     first = tmp_path / "first"
     assert run(["--data_path", corpus_txt, "--save_dir", first, "--max_steps", 20, *TINY], capsys)[0] == 0
@@ -263,6 +314,20 @@ BAD_INPUTS = {
     ),
     "min_lr above learning_rate": (lambda t: ["--min_lr", 1.0], "--min_lr 1.0 is larger"),
     "not a number": (lambda t: ["--max_steps", "ten"], "invalid int value: 'ten'"),
+    "resume with another batch size": (
+        lambda t: ["--from_resume", 1, "--batch_size", 8],
+        "--batch_size 8 would change the saved run (batch_size=4)",
+    ),
+    "resume with another seed": (lambda t: ["--from_resume", 1, "--seed", 7], "(seed=1337)"),
+    "resume with another accumulation": (
+        lambda t: ["--from_resume", 1, "--accumulation_steps", 2],
+        "--accumulation_steps 2 would change the saved run (accumulation_steps=1)",
+    ),
+    "resume with another data budget": (
+        lambda t: ["--from_resume", 1, "--max_train_tokens", 500],
+        "(max_train_tokens=1000000)",
+    ),
+    "resume with another warmup": (lambda t: ["--from_resume", 1, "--warmup_steps", 1], "(warmup_steps=0)"),
 }
 
 

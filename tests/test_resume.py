@@ -175,7 +175,19 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(workspace, 
     good = (save_dir / "resume.pt").read_bytes()
     capsys.readouterr()
     code = train.main(
-        [*short, "--max_steps", "16", "--from_resume", "1", "--learning_rate", "1e6", "--grad_clip", "0"]
+        [
+            *short,
+            "--max_steps",
+            "16",
+            "--from_resume",
+            "1",
+            "--learning_rate",
+            "1e6",
+            "--min_lr",
+            "1e6",
+            "--grad_clip",
+            "0",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 1, err
