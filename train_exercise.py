@@ -397,13 +397,16 @@ def save_checkpoint(
     step: int,
     stream: BatchStream,
     best_val_loss: float,
+    group: ProcessGroup,
 ) -> None:
     """model.pt (the weights, to sample from or start another run) and resume.pt (the
-    checkpoint_state [8] that continues this run), each written atomically."""
-    run.save_weights(model)
+    checkpoint_state [8] that continues this run), each written atomically by rank 0.
+    Every process builds the state: the random generators of all of them go into it."""
     state = open_todos.state_or_none(checkpoint_state, model, optimizer, scaler, step, stream, best_val_loss)
-    if state is not None:
-        run.save_resume(state)
+    if group.is_main:
+        run.save_weights(model)
+        if state is not None:
+            run.save_resume(state)
 
 
 def train(args: argparse.Namespace) -> None:
@@ -415,7 +418,7 @@ def train(args: argparse.Namespace) -> None:
     saved_plan = checkpoint.get("plan") if checkpoint is not None else None
     if saved_plan is not None:  # a resume continues the saved plan: same schedule, same batches
         cli.continue_plan(args, saved_plan, group)
-    seed_everything(args.seed)
+    seed_everything(args.seed, group.rank)
 
     meta, tokenizer, stream, eval_batches = load_data(args, group, device)
     schedule = cli.plan_schedule(args, stream.batches_per_epoch, saved_plan)  # steps, warmup, min LR
@@ -462,8 +465,8 @@ def train(args: argparse.Namespace) -> None:
                 logbook.log_train(done, lr, stats.grad_norm, model.flops_per_token())
             if at_eval and group.is_main:
                 best_val_loss = validate(done, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
-            if at_save and group.is_main:
-                save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss)
+            if at_save:
+                save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)
             if (at_eval or at_save) and group.is_main:
                 logbook.restart_clock()  # tokens/s counts training steps only
             if stop:

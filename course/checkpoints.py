@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from course.errors import UsageError
 
@@ -48,32 +49,45 @@ def load_checkpoint(path: Path) -> dict:
         ) from None
 
 
-def seed_everything(seed: int) -> None:
-    """Seed every generator a run draws from. Every process gets the same seed: they
-    read different data, and one saved random state then serves them all on resume
-    (MiniMind adds the rank instead)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed every generator a run draws from, offset by the process's rank (as nanoGPT
+    does), so that under DDP each process draws its own dropout masks. The order of the
+    batches has its own generator (course.batches), and DDP copies rank 0's initial
+    weights to every process."""
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)
+    torch.manual_seed(seed + rank)
 
 
-def capture_rng_state() -> dict:
-    """Every random generator a run draws from (dropout, sampling, user code)."""
+def this_process_rng_state() -> dict:
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this process's GPU
     }
 
 
+def capture_rng_state() -> dict:
+    """Every random generator a run draws from (dropout, sampling, user code), in every
+    training process: under DDP each process has its own, and one checkpoint must resume
+    them all. Every process calls it (it gathers the states); rank 0 saves the result."""
+    states = [this_process_rng_state()]
+    if dist.is_initialized():
+        states = [None] * dist.get_world_size()
+        dist.all_gather_object(states, this_process_rng_state())
+    return {"ranks": states}
+
+
 def restore_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    """Each process takes back its own generators' states from capture_rng_state()'s dict."""
+    mine = state["ranks"][dist.get_rank() if dist.is_initialized() else 0]
+    random.setstate(mine["python"])
+    np.random.set_state(mine["numpy"])
+    torch.set_rng_state(mine["torch"])
+    if mine["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine["cuda"])
 
 
 def check_same(what: str, saved: dict, current: dict) -> None:

@@ -34,14 +34,17 @@ def ddp_args(workdir: Path, run: str) -> list[str]:
 
 @background_job("ddp")
 def ddp_runs(workdir: Path) -> None:
-    """Two processes straight to step 8, and two stopped at step 4 then resumed to step 8;
-    the straight run and the first half overlap in time."""
+    """Two processes straight to step 8 (without dropout, to compare with one process);
+    and with dropout 0.1, where each process draws its own masks: straight to step 8,
+    and stopped at step 4 then resumed to step 8. The first three overlap in time."""
     (workdir / "verse.txt").write_text(VERSE * 60)
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    dropout = ["--dropout", "0.1"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
         straight = pool.submit(run_checked, torchrun(ddp_args(workdir, "ddp")))
-        run_checked(torchrun([*ddp_args(workdir, "resumed"), "--max_steps", "4"]))
-        run_checked(torchrun([*ddp_args(workdir, "resumed"), "--from_resume", "1"]))
-        straight.result()  # raises if the straight run failed
+        with_dropout = pool.submit(run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]))
+        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--max_steps", "4"]))
+        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]))
+        straight.result(), with_dropout.result()  # raise if a run failed
 
 
 def weights(save_dir: Path) -> dict:
@@ -70,8 +73,18 @@ def test_two_gloo_processes_equal_one_process_with_the_global_batch(background, 
 
 
 @pytest.mark.background("ddp")
-def test_a_ddp_run_resumes_where_it_stopped(background):
+def test_a_ddp_run_with_dropout_resumes_where_it_stopped(background):
     assert torch.load(background / "resumed" / "resume.pt", weights_only=True)["step"] == 8
-    straight, after_resume = weights(background / "ddp"), weights(background / "resumed")
+    straight, after_resume = weights(background / "ddp_dropout"), weights(background / "resumed")
     for name in straight:
         assert torch.equal(straight[name], after_resume[name]), f"{name} differs after the DDP resume"
+
+
+def test_each_process_draws_its_own_dropout_masks():
+    from course.checkpoints import seed_everything
+
+    seed_everything(1337, rank=0)
+    mask0 = torch.nn.functional.dropout(torch.ones(100), 0.5)
+    seed_everything(1337, rank=1)
+    mask1 = torch.nn.functional.dropout(torch.ones(100), 0.5)
+    assert not torch.equal(mask0, mask1), "processes with the same seed would drop the same units"
