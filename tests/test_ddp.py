@@ -16,7 +16,7 @@ import train_solution as train
 
 # A constant LR (min_lr = learning_rate, no warmup), so a run stopped at step 4 and
 # resumed to step 8 follows the same schedule as one run of 8 steps.
-ARGS = [*TINY_MODEL, "--max_steps", "8", "--eval_interval", "4", "--save_interval", "4",
+ARGS = [*TINY_MODEL, "--max_steps", "8", "--eval_interval", "8", "--save_interval", "4",
         "--learning_rate", "3e-3", "--min_lr", "3e-3", "--warmup_steps", "0", "--dropout", "0"]  # fmt: skip
 
 
