@@ -40,10 +40,12 @@ def ddp_runs(workdir: Path) -> None:
     (workdir / "verse.txt").write_text(VERSE * 60)
     dropout = ["--dropout", "0.1"]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        straight = pool.submit(run_checked, torchrun(ddp_args(workdir, "ddp")))
-        with_dropout = pool.submit(run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]))
-        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--max_steps", "4"]))
-        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]))
+        straight = pool.submit(run_checked, torchrun(ddp_args(workdir, "ddp")), nice=True)
+        with_dropout = pool.submit(
+            run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]), nice=True
+        )
+        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--max_steps", "4"]), nice=True)
+        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]), nice=True)
         straight.result(), with_dropout.result()  # raise if a run failed
 
 

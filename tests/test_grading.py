@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import test_todo_data
 import test_todo_train
-from conftest import ROOT, TINY_MODEL, background_job, make_exercises, skip_if_learner_edited
+from conftest import ROOT, TINY_MODEL, background_job, lower_priority, make_exercises, skip_if_learner_edited
 from todos import CATALOG, TODOS, Learner, isolate, load
 
 GRADED_MODULES = [test_todo_data, test_todo_train]
@@ -226,8 +226,9 @@ def learner_checkouts(workdir: Path) -> None:
         # One process per checkout (they are slow to start): the only checks of plain pytest
         # that read the exercise files or the notebook's outputs, then both graders.
         done = subprocess.run(
-            [sys.executable, "-c", CHECKOUT], cwd=copy, env=env, capture_output=True, text=True
-        )
+            [sys.executable, "-c", CHECKOUT], cwd=copy, env=env, capture_output=True, text=True,
+            preexec_fn=lower_priority,
+        )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         results.update({f"{name} {key}": value for key, value in json.loads(done.stdout).items()})
     (workdir / "results.json").write_text(json.dumps(results))
