@@ -443,9 +443,7 @@ def train(args: argparse.Namespace) -> None:
     group, device, dtype = cli.configure(args)  # device, number type, processes; options checked
     run = RunFiles(Path(args.save_dir))
     checkpoint = run.load_resume() if args.from_resume else None
-    saved_plan = checkpoint.get("plan") if checkpoint is not None else None
-    if saved_plan is not None:  # a resume continues the saved plan: same schedule, same batches
-        cli.continue_plan(args, saved_plan, group)
+    saved_plan = cli.continue_plan(args, checkpoint, group)  # a resume: same schedule, same batches
     seed_everything(args.seed, group.rank)
 
     meta, tokenizer, stream, eval_batches = load_data(args, group, device)

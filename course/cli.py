@@ -356,10 +356,14 @@ def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) 
 RESUME_MAY_CHANGE = ("learning_rate", "min_lr")
 
 
-def continue_plan(args: argparse.Namespace, plan: dict, group: ProcessGroup) -> None:
+def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: ProcessGroup) -> dict | None:
     """--from_resume 1: options left out take the saved run's values; an option given
     with another value would change the run the checkpoint continues, and is refused
-    (the learning rates apart, see RESUME_MAY_CHANGE)."""
+    (the learning rates apart, see RESUME_MAY_CHANGE). Returns the saved plan, or None
+    for a new run (or a checkpoint saved before plans were)."""
+    plan = checkpoint.get("plan") if checkpoint is not None else None
+    if plan is None:
+        return None
     if plan["world_size"] != group.world_size:
         raise UsageError(
             f"the saved run trained with {plan['world_size']} process(es), this one has {group.world_size}: "
@@ -383,6 +387,7 @@ def continue_plan(args: argparse.Namespace, plan: dict, group: ProcessGroup) -> 
             f"--learning_rate {args.learning_rate} is below the saved run's min_lr {args.min_lr}: "
             "give --min_lr too"
         )
+    return plan
 
 
 def configure(args: argparse.Namespace) -> tuple[ProcessGroup, torch.device, torch.dtype]:

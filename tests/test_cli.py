@@ -154,7 +154,7 @@ def test_resume_with_another_number_of_processes_is_refused():
     plan = {**{name: getattr(args, name) for name in ("learning_rate", "min_lr", "warmup_steps", "batch_size",
             "accumulation_steps", "seed", "max_train_tokens")}, "world_size": 2}  # fmt: skip
     with pytest.raises(UsageError, match="the saved run trained with 2 process.es., this one has 1"):
-        continue_plan(args, plan, ProcessGroup(rank=0, world_size=1))
+        continue_plan(args, {"plan": plan}, ProcessGroup(rank=0, world_size=1))
 
 
 def train_args_for_plan():
