@@ -225,10 +225,8 @@ def learner_checkouts(workdir: Path) -> None:
             (copy / exercise).write_text(text)
         # One process per checkout (they are slow to start): the only checks of plain pytest
         # that read the exercise files or the notebook's outputs, then both graders.
-        done = subprocess.run(
-            [sys.executable, "-c", CHECKOUT], cwd=copy, env=env, capture_output=True, text=True,
-            preexec_fn=lower_priority,
-        )  # fmt: skip
+        command = lower_priority([sys.executable, "-c", CHECKOUT])
+        done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         results.update({f"{name} {key}": value for key, value in json.loads(done.stdout).items()})
     (workdir / "results.json").write_text(json.dumps(results))
