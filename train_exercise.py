@@ -52,12 +52,12 @@ from course.checkpoints import (
     seed_everything,
 )
 from course.corpus import prepare, prepared_dir, read_meta
-from course.distributed import ProcessGroup, wrap_for_training
+from course.distributed import ProcessGroup, mean_over_processes, wrap_for_training
 from course.errors import Interrupted
 from course.guards import CtrlC
 from course.logbook import Logbook
 from data_exercise import BlockDataset, PretrainDataset, Tokenizer, tokenizer_from_meta
-from model import GPT, GPTConfig
+from model import GPT, IGNORE_INDEX, GPTConfig
 
 NO_AUTOCAST = nullcontext()  # float32 everywhere: the context that changes nothing
 
@@ -104,7 +104,7 @@ def get_lr(step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr
 
 @dataclass
 class StepStats:
-    loss: torch.Tensor  # mean loss over the micro-batches (detached, still on the device)
+    loss: torch.Tensor  # mean loss per real target of the step (detached, still on the device)
     grad_norm: torch.Tensor  # gradient norm before clipping
 
 
@@ -159,21 +159,34 @@ def accumulate_gradients(
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     amp_ctx=NO_AUTOCAST,
 ) -> torch.Tensor:
-    """Forward and backward over k micro-batches; returns their mean loss (detached).
+    """Forward and backward over k micro-batches; returns the step's mean loss (detached).
 
     backward() adds into .grad, so k micro-batches give the gradient of one batch k
-    times larger, in the memory of one micro-batch. Each loss is divided by k so
-    that the sum is a mean, as it would be for the big batch. Under
-    DistributedDataParallel every backward also averages gradients across processes;
-    `no_sync` skips that for all but the last micro-batch, where it is needed once.
+    times larger, in the memory of one micro-batch, if each loss gets the right
+    weight. The model's loss is a mean over its micro-batch's real targets (padding
+    is IGNORE_INDEX and does not count). With packed blocks every micro-batch has
+    B·T of them and the weight is simply 1/k. With padded documents the counts
+    differ, and dividing by k would make a token of a mostly-padding micro-batch
+    weigh more than a token of a full one (Hugging Face transformers fixed this bug
+    in October 2024). So each micro-batch backwards its sum of losses (mean × count)
+    divided by the count of the whole step.
+
+    Under DistributedDataParallel every backward also averages gradients across
+    processes; `no_sync` skips that for all but the last micro-batch, where it is
+    needed once. Because DDP divides by the number of processes, each one divides
+    its sums by the mean count of a process (not its own count): the average over
+    processes is then the sum over every real target of the step over their number.
     """
-    # TODO 4: forward + backward over every micro-batch; return the mean loss (detached)
-    #   Afterwards .grad holds the gradient of the mean loss over all k micro-batches:
-    #   what one batch k times larger would give. Forwards run under amp_ctx, backwards
-    #   go through the scaler, and under DDP only the last backward averages gradients
-    #   across processes. Stuck? python train_exercise.py --hint 4
+    # TODO 4: forward + backward over every micro-batch; return the step's mean loss (detached)
+    #   Afterwards .grad holds the gradient of the mean loss over every real target of the
+    #   step (targets equal to IGNORE_INDEX are padding), as one batch k times larger would
+    #   give, also when micro-batches hold different numbers of real targets. Under DDP only
+    #   the last backward averages gradients across processes, and the count that divides
+    #   is the mean count of a process (mean_over_processes, imported at the top). Forwards
+    #   run under amp_ctx, backwards go through the scaler. Returns this process's mean loss
+    #   per real target. Stuck? python train_exercise.py --hint 4
     raise NotImplementedError(
-        "TODO 4: forward + backward over every micro-batch; return the mean loss (detached)"
+        "TODO 4: forward + backward over every micro-batch; return the step's mean loss (detached)"
     )
     # END TODO 4
 
@@ -247,19 +260,20 @@ class EvalResult:
 def evaluate(
     model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], amp_ctx=NO_AUTOCAST
 ) -> EvalResult:
-    """Mean loss over a fixed list of validation batches.
+    """Mean loss per real target over a fixed list of validation batches.
 
     Fixed batches (not random ones) make evaluations comparable between steps and
     between runs: a change in val loss is a change in the model, not in the sample.
     eval() turns dropout off; no_grad() skips building the backward graph.
     """
-    # TODO 6: eval mode, no gradients, mean loss over the batches, back to train mode
-    #   Returns an EvalResult: the mean of the batches' losses as a Python float, and its
-    #   exponential. Forwards run under amp_ctx, with dropout off and no autograd graph;
-    #   the model is back in training mode afterwards.
-    #   Stuck? python train_exercise.py --hint 6
+    # TODO 6: eval mode, no gradients, mean loss over every real target, back to train mode
+    #   Returns an EvalResult: the mean loss over every real target of the batches (targets
+    #   equal to IGNORE_INDEX are padding; with padded documents, batches hold different
+    #   numbers of real targets) as a Python float, and its exponential. Forwards run under
+    #   amp_ctx, with dropout off and no autograd graph; the model is back in training mode
+    #   afterwards. Stuck? python train_exercise.py --hint 6
     raise NotImplementedError(
-        "TODO 6: eval mode, no gradients, mean loss over the batches, back to train mode"
+        "TODO 6: eval mode, no gradients, mean loss over every real target, back to train mode"
     )
     # END TODO 6
 

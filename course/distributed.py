@@ -38,11 +38,17 @@ class ProcessGroup:
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The average of `value` over all processes (an all-reduce)."""
-        if self.world_size == 1:
-            return value
-        total = value.detach().clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total / self.world_size
+        return mean_over_processes(value)
+
+
+def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """The average of `value` over all training processes: an all-reduce that every
+    process must call at the same point. Without torchrun, `value` itself."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    total = value.detach().clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / dist.get_world_size()
 
 
 def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:

@@ -33,9 +33,9 @@ CATALOG = [
     Todo("3a", "train", ("set_lr",), "set_lr: the LR of every param group"),
     Todo("3b", "train", ("compute_loss",), "compute_loss: the forward pass"),
     Todo("3c", "train", ("clip_and_step",), "clip_and_step: unscale, clip, step, zero_grad"),
-    Todo("4", "train", ("accumulate_gradients",), "accumulate_gradients: loss / k, no_sync"),
+    Todo("4", "train", ("accumulate_gradients",), "accumulate_gradients: weight by real targets, no_sync"),
     Todo("5", "train", ("autocast_context", "make_grad_scaler"), "autocast + GradScaler for float16"),
-    Todo("6", "train", ("evaluate",), "evaluate: eval mode, no_grad, mean loss"),
+    Todo("6", "train", ("evaluate",), "evaluate: eval mode, no_grad, mean per target"),
     Todo(
         "7", "data", ("PretrainDataset.__getitem__",), "PretrainDataset: BOS/EOS, padding, -100", bonus=True
     ),
@@ -99,19 +99,26 @@ HINTS: dict[str, tuple[str, str, str]] = {
         "scaler.update(); zero_grad(set_to_none=True); return norm.detach()",
     ),
     "4": (
-        "backward() adds into .grad instead of replacing it. So k backward passes of "
-        "(loss of micro-batch i) / k add up to the gradient of the mean loss: the gradient "
-        "of one batch k times larger, in the memory of one micro-batch.",
-        "Run the forward under `with amp_ctx:`; scaler.scale(loss / k).backward(); under DDP "
+        "backward() adds into .grad instead of replacing it, so backward passes of weighted "
+        "micro-batch losses add up to the gradient of the whole step. Each loss is a mean over "
+        "its own real targets (padding excluded). With packed blocks every micro-batch has the "
+        "same count and the weight is 1/k; with padded documents the counts differ, so weight "
+        "each micro-batch by (its count) / (the step's count): then every real target weighs "
+        "the same, as in one big batch.",
+        "(y != IGNORE_INDEX).sum() counts the real targets; loss * count is a micro-batch's sum "
+        "of losses. DDP averages the processes' gradients, so divide by "
+        "mean_over_processes(the step's count), the mean count of a process, not by your own "
+        "count. Forward under `with amp_ctx:`; scaler.scale(...).backward(); under DDP "
         "(hasattr(model, 'no_sync')) wrap every micro-batch but the last in `with "
-        "model.no_sync():` so gradients are averaged across processes once; keep each "
-        "loss.detach() and return torch.stack(losses).mean().",
-        "for i, (x, y) in enumerate(micro_batches):\n"
+        "model.no_sync():`; the returned loss is detached.",
+        "counts = [real targets of y for each micro-batch]\n"
+        "per_process = mean_over_processes(sum(counts))\n"
+        "for i, ((x, y), count) in enumerate(zip(micro_batches, counts)):\n"
         "    with (model.no_sync() if DDP and not the last else nullcontext()):\n"
         "        with amp_ctx: loss = compute_loss(model, x, y)\n"
-        "        scaler.scale(loss / k).backward()\n"
-        "    keep loss.detach()\n"
-        "return the mean of the kept losses",
+        "        scaler.scale(loss * count / per_process).backward()\n"
+        "    add loss.detach() * count to a running sum\n"
+        "return the running sum / sum(counts)",
     ),
     "5": (
         "Autocast runs the matmuls in a 16-bit type and keeps the sensitive ops in float32. "
@@ -125,13 +132,17 @@ HINTS: dict[str, tuple[str, str, str]] = {
     ),
     "6": (
         "Evaluation must measure the model, not the noise: dropout off, and no autograd graph "
-        "(nothing will call backward). The model must train normally again afterwards.",
-        "model.eval() and model.train(); `with torch.no_grad(), amp_ctx:`; compute_loss; "
-        ".item() turns a one-element tensor into a Python float; math.exp.",
+        "(nothing will call backward). The model must train normally again afterwards. The "
+        "loss is a mean over every real target: with padded documents a batch with few real "
+        "targets must not count as much as a full one.",
+        "model.eval() and model.train(); `with torch.no_grad(), amp_ctx:`; compute_loss gives "
+        "each batch's mean; (y != IGNORE_INDEX).sum() counts a batch's real targets; .item() "
+        "turns a one-element tensor into a Python float; math.exp.",
         "model.eval()\n"
         "with no_grad and amp_ctx: losses = [compute_loss(model, x, y) for each batch]\n"
         "model.train()\n"
-        "loss = mean of losses as a float; return EvalResult(loss, math.exp(loss))",
+        "counts = [real targets of y for each batch]\n"
+        "loss = sum(loss * count) / sum(counts) as a float; return EvalResult(loss, math.exp(loss))",
     ),
     "7": (
         "MiniMind trains on one document per sequence: BOS marks its start, EOS its end. A "

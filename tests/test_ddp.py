@@ -1,9 +1,11 @@
 """Several processes with DistributedDataParallel, on the CPU with gloo (torchrun):
-two processes with batch B each equal one process with batch 2B, and a DDP run
-resumes where it stopped."""
+two processes with batch B each equal one process with batch 2B, also on padded
+documents and with gradient accumulation, and a DDP run resumes where it stopped."""
 
 from __future__ import annotations
 
+import json
+import random
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,46 +34,72 @@ def ddp_args(workdir: Path, run: str) -> list[str]:
             "--data_dir", str(workdir / f"prepared_{run}"), "--save_dir", str(workdir / run)]  # fmt: skip
 
 
+def write_documents(path: Path) -> None:
+    """100 documents of 1 to 15 words: with --max_seq_len 64 (characters) the short ones
+    are mostly padding and the long ones are cut, so batches hold very different
+    numbers of real targets."""
+    words = VERSE.split()
+    rng = random.Random(0)
+    lines = [" ".join(rng.choices(words, k=rng.randint(1, 15))) for _ in range(100)]
+    path.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+
+
+def documents_args(
+    documents: Path, workdir: Path, run: str, batch_size: int, accumulation_steps: int
+) -> list[str]:
+    """6 steps on padded documents, writing in workdir/run."""
+    return [*ARGS, "--max_steps", "6", "--max_seq_len", "64", "--dataset_mode", "documents",
+            "--data_path", str(documents), "--data_dir", str(workdir / f"prepared_{run}"),
+            "--batch_size", str(batch_size), "--accumulation_steps", str(accumulation_steps),
+            "--save_dir", str(workdir / run)]  # fmt: skip
+
+
 @background_job("ddp")
 def ddp_runs(workdir: Path) -> None:
-    """Two processes straight to step 8 (without dropout, to compare with one process);
-    and with dropout 0.1, where each process draws its own masks: straight to step 8,
-    and stopped at step 4 then resumed to step 8. The first three overlap in time."""
+    """Two processes on padded documents, with batch 2 and 2 micro-batches each (to
+    compare with one process, without dropout); and with dropout 0.1, where each
+    process draws its own masks: straight to step 8, and stopped at step 4 then resumed
+    to step 8. The first three overlap in time."""
     (workdir / "verse.txt").write_text(VERSE * 60)
+    write_documents(workdir / "documents.jsonl")
     dropout = ["--dropout", "0.1"]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        straight = pool.submit(run_checked, torchrun(ddp_args(workdir, "ddp")), nice=True)
+        two_processes = documents_args(workdir / "documents.jsonl", workdir, "ddp_documents", 2, 2)
+        documents = pool.submit(run_checked, torchrun(two_processes), nice=True)
         with_dropout = pool.submit(
             run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]), nice=True
         )
         run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--max_steps", "4"]), nice=True)
         run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]), nice=True)
-        straight.result(), with_dropout.result()  # raise if a run failed
+        documents.result(), with_dropout.result()  # raise if a run failed
 
 
 def weights(save_dir: Path) -> dict:
     return torch.load(save_dir / "model.pt", weights_only=True)["model"]
 
 
-@pytest.mark.background("ddp")
-def test_two_gloo_processes_equal_one_process_with_the_global_batch(background, tmp_path):
-    single = tmp_path / "single"
-    args = [
-        *ARGS,
-        "--batch_size",
-        "8",
-        "--data_path",
-        str(background / "verse.txt"),
-        "--save_dir",
-        str(single),
-    ]
-    assert train.main(args) == 0
-    one, two = weights(single), weights(background / "ddp")
+def assert_same_weights(one: dict, two: dict, what: str, atol: float) -> None:
     for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-6, rtol=0), (
-            f"{name}: 2 processes × batch 4 should train like 1 process × batch 8 "
-            f"(largest difference {(one[name] - two[name]).abs().max().item():.2e})"
+        assert torch.allclose(one[name], two[name], atol=atol, rtol=0), (
+            f"{name}: {what} (largest difference {(one[name] - two[name]).abs().max().item():.2e})"
         )
+
+
+@pytest.mark.background("ddp")
+def test_padded_documents_train_alike_with_accumulation_and_across_processes(background, tmp_path):
+    """One optimizer step sees the same 8 documents whether they come as one batch of 8,
+    two micro-batches of 4, or two processes with two micro-batches of 2 each: every
+    real target must weigh the same, whatever the padding of its micro-batch."""
+    for batch_size, accumulation_steps in [(8, 1), (4, 2)]:
+        run = f"batch{batch_size}x{accumulation_steps}"
+        args = documents_args(background / "documents.jsonl", tmp_path, run, batch_size, accumulation_steps)
+        assert train.main(args) == 0
+    big, accumulated = weights(tmp_path / "batch8x1"), weights(tmp_path / "batch4x2")
+    assert_same_weights(big, accumulated, "--batch_size 4 --accumulation_steps 2 should train like "
+                        "--batch_size 8 on padded documents", atol=1e-5)  # fmt: skip
+    ddp = weights(background / "ddp_documents")
+    assert_same_weights(big, ddp, "2 processes × batch 2 × 2 micro-batches should train like 1 process "
+                        "× batch 8 on padded documents", atol=1e-5)  # fmt: skip
 
 
 @pytest.mark.background("ddp")

@@ -42,12 +42,11 @@ def graded_cases():
                 yield todo, func, dict(zip(argnames, values, strict=True))
 
 
-def run_case(func, learner, kwargs, tmp_path):
-    return (
-        func(learner, tmp_path, **kwargs)
-        if "tmp_path" in func.__code__.co_varnames
-        else func(learner, **kwargs)
-    )
+def run_case(func, learner, kwargs, tmp_path, monkeypatch):
+    """func(learner, ...) with the fixtures it asks for (tmp_path, monkeypatch) and its params."""
+    fixtures = {"tmp_path": tmp_path, "monkeypatch": monkeypatch}
+    arguments = func.__code__.co_varnames[: func.__code__.co_argcount]
+    return func(learner, **{name: fixtures[name] for name in arguments if name in fixtures}, **kwargs)
 
 
 def test_every_todo_has_graded_tests():
@@ -83,7 +82,7 @@ def test_graded_tests_fail_on_the_unsolved_exercise_with_their_own_message(todo,
         with monkeypatch.context() as patch:
             learner = isolate(load("exercise"), todo, load("solution"), patch)
             with pytest.raises(NotImplementedError, match=f"^TODO {todo}: "):
-                run_case(func, learner, kwargs, tmp_path)
+                run_case(func, learner, kwargs, tmp_path, patch)
 
 
 def load_variant(solved: set[str], directory: Path) -> Learner:
@@ -111,10 +110,10 @@ def test_pasting_one_solution_region_turns_exactly_that_todo_green(solved, monke
         with monkeypatch.context() as patch:
             learner = isolate(Learner(variant.data, variant.train), todo, load("solution"), patch)
             if todo == solved:
-                run_case(func, learner, kwargs, tmp_path)  # must pass
+                run_case(func, learner, kwargs, tmp_path, patch)  # must pass
             else:
                 with pytest.raises(NotImplementedError, match=f"^TODO {todo}: "):
-                    run_case(func, learner, kwargs, tmp_path)
+                    run_case(func, learner, kwargs, tmp_path, patch)
 
 
 def test_scoreboard_rejects_an_unknown_todo(capsys):

@@ -121,10 +121,26 @@ MISTAKES = {
     ),
     "loss not divided by the accumulation steps": (
         "train_solution.py",
-        "            scaler.scale(loss / k).backward()\n",
+        "            scaler.scale(loss * count / targets_per_process).backward()\n",
         "            scaler.scale(loss).backward()\n",
         lambda lr, tmp: test_todo_train.test_todo_4_accumulated_gradient_equals_the_big_batch_gradient(lr),
         "divide each micro-batch loss",
+    ),
+    "padded micro-batches divided by k instead of weighted by their targets": (
+        "train_solution.py",
+        "            scaler.scale(loss * count / targets_per_process).backward()\n",
+        "            scaler.scale(loss / len(micro_batches)).backward()\n",
+        lambda lr, tmp: test_todo_train.test_todo_4_padded_micro_batches_weigh_every_real_target_the_same(lr),
+        "not by 1/k",
+    ),
+    "each DDP process divides by its own count of targets": (
+        "train_solution.py",
+        "targets_per_process = mean_over_processes(sum(counts))",
+        "targets_per_process = sum(counts)",
+        lambda lr, tmp: test_todo_train.test_todo_4_ddp_processes_divide_by_the_mean_count(
+            lr, pytest.MonkeyPatch()
+        ),
+        "mean_over_processes",
     ),
     "no_sync on every micro-batch": (
         "train_solution.py",
@@ -139,6 +155,13 @@ MISTAKES = {
         "enabled=dtype != torch.float32",
         lambda lr, tmp: test_todo_train.test_todo_5_grad_scaler_only_for_float16(lr),
         "bfloat16 has float32's range",
+    ),
+    "evaluation averages the batch means of padded batches": (
+        "train_solution.py",
+        "    loss = ((losses * counts).sum() / counts.sum()).item()",
+        "    loss = losses.mean().item()",
+        lambda lr, tmp: test_todo_train.test_todo_6_padded_batches_weigh_every_real_target_the_same(lr),
+        "not the mean of the batch means",
     ),
     "evaluation without model.eval()": (
         "train_solution.py",

@@ -317,13 +317,45 @@ def accumulated_grads(learner, model, batches, scaler=None, amp_ctx=None):
     return loss, [p.grad.detach().clone() for p in model.parameters()]
 
 
-def big_batch_grads(batches):
-    model = tiny_gpt(seed=2)
+def padded_micro_batches(seed, lengths):
+    """Micro-batches of padded documents: row r of micro-batch i has lengths[i][r] real
+    targets, then -100 (IGNORE_INDEX, padding) up to 16 positions."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for rows in lengths:
+        x = torch.randint(0, 32, (len(rows), 16), generator=g)
+        y = torch.randint(0, 32, (len(rows), 16), generator=g)
+        for row, n in enumerate(rows):
+            y[row, n:] = -100
+        batches.append((x, y))
+    return batches
+
+
+def real_targets(batches):
+    return sum(int((y != -100).sum()) for _, y in batches)
+
+
+def big_batch_loss(model, batches):
+    """The mean cross-entropy over every real target of all the batches, as one batch."""
     x = torch.cat([x for x, _ in batches])
     y = torch.cat([y for _, y in batches])
-    _, loss = model(x, targets=y)
+    logits, _ = model(x)
+    real = y != -100
+    return F.cross_entropy(logits[real], y[real])
+
+
+def big_batch_grads(batches):
+    model = tiny_gpt(seed=2)
+    loss = big_batch_loss(model, batches)
     loss.backward()
     return loss.detach(), [p.grad for p in model.parameters()]
+
+
+def assert_same_gradients(acc, big, message):
+    for a, b in zip(acc, big, strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (
+            f"{message} (largest difference {(a - b).abs().max().item():.2e})"
+        )
 
 
 @pytest.mark.todo("4")
@@ -335,21 +367,72 @@ def test_todo_4_accumulated_gradient_equals_the_big_batch_gradient(learner):
         torch.cat([g.flatten() for g in acc]).norm() / torch.cat([g.flatten() for g in big]).norm()
     ).item()
     assert ratio != pytest.approx(4.0, rel=1e-3), (
-        "the gradients are 4x the big-batch gradient: divide each micro-batch loss by the number "
-        "of micro-batches (loss / k) before backward"
+        "the gradients are 4x the big-batch gradient: divide each micro-batch loss before backward, "
+        "weighting it by its share of the step's targets (with equal micro-batches, loss / k)"
     )
-    for a, b in zip(acc, big, strict=True):
-        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5), (
-            "4 micro-batches of 2 must give the gradient of one batch of 8: backward each loss / k "
-            "and let the gradients add up in .grad (no zero_grad in between)"
-        )
+    assert_same_gradients(
+        acc,
+        big,
+        "4 micro-batches of 2 must give the gradient of one batch of 8: backward each loss weighted "
+        "by its share of the step's targets (here 1/k) and let the gradients add up in .grad",
+    )
     assert torch.is_tensor(loss) and not loss.requires_grad, (
         "return the mean loss as a tensor detached from the graph (loss.detach()), "
         f"got {type(loss).__name__}{' that still requires grad' if torch.is_tensor(loss) else ''}"
     )
     assert loss.item() == pytest.approx(big_loss.item(), rel=1e-5), (
-        f"the returned loss should be the mean of the micro-batch losses (undivided by k), which equals the "
-        f"big-batch loss {big_loss.item():.5f}; got {loss.item():.5f}"
+        f"the returned loss should be the mean loss per target of the whole step (not divided by k), "
+        f"which equals the big-batch loss {big_loss.item():.5f}; got {loss.item():.5f}"
+    )
+
+
+@pytest.mark.todo("4")
+def test_todo_4_padded_micro_batches_weigh_every_real_target_the_same(learner):
+    lengths = [[16, 12], [3, 1], [9, 5]]  # real targets per row; the rest is padding
+    batches = padded_micro_batches(seed=5, lengths=lengths)
+    counts = [sum(rows) for rows in lengths]
+    big_loss, big = big_batch_grads(batches)
+    loss, acc = accumulated_grads(learner, tiny_gpt(seed=2), batches)
+    assert_same_gradients(
+        acc,
+        big,
+        f"with padded documents the micro-batches hold {counts} real targets: the gradient must be "
+        f"that of the mean loss over all {sum(counts)}, as in one big batch, so weight each "
+        f"micro-batch's mean loss by its count / {sum(counts)}, not by 1/k",
+    )
+    assert loss.item() == pytest.approx(big_loss.item(), rel=1e-5), (
+        f"return the mean loss per real target of the whole step, {big_loss.item():.5f} "
+        f"(each micro-batch's mean weighted by its count of real targets); got {loss.item():.5f}"
+    )
+
+
+@pytest.mark.todo("4")
+def test_todo_4_ddp_processes_divide_by_the_mean_count(learner, monkeypatch):
+    """Two DDP processes, simulated one after the other: their micro-batches hold
+    different numbers of real targets, and DDP averages their two gradients."""
+    mine = padded_micro_batches(seed=6, lengths=[[16, 12], [3, 1]])
+    theirs = padded_micro_batches(seed=7, lengths=[[2, 2], [5, 1]])
+    _, big = big_batch_grads(mine + theirs)
+    all_reduced, grads = [], []
+    for own, other in ((mine, theirs), (theirs, mine)):
+
+        def mean_of_two_processes(value, other=other):  # what the all-reduce would return
+            all_reduced.append(value)
+            return (value + real_targets(other)) / 2
+
+        monkeypatch.setattr(learner.train, "mean_over_processes", mean_of_two_processes)
+        grads.append(accumulated_grads(learner, tiny_gpt(seed=2), own)[1])
+    averaged = [(a + b) / 2 for a, b in zip(*grads, strict=True)]  # what DDP's all-reduce does
+    assert all_reduced, (
+        "under DDP the count of real targets must be shared between processes: divide by "
+        "mean_over_processes(this process's count), the mean count of a process"
+    )
+    assert_same_gradients(
+        averaged,
+        big,
+        f"two processes with {real_targets(mine)} and {real_targets(theirs)} real targets: after DDP "
+        "averages their gradients, every target of both must weigh the same. Divide by "
+        "mean_over_processes(count of this process's step), not by this process's own count",
     )
 
 
@@ -366,7 +449,7 @@ def test_todo_4_backward_goes_through_the_scaler_under_amp(learner):
     )
     for a, b in zip(acc, big, strict=True):
         assert torch.allclose(a, b * 2.0**8, atol=1e-4, rtol=1e-4), (
-            "backward the scaled loss, scaler.scale(loss / k).backward(), "
+            "backward the scaled loss, scaler.scale(weighted loss).backward(), "
             "so float16 gradients do not underflow"
         )
 
@@ -501,6 +584,23 @@ def test_todo_6_mean_loss_and_perplexity(learner):
     )
     assert result.perplexity == pytest.approx(math.exp(expected), rel=1e-5), (
         f"the perplexity must be exp(mean loss) = {math.exp(expected):.4f}, got {result.perplexity:.4f}"
+    )
+
+
+@pytest.mark.todo("6")
+def test_todo_6_padded_batches_weigh_every_real_target_the_same(learner):
+    model = tiny_gpt()
+    batches = padded_micro_batches(seed=8, lengths=[[16, 16, 14], [2, 1, 1]])
+    result = learner.train.evaluate(model, batches)
+    model.eval()
+    with torch.no_grad():
+        expected = big_batch_loss(model, batches).item()
+        mean_of_means = sum(model(x, targets=y)[1].item() for x, y in batches) / len(batches)
+    assert result.loss == pytest.approx(expected, rel=1e-5), (
+        f"with padded documents the batches hold {real_targets(batches[:1])} and "
+        f"{real_targets(batches[1:])} real targets: the loss must be the mean over all of them, "
+        f"{expected:.4f} (each batch's mean weighted by its count of real targets), not the mean of "
+        f"the batch means, {mean_of_means:.4f}; got {result.loss:.4f}"
     )
 
 
