@@ -5,26 +5,74 @@ documents and with gradient accumulation, and a DDP run resumes where it stopped
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, VERSE, background_job, run_checked
+from conftest import ROOT, TINY_MODEL, VERSE, background_job, lower_priority, run_checked
 
 import train_solution as train
 
-# A constant LR (min_lr = learning_rate, no warmup), so a run stopped at step 4 and
-# resumed to step 8 follows the same schedule as one run of 8 steps.
+# A constant LR (min_lr = learning_rate, no warmup): every step of these short runs learns.
 ARGS = [*TINY_MODEL, "--max_steps", "8", "--eval_interval", "8", "--save_interval", "4",
         "--learning_rate", "3e-3", "--min_lr", "3e-3", "--warmup_steps", "0", "--dropout", "0"]  # fmt: skip
 
 
-def torchrun(args: list[str]) -> list[str]:
+def torchrun(args: list[str], script: str = "train_solution.py") -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            "train_solution.py", *args]  # fmt: skip
+            script, *args]  # fmt: skip
+
+
+# train_solution.py whose processes, once the checkpoint of step 4 is on disk, write
+# their process id and wait there to be killed (so the kill cannot come too late: the
+# run never ends by itself). torchrun starts each worker in a session of its own.
+HANG_AFTER_STEP_4 = f"""
+import os, sys, threading
+sys.path.insert(0, {str(ROOT)!r})
+import train_solution as train
+
+save_checkpoint = train.save_checkpoint
+
+def save_then_wait(run, model, optimizer, scaler, step, stream, best_val_loss, group):
+    save_checkpoint(run, model, optimizer, scaler, step, stream, best_val_loss, group)
+    if step == 4:
+        group.barrier()  # rank 0 has written the checkpoint
+        pid_file = run.save_dir / f"rank{{group.rank}}.pid"
+        pid_file.with_suffix(".tmp").write_text(str(os.getpid()))
+        pid_file.with_suffix(".tmp").rename(pid_file)
+        threading.Event().wait()
+
+train.save_checkpoint = save_then_wait
+sys.exit(train.main())
+"""
+
+
+def kill_after_step_4(args: list[str], workdir: Path) -> None:
+    """Start a two-process run, SIGKILL torchrun and both workers once step 4 is saved."""
+    driver = workdir / "hang_after_step_4.py"
+    driver.write_text(HANG_AFTER_STEP_4)
+    save_dir = Path(args[args.index("--save_dir") + 1])
+    pid_files = [save_dir / f"rank{rank}.pid" for rank in range(2)]
+    log = workdir / "killed_run.log"
+    with log.open("w") as output:  # a file, not a pipe: a full pipe would stall the run
+        process = subprocess.Popen(lower_priority(torchrun(args, str(driver))), cwd=ROOT,
+                                   start_new_session=True, stdout=output, stderr=output)  # fmt: skip
+    deadline = time.monotonic() + 600  # only keeps a broken run from hanging the suite
+    while not all(pid_file.exists() for pid_file in pid_files):
+        assert process.poll() is None, f"the run ended before step 4 was saved:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "the run did not save step 4 in 600 s"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)  # torchrun, then both workers, as a lost machine would
+    for pid_file in pid_files:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    process.wait()
 
 
 def ddp_args(workdir: Path, run: str) -> list[str]:
@@ -58,8 +106,8 @@ def documents_args(
 def ddp_runs(workdir: Path) -> None:
     """Two processes on padded documents, with batch 2 and 2 micro-batches each (to
     compare with one process, without dropout); and with dropout 0.1, where each
-    process draws its own masks: straight to step 8, and stopped at step 4 then resumed
-    to step 8. The first three overlap in time."""
+    process draws its own masks: straight to step 8, and killed after the checkpoint of
+    step 4 then resumed to step 8. The first three overlap in time."""
     (workdir / "verse.txt").write_text(VERSE * 60)
     write_documents(workdir / "documents.jsonl")
     dropout = ["--dropout", "0.1"]
@@ -69,7 +117,7 @@ def ddp_runs(workdir: Path) -> None:
         with_dropout = pool.submit(
             run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]), nice=True
         )
-        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--max_steps", "4"]), nice=True)
+        kill_after_step_4([*ddp_args(workdir, "resumed"), *dropout], workdir)
         run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]), nice=True)
         documents.result(), with_dropout.result()  # raise if a run failed
 
