@@ -33,7 +33,7 @@ CATALOG = [
     Todo("3a", "train", ("set_lr",), "set_lr: the LR of every param group"),
     Todo("3b", "train", ("compute_loss",), "compute_loss: the forward pass"),
     Todo("3c", "train", ("clip_and_step",), "clip_and_step: unscale, clip, step, zero_grad"),
-    Todo("4", "train", ("accumulate_gradients",), "accumulate_gradients: weight by real targets, no_sync"),
+    Todo("4", "train", ("accumulate_gradients",), "accumulate_gradients: token-weighted, no_sync"),
     Todo("5", "train", ("autocast_context", "make_grad_scaler"), "autocast + GradScaler for float16"),
     Todo("6", "train", ("evaluate",), "evaluate: eval mode, no_grad, mean per target"),
     Todo(
