@@ -9,7 +9,7 @@ What you build here, in the order the tutorial meets it (TODO numbers in bracket
    gradient accumulation over micro-batches, `accumulate_gradients` [4], put together
    by `train_step`.
 3. Mixed precision: the autocast context and the GradScaler [5].
-4. `evaluate`: the mean loss over fixed validation batches, and perplexity [6].
+4. `evaluate`: the mean loss per real target over fixed validation batches, and perplexity [6].
 5. `checkpoint_state` / `restore_checkpoint`: everything an exact resume needs [8].
 6. The training loop, `train`: set up, then for every optimizer step: LR, batches,
    train_step, log, evaluate, save.
