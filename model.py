@@ -43,6 +43,13 @@ class GPTConfig:
     n_experts: int = 4
     experts_per_token: int = 2
     aux_loss_weight: float = 0.01  # weight of the load-balancing loss added to the LM loss
+    # The block's recipe: GPT-2's 2019 pieces, or the ones that replaced them since.
+    position: str = "learned"  # "learned": GPT-2's position table; "rope": rotary embeddings
+    norm: str = "layer"  # "layer": LayerNorm; "rms": RMSNorm
+    mlp: str = "gelu"  # "gelu": GPT-2's MLP; "relu2": squared ReLU; "swiglu": gated SiLU
+    qk_norm: bool = False  # RMS-normalise queries and keys before attention
+    zero_init: bool = False  # output projections start at zero (each block starts as the identity)
+    tie_weights: bool = True  # lm_head shares the token embedding's matrix
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head != 0:
@@ -50,9 +57,52 @@ class GPTConfig:
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}): "
                 "each head gets n_embd // n_head dimensions"
             )
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+CHOICES = {"position": ("learned", "rope"), "norm": ("layer", "rms"), "mlp": ("gelu", "relu2", "swiglu")}
+# GPT-2's block of 2019 (nanoGPT's): GPTConfig(**GPT2_RECIPE, ...) builds it whatever the defaults.
+GPT2_RECIPE = dict(
+    position="learned", norm="layer", mlp="gelu", qk_norm=False, zero_init=False, tie_weights=True
+)
+
+
+def make_norm(config: GPTConfig, dim: int) -> nn.Module:
+    """LayerNorm (GPT-2) subtracts the mean, divides by the standard deviation, and adds a
+    learned bias. RMSNorm (LLaMA, MiniMind) only divides by the root mean square: one
+    statistic fewer, no bias, and in practice just as good."""
+    return nn.RMSNorm(dim) if config.norm == "rms" else nn.LayerNorm(dim, bias=config.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embeddings (RoPE; Su et al., 2021; used by LLaMA and MiniMind).
+
+    Instead of adding a learned position vector to the input (GPT-2), rotate each pair
+    of query/key dimensions by an angle proportional to the position, at a different
+    frequency per pair. The dot product of a query at position m and a key at n then
+    depends only on their distance m - n: attention sees relative positions, and there
+    is no position table to learn.
+    """
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+        # Buffers move with the model to its device; not saved (they are computed).
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, n_head, T, head_dim), rotated pair by pair (first half with second half)."""
+        T = x.size(-2)
+        cos, sin = self.cos[:T].to(x.dtype), self.sin[:T].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -66,6 +116,11 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
+        head_dim = config.n_embd // config.n_head
+        self.rotary = Rotary(head_dim, config.block_size) if config.position == "rope" else None
+        # QK-norm: queries and keys of unit RMS keep the attention logits in a sane range
+        # whatever the weights grow to (no softmax saturation), which allows higher LRs.
+        self.qk_norm = config.qk_norm
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.size()
@@ -74,6 +129,10 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.qk_norm:
+            q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
         # softmax(q kᵀ / sqrt(head_size)) v with the upper triangle masked out;
         # PyTorch picks a fused kernel (FlashAttention on recent GPUs) for us.
         y = F.scaled_dot_product_attention(
@@ -84,17 +143,48 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """The position-wise feed-forward network: expand 4×, GELU, project back."""
+    """The position-wise feed-forward network: expand 4×, a nonlinearity, project back.
+
+    GPT-2 uses GELU. Squared ReLU, relu(x)², is cheaper and trained faster in the
+    modded-nanogpt speedrun (So et al., 2021, "Primer").
+    """
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.act = nn.GELU() if config.mlp == "gelu" else ReLU2()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        return self.dropout(self.c_proj(self.act(self.c_fc(x))))
+
+
+class ReLU2(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x).square()
+
+
+class SwiGLU(nn.Module):
+    """The gated feed-forward of LLaMA and MiniMind (Shazeer, 2020): silu(x W1) ⊙ (x W3),
+    projected back by W2. A gate decides, per hidden unit, how much of the value passes.
+    Three matrices instead of two, so the hidden size is 8/3·C (not 4·C) for the same
+    number of parameters."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        hidden = 8 * math.ceil(config.n_embd / 3)  # 8/3·C, rounded up to a multiple of 8
+        self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)  # W1 and W3 in one matmul
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.c_fc(x).chunk(2, dim=-1)
+        return self.dropout(self.c_proj(F.silu(gate) * value))
+
+
+def make_mlp(config: GPTConfig) -> nn.Module:
+    return SwiGLU(config) if config.mlp == "swiglu" else MLP(config)
 
 
 class MoE(nn.Module):
@@ -114,7 +204,7 @@ class MoE(nn.Module):
         super().__init__()
         self.top_k = config.experts_per_token
         self.router = nn.Linear(config.n_embd, config.n_experts, bias=False)
-        self.experts = nn.ModuleList([MLP(config) for _ in range(config.n_experts)])
+        self.experts = nn.ModuleList([make_mlp(config) for _ in range(config.n_experts)])
         self.aux_loss = torch.zeros(())  # set by every forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -139,10 +229,10 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = make_norm(config, config.n_embd)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MoE(config) if config.use_moe else MLP(config)
+        self.ln_2 = make_norm(config, config.n_embd)
+        self.mlp = MoE(config) if config.use_moe else make_mlp(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Pre-norm residual: the residual stream x is never normalised itself, which
@@ -159,25 +249,31 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),  # token embedding
-                wpe=nn.Embedding(config.block_size, config.n_embd),  # position embedding
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+                ln_f=make_norm(config, config.n_embd),
             )
         )
+        if config.position == "learned":  # with RoPE, attention itself knows positions
+            self.transformer["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying: the matrix that turns a token into a vector also turns the
-        # final vector back into token scores. Saves V×C parameters and trains better
-        # at small scale (Press & Wolf, 2017).
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_weights:
+            # Weight tying: the matrix that turns a token into a vector also turns the
+            # final vector back into token scores. Saves V×C parameters (Press & Wolf,
+            # 2017); untied, the two can specialise, which modern models prefer.
+            self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
-        # GPT-2's scaled init: each block adds two projections to the residual stream,
-        # so the stream's variance grows with depth; shrinking those projections by
-        # 1/sqrt(2 * n_layer) keeps it near 1 at initialisation.
+        # The projections that write into the residual stream (c_proj): GPT-2 shrinks
+        # them by 1/sqrt(2 * n_layer), because each block adds two of them and the
+        # stream's variance grows with depth. Zero-initialised (modded-nanogpt), each
+        # block starts as the identity and learns what to add.
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init:
+                    nn.init.zeros_(param)
+                else:
+                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -201,8 +297,10 @@ class GPT(nn.Module):
         B, T = idx.size()
         if self.config.block_size < T:
             raise ValueError(f"sequence length {T} exceeds the model's block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))  # (T, C), broadcast
+        x = self.transformer.drop(x)
         for block in self.transformer.h:
             x = block(x)
         x = self.transformer.ln_f(x)
@@ -219,12 +317,15 @@ class GPT(nn.Module):
         return logits, loss
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count. The position table is left out by default: it is a lookup,
-        not compute. The token embedding stays in because, tied to lm_head, its
+        """Parameter count. The embedding tables are left out by default: they are
+        lookups, not compute. A token embedding tied to lm_head stays in, because its
         weights do take part in a matmul at every position."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_weights:
+                n -= self.transformer.wte.weight.numel()
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
@@ -250,17 +351,32 @@ class GPT(nn.Module):
         learning_rate: float,
         betas: tuple[float, float],
         device_type: str,
-    ) -> torch.optim.AdamW:
-        """AdamW with weight decay on the matrices only.
+        muon_lr_scale: float = 0.0,
+    ) -> torch.optim.Optimizer:
+        """AdamW with weight decay on the matrices only; with muon_lr_scale > 0, Muon for
+        the blocks' weight matrices (at learning_rate × muon_lr_scale) and AdamW for the
+        embedding, lm_head and the gains.
 
         Decay pulls weights toward zero, a regulariser that makes sense for the 2-D
-        weight matrices and embeddings; on biases and LayerNorm gains (1-D) it would
+        weight matrices and embeddings; on biases and norm gains (1-D) it would
         only fight the scale the model needs, so they get none.
         """
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = [p for p in self.parameters() if p.requires_grad]  # a tied matrix appears once
+        matrices = [p for p in params if p.dim() >= 2]
+        vectors = [p for p in params if p.dim() < 2]
+        if muon_lr_scale > 0:
+            in_blocks = {id(p) for p in self.transformer.h.parameters()}
+            hidden = [p for p in matrices if id(p) in in_blocks]
+            others = [p for p in matrices if id(p) not in in_blocks]  # embeddings, lm_head
+            groups = [
+                dict(params=hidden, use_muon=True, lr_scale=muon_lr_scale, weight_decay=weight_decay),
+                dict(params=others, use_muon=False, weight_decay=weight_decay),
+                dict(params=vectors, use_muon=False, weight_decay=0.0),
+            ]
+            return Muon(groups, lr=learning_rate, betas=betas)
         groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            {"params": matrices, "weight_decay": weight_decay},
+            {"params": vectors, "weight_decay": 0.0},
         ]
         # The fused CUDA kernel updates all parameters in one launch instead of many.
         use_fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
@@ -298,6 +414,80 @@ class GPT(nn.Module):
                 next_token = torch.multinomial(probs, num_samples=1)
             idx = torch.cat((idx, next_token), dim=1)
         return idx
+
+
+def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately U Vᵀ for G = U S Vᵀ: G with every singular value set to about 1.
+
+    A quintic Newton–Schulz iteration: each step maps every singular value s to
+    a·s + b·s³ + c·s⁵, and Keller Jordan's coefficients push all of them from (0, 1]
+    into roughly [0.7, 1.2] in five steps (close enough, and far cheaper than an SVD).
+    Only matmuls: bfloat16 on a GPU, where it is fast; float32 on a CPU, which would
+    only emulate bfloat16 (about 30× slower here).
+    """
+    a, b, c = 3.4445, -4.7750, 2.0315
+    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
+    tall = X.size(0) > X.size(1)
+    if tall:  # iterate on the wide side, where X Xᵀ is the smaller matrix
+        X = X.T
+    X = X / (X.norm() + 1e-7)  # every singular value ≤ 1, where the iteration converges
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    return (X.T if tall else X).to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Keller Jordan, 2024) for the hidden weight matrices, AdamW for the rest.
+
+    Muon: keep a Nesterov momentum of the gradient, then replace it by the nearest
+    orthogonal matrix (orthogonalize) before the step. The gradient of a weight matrix
+    is dominated by a few directions; orthogonalising gives every direction the same
+    step size, so the rare ones learn too. It only makes sense for matrices that map
+    hidden vectors to hidden vectors: the embedding (a lookup), lm_head and the 1-D
+    gains keep AdamW, as its authors recommend. Each parameter group says which it
+    gets (use_muon); set_lr gives each group lr × its lr_scale.
+    """
+
+    def __init__(self, param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.95),
+                 momentum: float = 0.95, eps: float = 1e-8) -> None:  # fmt: skip
+        defaults = dict(lr=lr, lr_scale=1.0, betas=betas, momentum=momentum, eps=eps, weight_decay=0.0)
+        super().__init__(param_groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay, as in AdamW
+                if group["use_muon"]:
+                    self._muon_step(p, group)
+                else:
+                    self._adamw_step(p, group)
+
+    def _muon_step(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if not state:
+            state["momentum"] = torch.zeros_like(p)
+        state["momentum"].lerp_(p.grad, 1 - group["momentum"])  # m ← β·m + (1 - β)·g
+        update = p.grad.lerp(state["momentum"], group["momentum"])  # Nesterov: g + β·(m - g)
+        # An orthogonal update of a tall matrix has smaller entries: scale them back up.
+        scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+        p.add_(orthogonalize(update), alpha=-group["lr"] * scale)
+
+    def _adamw_step(self, p: torch.Tensor, group: dict) -> None:
+        """Adam's update, as torch.optim.AdamW computes it (weight decay applied above)."""
+        state = self.state[p]
+        if not state:
+            state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+        beta1, beta2 = group["betas"]
+        state["step"] += 1
+        state["exp_avg"].lerp_(p.grad, 1 - beta1)  # mean of the gradients
+        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)  # mean of their squares
+        # Both averages start at zero; dividing by 1 - beta^step removes that bias.
+        denominator = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
+        p.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / (1 - beta1 ** state["step"]))
 
 
 def filter_top_k_top_p(

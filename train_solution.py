@@ -108,13 +108,18 @@ class StepStats:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The optimizer reads its LR from each parameter group, so the schedule writes there."""
-    # TODO 3a: set the learning rate of every parameter group to lr
+    """The optimizer reads its LR from each parameter group, so the schedule writes there.
+
+    Groups may need different LRs: Muon's orthogonalised steps want a much larger LR
+    than AdamW's. Such a group carries an "lr_scale"; it gets lr × lr_scale, so one
+    schedule (warmup, cosine) drives every group.
+    """
+    # TODO 3a: set the learning rate of every parameter group to lr × its lr_scale
     #   After this call the optimizer's next step uses lr for every parameter, whatever
-    #   groups it has (model.py makes two: with and without weight decay).
-    #   Stuck? python train_exercise.py --hint 3a
+    #   groups it has (model.py makes two or three), times the group's "lr_scale" where
+    #   it has one (a group without it gets lr). Stuck? python train_exercise.py --hint 3a
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     # END TODO 3a
 
 
@@ -407,6 +412,12 @@ def build_model(args: argparse.Namespace, tokenizer: Tokenizer, device: torch.de
         n_embd=args.hidden_size,
         dropout=args.dropout,
         use_moe=bool(args.use_moe),
+        position=args.position,
+        norm=args.norm,
+        mlp=args.mlp,
+        qk_norm=bool(args.qk_norm),
+        zero_init=bool(args.zero_init),
+        tie_weights=bool(args.tie_weights),
     )
     model = GPT(config)
     if args.from_weight != "none":
@@ -466,7 +477,10 @@ def train(args: argparse.Namespace) -> None:
     schedule = cli.plan_schedule(args, stream.batches_per_epoch, saved_plan)  # steps, warmup, min LR
 
     model = build_model(args, tokenizer, device)
-    optimizer = model.configure_optimizers(args.weight_decay, args.learning_rate, (0.9, 0.95), device.type)
+    muon_lr_scale = args.muon_lr / args.learning_rate if args.optimizer == "muon" else 0.0
+    optimizer = model.configure_optimizers(
+        args.weight_decay, args.learning_rate, (0.9, 0.95), device.type, muon_lr_scale
+    )
     amp_ctx, scaler = open_todos.precision_or_float32(autocast_context, make_grad_scaler, device, dtype)
     run.describe(
         model.config.to_dict(), tokenizer.meta(), meta, vars(args), cli.run_plan(args, schedule, group)

@@ -26,6 +26,7 @@ from course.devices import enable_tf32, resolve_device, resolve_dtype
 from course.distributed import ProcessGroup, init_distributed, shut_down
 from course.errors import DataError, Interrupted, TrainingDiverged, UsageError
 from course.todos import TODOS, next_hint
+from model import CHOICES, GPTConfig
 
 HINT_HELP = "print the next hint for a TODO: first the idea, then the API names, pseudocode last"
 
@@ -125,6 +126,53 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         choices=(0, 1),
         help="1: mixture-of-experts MLPs (4 experts, top-2 routing, load-balancing loss)",
+    )
+
+    recipe = p.add_argument_group("recipe (GPT-2's 2019 piece or its modern replacement; see the README)")
+    recipe.add_argument(
+        "--position",
+        choices=CHOICES["position"],
+        default=GPTConfig.position,
+        help="learned: GPT-2's position table; rope: rotary position embeddings",
+    )
+    recipe.add_argument(
+        "--norm", choices=CHOICES["norm"], default=GPTConfig.norm, help="layer: LayerNorm; rms: RMSNorm"
+    )
+    recipe.add_argument(
+        "--mlp",
+        choices=CHOICES["mlp"],
+        default=GPTConfig.mlp,
+        help="gelu: GPT-2's MLP; relu2: squared ReLU; swiglu: LLaMA's gated MLP",
+    )
+    recipe.add_argument(
+        "--qk_norm",
+        type=int,
+        choices=(0, 1),
+        default=int(GPTConfig.qk_norm),
+        help="1: RMS-normalise queries and keys",
+    )
+    recipe.add_argument(
+        "--zero_init",
+        type=int,
+        choices=(0, 1),
+        default=int(GPTConfig.zero_init),
+        help="1: output projections start at zero",
+    )
+    recipe.add_argument(
+        "--tie_weights",
+        type=int,
+        choices=(0, 1),
+        default=int(GPTConfig.tie_weights),
+        help="1: lm_head shares the token embedding's matrix",
+    )
+    recipe.add_argument(
+        "--optimizer",
+        choices=("adamw", "muon"),
+        default="adamw",
+        help="adamw: AdamW everywhere; muon: Muon for the blocks' matrices, AdamW for the rest",
+    )
+    recipe.add_argument(
+        "--muon_lr", type=float, default=0.02, help="Muon's peak LR (same warmup and cosine as the others)"
     )
 
     train = p.add_argument_group("training")
@@ -340,7 +388,7 @@ def plan_schedule(
 
 # The options that decide a run's plan: its LR schedule and the order of its batches.
 PLAN_OPTIONS = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumulation_steps", "seed",
-                "max_train_tokens")  # fmt: skip
+                "max_train_tokens", "optimizer", "muon_lr")  # fmt: skip
 
 
 def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) -> dict:
@@ -353,7 +401,7 @@ def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) 
 # Options a resume may change, with an honest meaning: the rest of the schedule keeps its
 # shape (warmup, cosine, total steps) at the new learning rates; lowering the LR after
 # the loss diverged is the usual fix.
-RESUME_MAY_CHANGE = ("learning_rate", "min_lr")
+RESUME_MAY_CHANGE = ("learning_rate", "min_lr", "muon_lr")
 
 
 def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: ProcessGroup) -> dict | None:
@@ -370,6 +418,8 @@ def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: Proc
             "each process reads its own share of every batch, so resume with the same number"
         )
     for name in PLAN_OPTIONS:
+        if name not in plan:  # saved by an older version of this script
+            continue
         given = name in args.options_given
         if given and getattr(args, name) != plan[name] and name in RESUME_MAY_CHANGE:
             print(

@@ -77,9 +77,11 @@ HINTS: dict[str, tuple[str, str, str]] = {
     ),
     "3a": (
         "An optimizer does not read one global learning rate: each parameter group (model.py "
-        "makes one with weight decay and one without) carries its own settings.",
-        "optimizer.param_groups is a list of dicts; the key 'lr' is the learning rate of that group.",
-        "for each group in optimizer.param_groups: set group['lr'] to lr",
+        "makes one with weight decay and one without, and one for Muon) carries its own "
+        "settings. Muon's group needs a larger LR, so it carries a scale for the schedule's LR.",
+        "optimizer.param_groups is a list of dicts; the key 'lr' is the learning rate of that "
+        "group; group.get('lr_scale', 1.0) is its scale (1 where it has none).",
+        "for each group in optimizer.param_groups: set group['lr'] to lr × the group's lr_scale",
     ),
     "3b": (
         "The model computes the loss itself when you give it the targets; you only call it.",

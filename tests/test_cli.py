@@ -323,6 +323,14 @@ BAD_INPUTS = {
         lambda t: ["--from_resume", 1, "--accumulation_steps", 2],
         "--accumulation_steps 2 would change the saved run (accumulation_steps=1)",
     ),
+    "resume with another optimizer": (
+        lambda t: ["--from_resume", 1, "--optimizer", "muon"],
+        "--optimizer muon would change the saved run (optimizer='adamw')",
+    ),
+    "resume with another recipe": (
+        lambda t: ["--from_resume", 1, "--position", "rope"],
+        "position='learned' in the checkpoint",
+    ),
     "resume with another data budget": (
         lambda t: ["--from_resume", 1, "--max_train_tokens", 500],
         "(max_train_tokens=1000000)",
@@ -384,6 +392,26 @@ def test_documents_mode_trains_on_padded_jsonl_documents(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     val = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(val) >= 2 and val[-1] < val[0]
+
+
+def test_the_modern_recipe_trains_from_the_command_line(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    recipe = ["--position", "rope", "--norm", "rms", "--mlp", "swiglu", "--qk_norm", 1, "--zero_init", 1,
+              "--tie_weights", 0, "--optimizer", "muon"]  # fmt: skip
+    code, err = run(["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 12, *TINY, *recipe], capsys)
+    assert code == 0, err
+    config = torch.load(out / "model.pt", weights_only=True)["model_config"]
+    assert (config["position"], config["norm"], config["mlp"]) == ("rope", "rms", "swiglu")
+    assert config["qk_norm"] and config["zero_init"] and not config["tie_weights"]
+    resume = torch.load(out / "resume.pt", weights_only=True)
+    assert resume["plan"]["optimizer"] == "muon"
+    assert any("momentum" in state for state in resume["optimizer"]["state"].values()), (
+        "Muon's momentum is saved"
+    )
+    val = [
+        json.loads(x)["val_loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in x
+    ]
+    assert val[-1] < val[0]
 
 
 def test_use_moe_trains_on_cpu(corpus_txt, tmp_path, capsys):

@@ -200,3 +200,158 @@ def test_filter_keeps_the_most_likely_token_whatever_top_p():
         assert torch.isfinite(kept).tolist() == [[False, True, False, False]]
     assert torch.equal(filter_top_k_top_p(logits, top_k=0), logits)
     assert torch.equal(filter_top_k_top_p(logits, top_k=-3), logits)
+
+
+# --- The modern recipe: each piece against an independent reference -------------------------
+
+MODERN = dict(position="rope", norm="rms", mlp="relu2", qk_norm=True, zero_init=True, tie_weights=False)
+
+
+def recipe_gpt(seed=0, **changes) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, **changes))
+
+
+@pytest.mark.parametrize("changes", [MODERN, {**MODERN, "mlp": "swiglu"}], ids=["relu2", "swiglu"])
+def test_a_modern_model_is_causal_and_learns(changes):
+    model = recipe_gpt(**changes)
+    for p in model.parameters():  # away from the zero init, so that every path carries signal
+        p.data.add_(0.02 * torch.randn_like(p))
+    model.eval()
+    idx = torch.randint(0, 32, (1, 16))
+    changed = idx.clone()
+    changed[0, 10] = (idx[0, 10] + 1) % 32
+    a, b = model(idx)[0], model(changed)[0]
+    assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6), "a token must not change the logits before it"
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+    model.train()
+    optimizer = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu", muon_lr_scale=10.0)
+    batch = torch.randint(0, 32, (4, 17))
+    x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
+    losses = []
+    for _ in range(30):
+        _, loss = model(x, targets=y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], (
+        f"the model should memorise one batch: {losses[0]:.2f} -> {losses[-1]:.2f}"
+    )
+
+
+def test_rotary_scores_depend_only_on_the_distance():
+    """The same query and key vectors at every position: after rotation, the score of
+    positions (m, n) equals that of (m + s, n + s), and rotation keeps the length."""
+    from model import Rotary
+
+    rotary = Rotary(head_dim=8, max_len=12)
+    q = torch.randn(8).expand(1, 1, 12, 8)
+    k = torch.randn(8).expand(1, 1, 12, 8)
+    rq, rk = rotary(q)[0, 0], rotary(k)[0, 0]
+    scores = rq @ rk.T  # (12, 12)
+    for shift in (1, 5):
+        assert torch.allclose(scores[:-shift, :-shift], scores[shift:, shift:], atol=1e-5)
+    assert torch.allclose(rq.norm(dim=-1), q[0, 0].norm(dim=-1), atol=1e-5)
+    assert not torch.allclose(scores[0, 1], scores[0, 2]), "different distances, different scores"
+
+
+def test_rope_models_have_no_position_table_and_rms_norms():
+    model = recipe_gpt(**MODERN)
+    assert "wpe" not in model.transformer
+    assert isinstance(model.transformer.h[0].ln_1, torch.nn.RMSNorm)
+    assert not any(name.endswith(".bias") for name, _ in model.named_parameters())
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
+    model = recipe_gpt(qk_norm=True).eval()
+    idx = torch.randint(0, 32, (2, 16))
+    before = model(idx)[0]
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight[:64] *= 7.0  # the query and key rows (n_embd = 32 each)
+    assert torch.allclose(model(idx)[0], before, atol=1e-4)
+
+
+def test_relu2_and_swiglu_compute_what_they_say():
+    from model import MLP, SwiGLU
+
+    config = GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    x = torch.randn(2, 5, 32)
+    relu2 = MLP(GPTConfig(**{**config.to_dict(), "mlp": "relu2"}))
+    assert torch.allclose(relu2(x), relu2.c_proj(F.relu(relu2.c_fc(x)) ** 2), atol=1e-6)
+    swiglu = SwiGLU(config)
+    hidden = swiglu.c_proj.in_features
+    w1, w3 = swiglu.c_fc.weight[:hidden], swiglu.c_fc.weight[hidden:]
+    assert torch.allclose(swiglu(x), swiglu.c_proj(F.silu(x @ w1.T) * (x @ w3.T)), atol=1e-6)
+    n_gelu = sum(p.numel() for p in MLP(config).parameters())
+    n_swiglu = sum(p.numel() for p in swiglu.parameters())
+    assert abs(n_swiglu / n_gelu - 1) < 0.1, "SwiGLU's 8/3 hidden size keeps the parameter count of a 4x MLP"
+
+
+def test_zero_init_blocks_start_as_the_identity_and_untied_heads_are_their_own():
+    model = recipe_gpt(zero_init=True, tie_weights=False).eval()
+    idx = torch.randint(0, 32, (2, 16))
+    tr = model.transformer
+    skip_blocks = model.lm_head(tr.ln_f(tr.wte(idx) + tr.wpe(torch.arange(16))))
+    assert torch.allclose(model(idx)[0], skip_blocks, atol=1e-6), "every block adds zero at initialisation"
+    assert model.lm_head.weight is not tr.wte.weight
+    matmul_weights = (
+        sum(p.numel() for p in model.parameters()) - tr.wte.weight.numel() - tr.wpe.weight.numel()
+    )
+    assert model.num_params() == matmul_weights, "untied, the token embedding is a lookup, not a matmul"
+
+
+@pytest.mark.parametrize("shape", [(32, 96), (128, 32)], ids=["wide", "tall"])
+def test_orthogonalize_sets_every_singular_value_near_one(shape):
+    from model import orthogonalize
+
+    torch.manual_seed(0)
+    G = torch.randn(shape) @ torch.diag(torch.logspace(-1, 1, shape[1]))  # singular values 100x apart
+    update = orthogonalize(G)
+    singular = torch.linalg.svdvals(update)
+    assert update.shape == G.shape and singular.min() > 0.5 and singular.max() < 1.5, singular
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    cosine = (update * (U @ Vh)).sum() / (update.norm() * (U @ Vh).norm())
+    assert cosine > 0.95, f"the update should point along U Vᵀ of the SVD (cosine {cosine:.3f})"
+
+
+def test_muon_groups_hidden_matrices_and_its_adamw_half_matches_torch():
+    model = recipe_gpt(**MODERN)
+    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon_lr_scale=20.0)
+    muon, others, vectors = opt.param_groups
+    hidden = {id(p) for block in model.transformer.h for p in block.parameters() if p.dim() == 2}
+    assert {id(p) for p in muon["params"]} == hidden and muon["lr_scale"] == 20.0
+    assert {id(p) for p in others["params"]} == {id(model.transformer.wte.weight), id(model.lm_head.weight)}
+    assert all(p.dim() < 2 for p in vectors["params"]) and vectors["weight_decay"] == 0.0
+
+
+def test_the_adamw_half_of_muon_matches_torch_adamw():
+    from model import Muon
+
+    ours, theirs = torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(6, 5))
+    theirs.data.copy_(ours.data)
+    muon = Muon([{"params": [ours], "use_muon": False, "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.95))
+    adamw = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    for _ in range(5):
+        grad = torch.randn(6, 5)
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        muon.step()
+        adamw.step()
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_muon_steps_along_the_orthogonalised_nesterov_momentum():
+    from model import Muon, orthogonalize
+
+    weight = torch.nn.Parameter(torch.randn(8, 16))
+    opt = Muon([{"params": [weight], "use_muon": True}], lr=0.1)
+    grads = [torch.randn(8, 16) for _ in range(2)]
+    momentum = torch.zeros(8, 16)
+    expected = weight.detach().clone()
+    for g in grads:  # the update, written out: m = 0.95 m + 0.05 g; step along g + 0.95 (m - g)
+        momentum = 0.95 * momentum + 0.05 * g
+        expected -= 0.1 * orthogonalize(g + 0.95 * (momentum - g))
+        weight.grad = g.clone()
+        opt.step()
+    assert torch.allclose(weight, expected, atol=1e-5)

@@ -81,9 +81,16 @@ MISTAKES = {
         lambda lr, tmp: test_todo_train.test_todo_2b_cosine_decay(lr, 10, 100),
         "stays at min_lr",
     ),
+    "lr_scale ignored": (
+        "train_solution.py",
+        '        group["lr"] = lr * group.get("lr_scale", 1.0)\n',
+        '        group["lr"] = lr\n',
+        lambda lr, tmp: test_todo_train.test_todo_3a_a_group_with_an_lr_scale_gets_lr_times_its_scale(lr),
+        "gets lr × lr_scale",
+    ),
     "LR set on the first param group only": (
         "train_solution.py",
-        '    for group in optimizer.param_groups:\n        group["lr"] = lr\n',
+        '    for group in optimizer.param_groups:\n        group["lr"] = lr * group.get("lr_scale", 1.0)\n',
         '    optimizer.param_groups[0]["lr"] = lr\n',
         lambda lr, tmp: test_todo_train.test_todo_3a_set_lr_on_every_param_group(lr),
         "every param group",

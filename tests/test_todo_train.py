@@ -112,6 +112,20 @@ def test_todo_3a_set_lr_on_every_param_group(learner):
     )
 
 
+@pytest.mark.todo("3a")
+def test_todo_3a_a_group_with_an_lr_scale_gets_lr_times_its_scale(learner):
+    optimizer = tiny_gpt().configure_optimizers(0.1, 1.0, (0.9, 0.95), "cpu", muon_lr_scale=20.0)
+    learner.train.set_lr(optimizer, 0.001)
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    assert lrs == pytest.approx([0.02, 0.001, 0.001]), (
+        'a group with an "lr_scale" (Muon\'s, here 20) gets lr × lr_scale, the others lr: expected '
+        f"[0.02, 0.001, 0.001], got {lrs}"
+    )
+    assert [group.get("lr_scale", 1.0) for group in optimizer.param_groups] == [20.0, 1.0, 1.0], (
+        "set_lr must not change a group's lr_scale (the next call multiplies by it again)"
+    )
+
+
 @pytest.mark.todo("3b")
 def test_todo_3b_loss_is_the_models_cross_entropy(learner):
     model = tiny_gpt()
