@@ -43,9 +43,9 @@ PRESETS = {
         dropout=0.0,
         batch_size=32,
         learning_rate=2e-3,
-        max_steps=1800,
+        max_steps=1400,
         max_train_tokens=1_000_000,
-        eval_interval=300,
+        eval_interval=350,
         num_workers=0,
     ),
     "gpu": dict(
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     recipe.add_argument(
         "--optimizer",
         choices=("adamw", "muon"),
-        default="adamw",
+        default="muon",
         help="adamw: AdamW everywhere; muon: Muon for the blocks' matrices, AdamW for the rest",
     )
     recipe.add_argument(

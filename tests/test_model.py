@@ -82,7 +82,11 @@ def test_flops_per_token_formula():
     model = tiny_gpt()
     c = model.config
     assert model.flops_per_token() == 6 * model.num_params() + 12 * c.n_layer * c.block_size * c.n_embd
+    # The position table is a lookup; the token embedding, tied to lm_head, is a matmul.
     assert model.num_params() == sum(p.numel() for p in model.parameters()) - c.block_size * c.n_embd
+    untied = recipe_gpt(tie_weights=False)  # then the token embedding is a lookup too
+    lookups = c.vocab_size * c.n_embd + c.block_size * c.n_embd
+    assert untied.num_params() == sum(p.numel() for p in untied.parameters()) - lookups
 
 
 def test_generate_extends_by_max_new_tokens():
