@@ -450,6 +450,10 @@ class Muon(torch.optim.Optimizer):
     hidden vectors to hidden vectors: the embedding (a lookup), lm_head and the 1-D
     gains keep AdamW, as its authors recommend. Each parameter group says which it
     gets (use_muon); set_lr gives each group lr × its lr_scale.
+
+    Measured on this course's main job (tools/ablation.py, README): 0.25 bits per byte
+    better than AdamW alone in the same three minutes on a CPU, although each step
+    costs 27% more there.
     """
 
     def __init__(self, param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.95),
