@@ -412,6 +412,7 @@ def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: Proc
     plan = checkpoint.get("plan") if checkpoint is not None else None
     if plan is None:
         return None
+    plan = {"optimizer": "adamw", **plan}  # saved before Muon existed: AdamW, the only optimizer then
     if plan["world_size"] != group.world_size:
         raise UsageError(
             f"the saved run trained with {plan['world_size']} process(es), this one has {group.world_size}: "

@@ -165,6 +165,17 @@ def train_args_for_plan():
     )
 
 
+def test_a_checkpoint_saved_before_muon_existed_resumes_with_adamw():
+    from course.cli import PLAN_OPTIONS, continue_plan
+    from course.distributed import ProcessGroup
+
+    args = train_args_for_plan()
+    old_options = [name for name in PLAN_OPTIONS if name not in ("optimizer", "muon_lr")]
+    plan = {**{name: getattr(args, name) for name in old_options}, "world_size": 1}
+    continue_plan(args, {"plan": plan}, ProcessGroup())
+    assert args.optimizer == "adamw", "an older checkpoint holds AdamW's state: the resume must keep AdamW"
+
+
 def test_from_weight_starts_a_new_run_from_saved_weights(corpus_txt, tmp_path, capsys):
     first = tmp_path / "first"
     assert run(["--data_path", corpus_txt, "--save_dir", first, "--max_steps", 20, *TINY], capsys)[0] == 0
