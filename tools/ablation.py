@@ -57,6 +57,8 @@ VARIANTS: dict[str, list[str]] = {
     "batch 64": ["--batch_size", "64"],
     "lr 4e-3": ["--learning_rate", "4e-3"],
     "lr 1e-3": ["--learning_rate", "1e-3"],
+    "no warmup": ["--warmup_steps", "0%"],
+    "warmup 25%": ["--warmup_steps", "25%"],
 }
 CALIBRATION_STEPS = 60
 SCORE_WINDOW = 64  # characters per scored window, whatever the variant's context
@@ -81,12 +83,25 @@ def tokens_per_second(save_dir: Path) -> float:
     return [r["tokens_per_sec"] for r in records if "tokens_per_sec" in r][-1]
 
 
+def with_warmup(options: list[str], steps: int | None) -> list[str]:
+    """A warmup given as a share of the steps ("25%"): that many steps once the number of
+    steps is known; left out for the calibration run (it does not change a step's time)."""
+    if "--warmup_steps" not in options or not options[options.index("--warmup_steps") + 1].endswith("%"):
+        return options
+    i = options.index("--warmup_steps")
+    if steps is None:
+        return options[:i] + options[i + 2 :]
+    share = float(options[i + 1].removesuffix("%")) / 100
+    return [*options[: i + 1], str(int(steps * share)), *options[i + 2 :]]
+
+
 def steps_for_budget(options: list[str], work: Path, budget: float, threads: int) -> tuple[int, float]:
     """(steps that fit in the budget, seconds per step), from a short calibration run."""
     n = CALIBRATION_STEPS
     calibration = work / "calibration"
-    wall = run_training([*options, "--max_steps", str(n), "--eval_interval", str(n), "--save_interval",
-                         str(n), "--log_interval", str(n // 3)], calibration, threads)  # fmt: skip
+    schedule = ["--max_steps", str(n), "--eval_interval", str(n), "--save_interval", str(n), "--log_interval",
+                str(n // 3)]  # fmt: skip
+    wall = run_training([*with_warmup(options, None), *schedule], calibration, threads)
     tokens_per_step = option_value(options, "--batch_size", 32) * option_value(options, "--max_seq_len", 64)
     seconds_per_step = tokens_per_step / tokens_per_second(calibration)
     fixed = wall - n * seconds_per_step  # start-up, data, compilation, evaluation
@@ -128,7 +143,7 @@ def run_variant(name: str, options: list[str], seed: int, args: argparse.Namespa
     steps, seconds_per_step = steps_for_budget(options, work, args.budget, args.threads)
     run = work / "run"
     schedule = ["--max_steps", str(steps), "--eval_interval", str(steps), "--save_interval", str(steps)]
-    wall = run_training([*options, *schedule, "--log_interval", "50"], run, args.threads)
+    wall = run_training([*with_warmup(options, steps), *schedule, "--log_interval", "50"], run, args.threads)
     loss = score(run, args.prepared)
     meta = read_meta(args.prepared)
     bpb = bits_per_byte(loss, meta["val_tokens"], meta["val_bytes"])
