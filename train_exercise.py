@@ -447,6 +447,7 @@ def train(args: argparse.Namespace) -> None:
     schedule = cli.plan_schedule(args, stream.batches_per_epoch, saved_plan)  # steps, warmup, min LR
 
     model = build_model(args, tokenizer, device)
+    # Muon's LR as a multiple of the schedule's (set_lr applies it); 0: AdamW for everything.
     muon_lr_scale = args.muon_lr / args.learning_rate if args.optimizer == "muon" else 0.0
     optimizer = model.configure_optimizers(
         args.weight_decay, args.learning_rate, (0.9, 0.95), device.type, muon_lr_scale

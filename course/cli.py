@@ -301,6 +301,7 @@ def check_options(args: argparse.Namespace) -> None:
         "batch_size",
         "accumulation_steps",
         "learning_rate",
+        "muon_lr",
         "log_interval",
         "eval_interval",
         "eval_iters",
@@ -401,7 +402,7 @@ def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) 
 # Options a resume may change, with an honest meaning: the rest of the schedule keeps its
 # shape (warmup, cosine, total steps) at the new learning rates; lowering the LR after
 # the loss diverged is the usual fix.
-RESUME_MAY_CHANGE = ("learning_rate", "min_lr", "muon_lr")
+RESUME_MAY_CHANGE = ("learning_rate", "min_lr")
 
 
 def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: ProcessGroup) -> dict | None:

@@ -323,6 +323,7 @@ BAD_INPUTS = {
         lambda t: ["--from_weight", write(t, "junk.pt", b"not a checkpoint")],
         "cannot read checkpoint",
     ),
+    "Muon LR of 0": (lambda t: ["--muon_lr", 0], "--muon_lr must be positive, got 0.0"),
     "min_lr above learning_rate": (lambda t: ["--min_lr", 1.0], "--min_lr 1.0 is larger"),
     "not a number": (lambda t: ["--max_steps", "ten"], "invalid int value: 'ten'"),
     "resume with another batch size": (
@@ -337,6 +338,10 @@ BAD_INPUTS = {
     "resume with another optimizer": (
         lambda t: ["--from_resume", 1, "--optimizer", "adamw"],
         "--optimizer adamw would change the saved run (optimizer='muon')",
+    ),
+    "resume with another Muon LR": (
+        lambda t: ["--from_resume", 1, "--muon_lr", 0.05],
+        "--muon_lr 0.05 would change the saved run (muon_lr=0.02)",
     ),
     "resume with another recipe": (
         lambda t: ["--from_resume", 1, "--position", "rope"],

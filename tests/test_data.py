@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,27 +97,28 @@ def test_prepare_jsonl_gpt2_documents_separated_by_eot(corpus_jsonl, tmp_path):
     assert len(read_split(prepared, "val")) == int(len(expected) * 0.1)
 
 
+def tokens_in_pieces(path: Path, text: str, chunk_chars: int) -> tuple[int, list[int], list[int]]:
+    """(number of pieces, GPT-2 tokens of the pieces one by one, tokens of the whole text)."""
+    path.write_text(text)
+    pieces = list(data.iter_txt(path, chunk_chars=chunk_chars))
+    assert "".join(p for p, _ in pieces) == text, "the pieces must add up to the file"
+    tok = GPT2Tokenizer()
+    return len(pieces), [t for p, _ in pieces for t in tok.encode(p)], tok.encode(text)
+
+
 def test_chunked_txt_reading_gives_the_same_gpt2_tokens(tmp_path):
     """A big .txt is tokenized in pieces; the pieces must tokenize like the whole file."""
     text = "".join(f"Line {i}:   some words,\n  indented {i}\n\n\nNext\n" for i in range(300))
-    path = tmp_path / "big.txt"
-    path.write_text(text)
-    pieces = list(data.iter_txt(path, chunk_chars=100))
-    assert len(pieces) > 10 and "".join(p for p, _ in pieces) == text
-    tok = GPT2Tokenizer()
-    assert [t for p, _ in pieces for t in tok.encode(p)] == tok.encode(text)
+    n_pieces, pieced, whole = tokens_in_pieces(tmp_path / "big.txt", text, chunk_chars=100)
+    assert n_pieces > 10 and pieced == whole
 
 
 def test_a_piece_boundary_after_a_blank_line_keeps_the_whole_file_tokens(tmp_path):
     """GPT-2 encodes "\n\n" at the end of a text as one token and before a word as two:
     a piece must not end with whitespace that the whole file tokenizes differently."""
     text = "".join(f"Paragraph {i} ends here.\n\n" for i in range(200))
-    path = tmp_path / "paragraphs.txt"
-    path.write_text(text)
-    pieces = list(data.iter_txt(path, chunk_chars=64))
-    assert len(pieces) > 20 and "".join(p for p, _ in pieces) == text
-    tok = GPT2Tokenizer()
-    whole, pieced = tok.encode(text), [t for p, _ in pieces for t in tok.encode(p)]
+    n_pieces, pieced, whole = tokens_in_pieces(tmp_path / "paragraphs.txt", text, chunk_chars=64)
+    assert n_pieces > 20
     assert len(pieced) == len(whole), (
         f"{len(pieced)} tokens from the pieces, {len(whole)} from the whole file"
     )
