@@ -137,13 +137,29 @@ class CausalSelfAttention(nn.Module):
             q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        # softmax(q kᵀ / sqrt(head_size)) v with the upper triangle masked out;
-        # PyTorch picks a fused kernel (FlashAttention on recent GPUs) for us.
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            y = explicit_attention(q, k, v, dropout)
+        else:  # PyTorch picks a fused kernel (FlashAttention on recent GPUs) for us.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+
+def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float) -> torch.Tensor:
+    """softmax(q kᵀ / sqrt(head_size)) v with the upper triangle masked out, written out.
+
+    F.scaled_dot_product_attention computes the same in one fused kernel, but PyTorch's
+    CPU kernel is slow in bfloat16 (its backward took 10.7 ms per layer instead of 1.5 ms
+    in float32 on the course's 2-core machine), while these two matmuls run on the CPU's
+    bfloat16 matrix units. The T×T matrix it builds is small at a CPU's context lengths.
+    """
+    T = q.size(-2)
+    scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, n_head, T, T)
+    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)
+    weights = scores.float().masked_fill(future, float("-inf")).softmax(dim=-1)  # softmax in float32
+    weights = F.dropout(weights, dropout, training=dropout > 0)
+    return weights.to(v.dtype) @ v
 
 
 class MLP(nn.Module):
@@ -223,7 +239,9 @@ class MoE(nn.Module):
         for e, expert in enumerate(self.experts):
             token_idx, slot = (chosen == e).nonzero(as_tuple=True)  # the tokens routed to expert e
             if token_idx.numel():
-                out.index_add_(0, token_idx, expert(tokens[token_idx]) * weights[token_idx, slot, None])
+                expert_out = expert(tokens[token_idx]) * weights[token_idx, slot, None]
+                # Under autocast the expert computes in 16 bits; the residual stream stays float32.
+                out.index_add_(0, token_idx, expert_out.to(out.dtype))
         n_experts = len(self.experts)
         share = torch.bincount(chosen.flatten(), minlength=n_experts).to(probs.dtype) / chosen.numel()
         self.aux_loss = n_experts * (share * probs.mean(dim=0)).sum()
@@ -357,10 +375,12 @@ class GPT(nn.Module):
         betas: tuple[float, float],
         device_type: str,
         muon_lr_scale: float = 0.0,
+        amp_dtype: torch.dtype = torch.float32,
     ) -> torch.optim.Optimizer:
         """AdamW with weight decay on the matrices only; with muon_lr_scale > 0, Muon for
         the blocks' weight matrices (at learning_rate × muon_lr_scale) and AdamW for the
-        embedding, lm_head and the gains.
+        embedding, lm_head and the gains. Muon's Newton–Schulz matmuls run in bfloat16
+        when the run does (amp_dtype), else in float32.
 
         Decay pulls weights toward zero, a regulariser that makes sense for the 2-D
         weight matrices and embeddings; on biases and norm gains (1-D) it would
@@ -378,7 +398,8 @@ class GPT(nn.Module):
                 dict(params=others, use_muon=False, weight_decay=weight_decay),
                 dict(params=vectors, use_muon=False, weight_decay=0.0),
             ]
-            return Muon(groups, lr=learning_rate, betas=betas)
+            ns_dtype = torch.bfloat16 if amp_dtype == torch.bfloat16 else torch.float32
+            return Muon(groups, lr=learning_rate, betas=betas, ns_dtype=ns_dtype)
         groups = [
             {"params": matrices, "weight_decay": weight_decay},
             {"params": vectors, "weight_decay": 0.0},
@@ -421,28 +442,29 @@ class GPT(nn.Module):
         return idx
 
 
-def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+def orthogonalize(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Approximately U Vᵀ for G = U S Vᵀ: G with every singular value set to about 1.
 
     A quintic Newton–Schulz iteration: each step maps every singular value s to
     a·s + b·s³ + c·s⁵. Keller Jordan's coefficients lift them fast rather than exactly:
     after five steps they lie roughly between 0.5 and 1.5 (only the very smallest stay
     below), which trains as well as the exact U Vᵀ and is far cheaper than an SVD.
-    Only matmuls: bfloat16 on a GPU, where it is fast; float32 on a CPU, where many
-    chips have no bfloat16 arithmetic and would emulate it (torch.optim.Muon always uses
-    bfloat16), and where a CPU model's matrices are small anyway: five steps on a
-    128×512 matrix take about 1 ms in float32 on the course's 2-core test machine.
+    Only matmuls, in `dtype`: bfloat16 where the run computes in it (fast on GPUs and
+    CPUs with bfloat16 units), else float32 (torch.optim.Muon always uses bfloat16,
+    which a CPU without bfloat16 units emulates, many times slower). G may hold a stack
+    of matrices (..., rows, cols): one batched matmul for all of them is faster than one
+    small matmul each.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.to(torch.bfloat16 if G.is_cuda else torch.float32)
-    tall = X.size(0) > X.size(1)
+    X = G.to(dtype)
+    tall = X.size(-2) > X.size(-1)
     if tall:  # iterate on the wide side, where X Xᵀ is the smaller matrix
-        X = X.T
-    X = X / (X.norm() + 1e-7)  # every singular value ≤ 1, where the iteration converges
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # every singular value ≤ 1: converges
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
-    return (X.T if tall else X).to(G.dtype)
+    return (X.mT if tall else X).to(G.dtype)
 
 
 class Muon(torch.optim.Optimizer):
@@ -462,31 +484,40 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.95),
-                 momentum: float = 0.95, eps: float = 1e-8) -> None:  # fmt: skip
+                 momentum: float = 0.95, eps: float = 1e-8,
+                 ns_dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
         defaults = dict(lr=lr, lr_scale=1.0, betas=betas, momentum=momentum, eps=eps, weight_decay=0.0)
         super().__init__(param_groups, defaults)
+        self.ns_dtype = ns_dtype  # the number type of the Newton–Schulz matmuls
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay, as in AdamW
-                if group["use_muon"]:
-                    self._muon_step(p, group)
-                else:
+            if group["use_muon"]:
+                self._muon_step(params, group)
+            else:
+                for p in params:
                     self._adamw_step(p, group)
 
-    def _muon_step(self, p: torch.Tensor, group: dict) -> None:
-        state = self.state[p]
-        if not state:
-            state["momentum"] = torch.zeros_like(p)
-        state["momentum"].lerp_(p.grad, 1 - group["momentum"])  # m ← β·m + (1 - β)·g
-        update = p.grad.lerp(state["momentum"], group["momentum"])  # Nesterov: g + β·(m - g)
-        # An orthogonal update of a tall matrix has smaller entries: scale them back up.
-        scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
-        p.add_(orthogonalize(update), alpha=-group["lr"] * scale)
+    def _muon_step(self, params: list[torch.Tensor], group: dict) -> None:
+        updates = {}
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["momentum"] = torch.zeros_like(p)
+            state["momentum"].lerp_(p.grad, 1 - group["momentum"])  # m ← β·m + (1 - β)·g
+            updates[p] = p.grad.lerp(state["momentum"], group["momentum"])  # Nesterov: g + β·(m - g)
+        # Matrices of one shape (the same layer in every block) are orthogonalised together.
+        for shape in {p.shape for p in params}:
+            same = [p for p in params if p.shape == shape]
+            orthogonal = orthogonalize(torch.stack([updates[p] for p in same]), dtype=self.ns_dtype)
+            # An orthogonal update of a tall matrix has smaller entries: scale them back up.
+            scale = max(1.0, shape[0] / shape[1]) ** 0.5
+            for p, update in zip(same, orthogonal, strict=True):
+                p.add_(update, alpha=-group["lr"] * scale)
 
     def _adamw_step(self, p: torch.Tensor, group: dict) -> None:
         """Adam's update, as torch.optim.AdamW computes it (weight decay applied above)."""

@@ -38,6 +38,15 @@ def test_auto_dtype_is_bfloat16_only_where_the_gpu_computes_in_it(gpu, name, bf1
     )
 
 
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_dtype_on_a_cpu_is_bfloat16_only_with_amx_matrix_units(monkeypatch, amx):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    expected = torch.bfloat16 if amx else torch.float32
+    assert devices.resolve_dtype("auto", torch.device("cpu")) == expected, (
+        "on a CPU, bfloat16 pays only with AMX matrix units; without them it is emulated, slower than float32"
+    )
+
+
 def test_bfloat16_is_refused_on_a_gpu_that_only_emulates_it(gpu):
     gpu("Tesla T4", "emulated")
     with pytest.raises(UsageError, match="does not compute in bfloat16.*use --dtype float16"):

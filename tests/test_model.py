@@ -306,13 +306,14 @@ def test_zero_init_blocks_start_as_the_identity_and_untied_heads_are_their_own()
     assert model.num_params() == matmul_weights, "untied, the token embedding is a lookup, not a matmul"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(32, 96), (128, 32)], ids=["wide", "tall"])
-def test_orthogonalize_sets_every_singular_value_near_one(shape):
+def test_orthogonalize_sets_every_singular_value_near_one(shape, dtype):
     from model import orthogonalize
 
     torch.manual_seed(0)
     G = torch.randn(shape) @ torch.diag(torch.logspace(-1, 1, shape[1]))  # singular values 100x apart
-    update = orthogonalize(G)
+    update = orthogonalize(G, dtype=dtype)
     singular = torch.linalg.svdvals(update)
     assert update.shape == G.shape and singular.min() > 0.5 and singular.max() < 1.5, singular
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
@@ -328,6 +329,9 @@ def test_muon_groups_hidden_matrices_and_its_adamw_half_matches_torch():
     assert {id(p) for p in muon["params"]} == hidden and muon["lr_scale"] == 20.0
     assert {id(p) for p in others["params"]} == {id(model.transformer.wte.weight), id(model.lm_head.weight)}
     assert all(p.dim() < 2 for p in vectors["params"]) and vectors["weight_decay"] == 0.0
+    assert opt.ns_dtype == torch.float32, "a float32 run orthogonalises in float32"
+    bf16_run = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", 20.0, amp_dtype=torch.bfloat16)
+    assert bf16_run.ns_dtype == torch.bfloat16, "a bfloat16 run orthogonalises in bfloat16, where it is fast"
 
 
 def test_the_adamw_half_of_muon_matches_torch_adamw():
@@ -359,3 +363,54 @@ def test_muon_steps_along_the_orthogonalised_nesterov_momentum():
         weight.grad = g.clone()
         opt.step()
     assert torch.allclose(weight, expected, atol=1e-5)
+
+
+def test_explicit_attention_equals_the_fused_kernel():
+    from model import explicit_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(explicit_attention(q, k, v, dropout=0.0), expected, atol=1e-5), (
+        "softmax(q kᵀ / sqrt(head_size)) v with the future masked out should equal the fused kernel"
+    )
+
+
+def test_bfloat16_autocast_on_cpu_gives_the_float32_loss():
+    model = tiny_gpt()
+    idx = torch.randint(0, model.config.vocab_size, (4, 16))
+    _, loss32 = model(idx, idx)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, loss16 = model(idx, idx)
+    assert abs(loss16.item() - loss32.item()) < 0.01 * loss32.item(), (loss16.item(), loss32.item())
+
+
+def test_orthogonalize_treats_a_stack_as_separate_matrices():
+    from model import orthogonalize
+
+    torch.manual_seed(0)
+    stack = torch.randn(3, 16, 48)
+    one_by_one = torch.stack([orthogonalize(G) for G in stack])
+    assert torch.allclose(orthogonalize(stack), one_by_one, atol=1e-2), (
+        "each matrix of a stack is orthogonalised on its own (its own norm, its own X Xᵀ)"
+    )
+
+
+def test_muon_updates_same_shape_matrices_as_if_each_were_alone():
+    from model import Muon
+
+    torch.manual_seed(0)
+    shapes = [(12, 4), (12, 4), (4, 4)]
+    together = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    alone = [torch.nn.Parameter(p.detach().clone()) for p in together]
+    opt_together = Muon([{"params": together, "use_muon": True}], lr=0.1)
+    opts_alone = [Muon([{"params": [p], "use_muon": True}], lr=0.1) for p in alone]
+    for _ in range(3):
+        for a, b in zip(together, alone, strict=True):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        opt_together.step()
+        for opt in opts_alone:
+            opt.step()
+    for a, b in zip(together, alone, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
