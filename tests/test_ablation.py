@@ -13,11 +13,11 @@ import ablation  # noqa: E402
 
 
 def test_cumulative_plan_adds_each_variant_on_top_of_the_previous_ones():
-    args = argparse.Namespace(cumulative=["muon", "rope"], only=None)
+    args = argparse.Namespace(cumulative=["rope", "relu2"], only=None)
     assert ablation.plan(args) == [
         ("baseline", []),
-        ("baseline + muon", ["--optimizer", "muon"]),
-        ("baseline + muon + rope", ["--optimizer", "muon", "--position", "rope"]),
+        ("baseline + rope", ["--position", "rope"]),
+        ("baseline + rope + relu2", ["--position", "rope", "--mlp", "relu2"]),
     ]
 
 

@@ -1,8 +1,8 @@
 """What pays off at this scale? Recipe changes and budget knobs, at equal wall time.
 
     python tools/ablation.py                        # every variant, 2 seeds, 180 s each
-    python tools/ablation.py --budget 60 --only baseline muon rope
-    python tools/ablation.py --cumulative muon rope rms   # baseline, +muon, +muon+rope, ...
+    python tools/ablation.py --budget 60 --only baseline adamw rope
+    python tools/ablation.py --cumulative rope relu2     # baseline, +rope, +rope+relu2
     python tools/ablation.py --parallel 2           # two runs at a time, one core each
 
 Each variant is the main job (`python train_solution.py`, the cpu preset) with a few
@@ -39,10 +39,14 @@ from course.logbook import bits_per_byte  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 # Options added to the main job's, per variant: first the recipe changes, then the knobs
-# of the budget itself (the cpu preset: 4 layers × 128 wide, context 64, batch 32, LR 2e-3).
+# of the budget itself (the cpu preset: 4 layers × 128 wide, context 64, batch 32, LR 2e-3,
+# Muon at 0.02). The baseline is today's recipe: GPT-2's block trained with Muon, in
+# bfloat16 where the CPU has AMX units; "gpt-2 recipe" is the 2019 one (AdamW, float32).
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
-    "muon": ["--optimizer", "muon"],
+    "gpt-2 recipe": ["--optimizer", "adamw", "--dtype", "float32"],
+    "adamw": ["--optimizer", "adamw"],
+    "float32": ["--dtype", "float32"],
     "rope": ["--position", "rope"],
     "rms": ["--norm", "rms"],
     "relu2": ["--mlp", "relu2"],
@@ -57,6 +61,8 @@ VARIANTS: dict[str, list[str]] = {
     "batch 64": ["--batch_size", "64"],
     "lr 4e-3": ["--learning_rate", "4e-3"],
     "lr 1e-3": ["--learning_rate", "1e-3"],
+    "muon lr 0.04": ["--muon_lr", "0.04"],
+    "muon lr 0.01": ["--muon_lr", "0.01"],
     "no warmup": ["--warmup_steps", "0%"],
     "warmup 25%": ["--warmup_steps", "25%"],
 }
