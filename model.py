@@ -156,10 +156,11 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropou
     """
     T = q.size(-2)
     scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, n_head, T, T)
-    future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(diagonal=1)
-    weights = scores.float().masked_fill(future, float("-inf")).softmax(dim=-1)  # softmax in float32
+    # -inf above the diagonal: after the softmax, no weight on the future.
+    future = torch.full((T, T), float("-inf"), dtype=scores.dtype, device=q.device).triu(diagonal=1)
+    weights = (scores + future).softmax(dim=-1)  # computed in float32 even for bfloat16 scores
     weights = F.dropout(weights, dropout, training=dropout > 0)
-    return weights.to(v.dtype) @ v
+    return weights @ v
 
 
 class MLP(nn.Module):
@@ -456,15 +457,17 @@ def orthogonalize(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.fl
     small matmul each.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.to(dtype)
+    X = G.to(dtype).reshape(-1, *G.shape[-2:])  # a batch of matrices, even of one
     tall = X.size(-2) > X.size(-1)
     if tall:  # iterate on the wide side, where X Xᵀ is the smaller matrix
         X = X.mT
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # every singular value ≤ 1: converges
     for _ in range(steps):
         A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
-    return (X.mT if tall else X).to(G.dtype)
+        # X ← a·X + (b·A + c·A²)·X; baddbmm(M, P, Q, beta, alpha) = beta·M + alpha·P@Q in one pass
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
+        X = torch.baddbmm(X, B, X, beta=a)
+    return (X.mT if tall else X).reshape(G.shape).to(G.dtype)
 
 
 class Muon(torch.optim.Optimizer):

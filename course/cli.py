@@ -43,9 +43,9 @@ PRESETS = {
         dropout=0.0,
         batch_size=32,
         learning_rate=2e-3,
-        max_steps=1400,
+        max_steps=1800,
         max_train_tokens=1_000_000,
-        eval_interval=350,
+        eval_interval=450,
         num_workers=0,
     ),
     "gpu": dict(

@@ -118,12 +118,17 @@ def option_value(options: list[str], name: str, default: int) -> int:
     return int(options[options.index(name) + 1]) if name in options else default
 
 
-@torch.no_grad()
 def score(save_dir: Path, prepared: Path) -> float:
-    """Mean loss (nats per token) over every non-overlapping window of the validation split."""
+    """Mean loss (nats per token) of a run's final weights over the whole validation split."""
     weights = torch.load(save_dir / "model.pt", weights_only=True)
     model = GPT(GPTConfig(**weights["model_config"]))
     model.load_state_dict(weights["model"])
+    return score_model(model, prepared)
+
+
+@torch.no_grad()
+def score_model(model: GPT, prepared: Path) -> float:
+    """Mean loss (nats per token) over every non-overlapping window of the validation split."""
     model.eval()
     tokens = torch.from_numpy(load_tokens(prepared, "val")[:].astype("int64"))
     n = (len(tokens) - 1) // SCORE_WINDOW
