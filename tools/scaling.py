@@ -1,6 +1,6 @@
 """Chinchilla's experiment in miniature: for each compute budget, which model size is best?
 
-    python tools/scaling.py                 # the committed results (about 15 minutes on 2 cores)
+    python tools/scaling.py                 # the committed results (about 12 minutes on 2 cores)
     python tools/scaling.py --quick         # a miniature: 2 budgets, 3 sizes, well under a minute
 
 For every budget C (FLOPs), models of several widths (3 layers each) are trained for
@@ -176,7 +176,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a miniature: 2 small budgets, 3 sizes")
     p.add_argument("--min_steps", type=int, default=100, help="skip a size that would train fewer steps")
-    p.add_argument("--max_steps", type=int, default=6000, help="skip a size that would train more steps")
+    p.add_argument("--max_steps", type=int, default=10000, help="skip a size that would train more steps")
     p.add_argument("--out", type=Path, default=ROOT / "out" / "scaling")
     args = p.parse_args()
     prepared = ROOT / "data" / "shakespeare_char"
