@@ -15,9 +15,9 @@ The block is GPT-2's (2019, as in nanoGPT). What replaced its pieces since is he
 too, one switch each in GPTConfig: rotary position embeddings, RMSNorm, squared ReLU
 and SwiGLU, QK-norm, zero-initialised projections, an untied lm_head; and the Muon
 optimizer for the blocks' matrices. Measured at equal wall time at this course's
-scale (tools/ablation.py; the README has the tables), Muon pays off by far and is
-the default; each block change alone helps at one minute, but costs time per step
-and, next to Muon, loses within three minutes, so the defaults stay GPT-2's.
+scale (tools/ablation.py; the README has the table), Muon pays off by far and is the
+default; each block change costs time per step and loses within the main job's
+budget on a CPU, so the defaults stay GPT-2's.
 
 Shapes in comments: B = batch size, T = sequence length, C = embedding size (n_embd),
 V = vocabulary size.
@@ -481,9 +481,9 @@ class Muon(torch.optim.Optimizer):
     gains keep AdamW, as its authors recommend. Each parameter group says which it
     gets (use_muon); set_lr gives each group lr × its lr_scale.
 
-    Measured on this course's main job (tools/ablation.py, README): 0.25 bits per byte
-    better than AdamW alone in the same three minutes on a CPU, although each step
-    costs 27% more there.
+    Measured on this course's main job (tools/ablation.py, README): 0.23 bits per byte
+    better than AdamW in the same wall time on a CPU, although each step costs about
+    15–20% more there.
     """
 
     def __init__(self, param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.95),

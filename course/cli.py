@@ -31,7 +31,7 @@ from model import CHOICES, GPTConfig
 HINT_HELP = "print the next hint for a TODO: first the idea, then the API names, pseudocode last"
 
 # Defaults that depend on the hardware. CPU: a 0.8M-parameter model that learns
-# Shakespeare's look in about 3 minutes on 2 cores, on a million characters
+# Shakespeare's look in about 1.5 minutes on 2 cores with AMX, on a million characters
 # (one epoch = 488 steps, so `--epochs 3` also takes a few minutes). GPU: nanoGPT's
 # shakespeare-char scale (10.7M parameters) on all the plays, a few minutes on one GPU.
 PRESETS = {
@@ -88,8 +88,8 @@ def preset_help(option: str, text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         description="Pretrain a GPT on next-token prediction. With no options: prepares "
-        "Shakespeare's plays, picks your device and trains a small model (about 3 minutes on "
-        "a 2-core CPU). Options marked [preset] default to the cpu or gpu preset.",
+        "Shakespeare's plays, picks your device and trains a small model (about 1.5 minutes on "
+        "a 2-core CPU with AMX, longer without). Options marked [preset] default to the cpu or gpu preset.",
         formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data")

@@ -1,6 +1,6 @@
 """What pays off at this scale? Recipe changes and budget knobs, at equal wall time.
 
-    python tools/ablation.py                        # every variant, 2 seeds, 180 s each
+    python tools/ablation.py                        # every variant, 2 seeds, 120 s each
     python tools/ablation.py --budget 60 --only baseline adamw rope
     python tools/ablation.py --cumulative rope relu2     # baseline, +rope, +rope+relu2
     python tools/ablation.py --parallel 2           # two runs at a time, one core each
@@ -212,7 +212,7 @@ def plot(rows: list[dict], results: list[dict], path: Path, budget: float) -> No
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budget", type=float, default=180.0, help="wall-clock seconds per run")
+    p.add_argument("--budget", type=float, default=120.0, help="wall-clock seconds per run")
     p.add_argument("--seeds", type=int, default=2, help="seeds per variant")
     p.add_argument("--only", nargs="+", choices=VARIANTS, metavar="VARIANT", help="these variants only")
     p.add_argument("--cumulative", nargs="+", choices=VARIANTS, metavar="VARIANT",
