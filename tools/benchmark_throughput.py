@@ -8,7 +8,7 @@ Each setting trains the same model on the same random batches in this process an
 reports the median time per step after a few warm-up steps, as ratios measured in the
 same run (the machine's load changes from run to run, not between neighbours).
 bfloat16 pays only on CPUs with bfloat16 matrix units, such as Intel's AMX.
-torch.compile's first compilation is timed separately: within a 3-minute budget it
+torch.compile's first compilation is timed separately: within a short budget it
 has to pay for itself.
 """
 

@@ -144,7 +144,8 @@ def report(results: dict) -> None:
               f"(Chinchilla's 20 tokens per parameter would say {math.sqrt(c / 120):,.0f})")  # fmt: skip
     missing = [c for c in results["curves"] if c not in results["optimal_n"]]
     if missing:
-        print(f"no minimum inside the sizes tried for C = {', '.join(missing)}: try more widths")
+        budgets = ", ".join(f"{float(c):.1e}" for c in missing)
+        print(f"no minimum inside the sizes tried for C = {budgets}: try more widths")
     if results["exponent"] is not None:
         print(f"N_opt ∝ C^{results['exponent']:.2f} (Chinchilla: C^{CHINCHILLA_EXPONENT})")
 
