@@ -43,19 +43,13 @@ import torch
 
 from course import cli, open_todos
 from course.batches import BatchStream, block_dataset, document_datasets, fixed_eval_batches, limit_windows
-from course.checkpoints import (
-    BEST_FILE,
-    RunFiles,
-    capture_rng_state,
-    load_weights,
-    restore_rng_state,
-    seed_everything,
-)
+from course.checkpoints import RunFiles, capture_rng_state, load_weights, restore_rng_state, seed_everything
 from course.corpus import prepare, prepared_dir, read_meta
 from course.distributed import ProcessGroup, mean_over_processes, wrap_for_training
 from course.errors import Interrupted
-from course.guards import CtrlC
+from course.guards import StopRequests
 from course.logbook import Logbook
+from course.run_folder import BEST_FILE
 from data_exercise import BlockDataset, PretrainDataset, Tokenizer, tokenizer_from_meta
 from model import GPT, IGNORE_INDEX, GPTConfig
 
@@ -349,6 +343,7 @@ def load_data(
     prepared = prepare(args.tokenizer, data_path, target)
     meta = read_meta(prepared)
     tokenizer = tokenizer_from_meta(meta)
+    cli.check_prompt(args.prompt, tokenizer)
     T = args.max_seq_len
     if args.dataset_mode == "documents":
         train_set, val_set = document_datasets(PretrainDataset, data_path, tokenizer, T)
@@ -429,16 +424,14 @@ def save_checkpoint(
     Every process builds the state: the random generators of all of them go into it."""
     state = open_todos.state_or_none(checkpoint_state, model, optimizer, scaler, step, stream, best_val_loss)
     if group.is_main:
-        run.save_weights(model)
-        if state is not None:
-            run.save_resume(state)
+        run.save_checkpoint(model, state)
 
 
 def train(args: argparse.Namespace) -> None:
     """Set up, then for every optimizer step: LR, batches, train_step, log, evaluate, save.
     Under torchrun every process runs this; only rank 0 logs, evaluates and saves."""
     group, device, dtype = cli.configure(args)  # device, number type, processes; options checked
-    run = RunFiles(Path(args.save_dir))
+    run = cli.claim_run_folder(args, group)  # this run's files; another run's are never touched
     checkpoint = run.load_resume() if args.from_resume else None
     saved_plan = cli.continue_plan(args, checkpoint, group)  # a resume: same schedule, same batches
     seed_everything(args.seed, group.rank)
@@ -447,6 +440,7 @@ def train(args: argparse.Namespace) -> None:
     schedule = cli.plan_schedule(args, stream.batches_per_epoch, saved_plan)  # steps, warmup, min LR
 
     model = build_model(args, tokenizer, device)
+    run.check_free_space(model)  # room for a checkpoint, found before anything is written
     # Muon's LR as a multiple of the schedule's (set_lr applies it); 0: AdamW for everything.
     muon_lr_scale = args.muon_lr / args.learning_rate if args.optimizer == "muon" else 0.0
     optimizer = model.configure_optimizers(
@@ -462,14 +456,14 @@ def train(args: argparse.Namespace) -> None:
         start_step, data_position, best_val_loss = restore_checkpoint(checkpoint, model, optimizer, scaler)
         stream.seek(**data_position)
     resumed_at = start_step if checkpoint is not None else None
-    logbook = Logbook(args, group, device, dtype, tokenizer, meta, scaler, resumed_at)
+    logbook = Logbook(args, group, device, dtype, tokenizer, meta, scaler, resumed_at, run.folder)
     train_model = wrap_for_training(model, group, device, args.use_compile, args.use_moe)
     logbook.print_setup(model, len(stream.dataset), schedule, start_step, stream.batches_per_epoch)
 
     if start_step == 0 and group.is_main:  # the untrained model: loss ≈ ln(vocab size)
         best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
     end_step = schedule.end_step
-    with CtrlC(enabled=group.world_size == 1) as ctrl_c, logbook.progress(start_step, end_step):
+    with StopRequests() as signals, logbook.progress(start_step, end_step):
         for step in range(start_step, end_step):
             lr = open_todos.lr_or_constant(
                 get_lr, step, schedule.warmup_steps, schedule.total_steps, args.learning_rate, schedule.min_lr
@@ -482,7 +476,8 @@ def train(args: argparse.Namespace) -> None:
             logbook.step_done(stats.loss, stats.grad_norm)
 
             done = step + 1  # optimizer steps completed
-            stop = ctrl_c.requested  # read once: a Ctrl+C from here on stops after the next step
+            # Read once, and agreed by every process: a Ctrl+C or SIGTERM stops them all after this step.
+            stop = group.any(signals.requested is not None)
             at_log = done % args.log_interval == 0 or done == end_step
             at_eval = done % args.eval_interval == 0 or done == end_step
             at_save = done % args.save_interval == 0 or done == end_step or stop
@@ -497,7 +492,7 @@ def train(args: argparse.Namespace) -> None:
             if (at_eval or at_save) and group.is_main:
                 logbook.restart_clock()  # tokens/s counts training steps only
             if stop:
-                raise Interrupted(f"checkpoint of step {done} saved in {run.save_dir}")
+                raise Interrupted(f"checkpoint of step {done} saved in {run.save_dir}", signals.signum())
     logbook.print_done()
 
 

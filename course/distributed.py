@@ -27,6 +27,7 @@ class ProcessGroup:
 
     rank: int = 0
     world_size: int = 1
+    cpu_group: object = None  # gloo, for small answers that must not wait for the GPUs (see `any`)
 
     @property
     def is_main(self) -> bool:
@@ -39,6 +40,25 @@ class ProcessGroup:
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The average of `value` over all processes (an all-reduce)."""
         return mean_over_processes(value)
+
+    def any(self, flag: bool) -> bool:
+        """True on every process if `flag` is True on any: how the processes agree to stop
+        after the same step when a signal reached some of them. A CPU all-reduce (gloo),
+        so asking every step never makes the CPU wait for the GPU."""
+        if self.world_size == 1:
+            return flag
+        value = torch.tensor(int(flag))
+        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.cpu_group)
+        return bool(value.item())
+
+    def main_says(self, message: str | None) -> str | None:
+        """Rank 0's `message` on every process (the others pass None): a check that only
+        rank 0 can make, such as claiming the run's folder, ends every process alike."""
+        if self.world_size == 1:
+            return message
+        box = [message]
+        dist.broadcast_object_list(box, src=0, group=self.cpu_group)
+        return box[0]
 
 
 def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
@@ -65,7 +85,8 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return ProcessGroup(dist.get_rank(), dist.get_world_size()), device
+    cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else None  # None: the gloo default
+    return ProcessGroup(dist.get_rank(), dist.get_world_size(), cpu_group), device
 
 
 def shut_down() -> None:

@@ -1,8 +1,9 @@
 """The ways a run ends early, each with a message a user can act on.
 
 The command line (`course.cli`) prints the message on one line and exits with a
-code that tells scripts what happened: 2 for a usage or data mistake, 1 for a
-training run that diverged, 130 for Ctrl+C.
+code that tells scripts what happened: 2 for a usage or data mistake (found before
+anything is written), 1 for a training run that diverged or a disk that filled up,
+130 for Ctrl+C and 143 for SIGTERM (128 + the signal's number, as a shell reports it).
 """
 
 
@@ -18,5 +19,21 @@ class TrainingDiverged(Exception):
     """The loss became NaN or infinite; the message says when and what to try."""
 
 
+class StorageError(Exception):
+    """A file could not be written (the disk is full); the previous checkpoint is kept."""
+
+
 class Interrupted(Exception):
-    """Ctrl+C: the run stopped after saving a checkpoint."""
+    """Ctrl+C or SIGTERM: the run stopped after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopNow(KeyboardInterrupt):
+    """A second Ctrl+C, or a signal outside the training loop: stop at once, saving nothing new."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -1,10 +1,13 @@
-"""Stopping well: Ctrl+C that saves a checkpoint first, and the NaN guard.
+"""Stopping well: Ctrl+C and SIGTERM save a checkpoint first, and the NaN guard.
 
-A long run must survive its user and its own numbers. The first Ctrl+C lets the
-current step finish, saves a checkpoint and exits (code 130), so nothing is lost;
-a second one quits at once. A loss or gradient that becomes NaN or infinite stops
-the run (code 1) before the bad value is logged, evaluated or saved over the last
-good checkpoint.
+A long run must survive its user, its machine and its own numbers. The first Ctrl+C
+(SIGINT), or a SIGTERM (what `kill`, `docker stop`, `timeout` and a Slurm preemption
+send), lets the current step finish, saves a checkpoint and exits (code 130 for
+Ctrl+C, 143 for SIGTERM), so nothing is lost; a second one quits at once. Under
+torchrun every process stops after the same step (the loop agrees on it, see
+`ProcessGroup.any`), so one checkpoint holds them all. A loss or gradient that
+becomes NaN or infinite stops the run (code 1) before the bad value is logged,
+evaluated or saved over the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -13,43 +16,61 @@ import math
 import os
 import signal
 import threading
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from course.errors import TrainingDiverged
+from course.errors import StopNow, TrainingDiverged
+
+STOP_SIGNALS = {signal.SIGINT: "Ctrl+C", signal.SIGTERM: "SIGTERM"}
 
 
-class CtrlC:
-    """The first Ctrl+C asks the loop to save a checkpoint and stop after the current
-    step; a second one stops at once (KeyboardInterrupt), as usual. Not under DDP,
-    where the processes could disagree on which step was the last."""
+def stop_at_once(signum: int, frame) -> None:
+    """Outside the training loop (preparing data, building the model) a signal stops the
+    run at once; the exception unwinds, so temporary files and folders are removed."""
+    raise StopNow(signum)
 
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.requested = False
 
-    def __enter__(self) -> CtrlC:
-        self.previous, self.pid = None, os.getpid()
+def stop_at_once_on_sigterm() -> None:
+    """Python's default for SIGTERM ends the process without unwinding: no cleanup."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop_at_once)
+
+
+class StopRequests:
+    """The first Ctrl+C or SIGTERM asks the loop to save a checkpoint and stop after the
+    current step (`requested` holds the signal's number); a second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested: int | None = None
+
+    def __enter__(self) -> StopRequests:
+        self.previous, self.pid = {}, os.getpid()
         # Signals are delivered to the main thread only.
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
         return self
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame) -> None:
         if os.getpid() != self.pid:
             # A DataLoader worker forked from the training process: Ctrl+C in a terminal
             # reaches it too. The training process handles it; the worker keeps serving.
             return
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("Ctrl+C: saving a checkpoint after this step (press Ctrl+C again to quit at once)")
+        if self.requested is not None:
+            raise StopNow(signum)
+        self.requested = signum
+        tqdm.write(
+            f"{STOP_SIGNALS[signum]}: saving a checkpoint after this step "
+            f"({'press Ctrl+C again' if signum == signal.SIGINT else 'send it again'} to quit at once)"
+        )
+
+    def signum(self) -> int:
+        """The signal that asked to stop (SIGTERM where it reached another process only)."""
+        return self.requested if self.requested is not None else signal.SIGTERM
 
     def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def check_finite(
@@ -57,22 +78,17 @@ def check_finite(
     bad_grad_steps: torch.Tensor,
     first_step: int,
     last_step: int,
-    resume_path: Path,
+    kept: str,
 ) -> None:
     """Stop before a NaN or infinite loss or gradient is logged, evaluated or saved over a
     good checkpoint. (Checked at log, eval and save points only: each check makes the
-    CPU wait for the GPU.)"""
+    CPU wait for the GPU.) `kept` says what of the run is on disk."""
     loss = window_loss.item()
     if math.isfinite(loss) and bad_grad_steps.item() == 0:
         return
     what = f"the loss became {loss}" if not math.isfinite(loss) else "the gradient norm became inf or nan"
-    kept = (
-        f"the last good checkpoint ({resume_path.name}) is kept"
-        if resume_path.is_file()
-        else "nothing was saved"
-    )
     raise TrainingDiverged(
         f"{what} between steps {first_step} and {last_step}. Likely causes: a learning rate "
         f"too high for this model (lower --learning_rate or raise --warmup_steps), or float16 overflow (use "
-        f"--dtype bfloat16); {kept}, continue from it with --from_resume 1 and a lower --learning_rate"
+        f"--dtype bfloat16); {kept}"
     )

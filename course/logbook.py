@@ -24,14 +24,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from course.checkpoints import BEST_FILE, RESUME_FILE, WEIGHTS_FILE
 from course.devices import gpu_peak_flops
 from course.distributed import ProcessGroup
 from course.guards import check_finite
-
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "metrics.png"
-SAMPLES_FILE = "samples.txt"
+from course.run_folder import (
+    BEST_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    RESUME_FILE,
+    SAMPLES_FILE,
+    WEIGHTS_FILE,
+    RunFolder,
+)
 
 
 def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
@@ -106,10 +110,12 @@ class Logbook:
         meta: dict,
         scaler: torch.amp.GradScaler,
         resumed_at: int | None,
+        folder: RunFolder,
     ) -> None:
         """meta: the prepared corpus's meta.json. resumed_at: the step of the checkpoint
-        that a resumed run continues, None for a new run."""
+        that a resumed run continues, None for a new run. folder: where the files go."""
         self.args, self.group, self.device, self.tokenizer = args, group, device, tokenizer
+        self.folder = folder
         self.meta, self.scaler, self.resumed_at = meta, scaler, resumed_at
         # The (tokens, bytes) of text that bits per byte is measured against: the
         # validation split, or in documents mode the whole corpus's bytes per token
@@ -122,19 +128,16 @@ class Logbook:
         else:
             self.text_size = (meta["val_tokens"], meta["val_bytes"])
         self.save_dir = Path(args.save_dir)
-        self.metrics_path = self.save_dir / METRICS_FILE
         self.tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len * group.world_size
         self.dtype = dtype
         self.peak_flops = gpu_peak_flops(device, dtype)
-        # On resume, keep the metrics up to the checkpoint and drop any logged after it.
+        # On resume, keep the metrics up to the checkpoint and drop any logged after it
+        # (a new run starts with none: its files are new, see course.run_folder).
         self.records = (
-            read_metrics(self.metrics_path, up_to_step=resumed_at) if resumed_at is not None else []
+            read_metrics(folder.path(METRICS_FILE), up_to_step=resumed_at) if resumed_at is not None else []
         )
-        if group.is_main:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-            if resumed_at is None:
-                (self.save_dir / SAMPLES_FILE).unlink(missing_ok=True)  # a new run starts a new samples file
+        if group.is_main and resumed_at is not None:
+            folder.path(METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
     def print(self, message: str) -> None:
         if self.group.is_main:
@@ -179,9 +182,7 @@ class Logbook:
     def check_finite(self, step: int) -> None:
         """The NaN guard (course.guards), on the loss averaged over all processes."""
         self.window_loss = self.group.mean(self.window_loss)
-        check_finite(
-            self.window_loss, self.bad_grad_steps, self.last_checked + 1, step, self.save_dir / RESUME_FILE
-        )
+        check_finite(self.window_loss, self.bad_grad_steps, self.last_checked + 1, step, self.what_is_kept())
         self.last_checked = step
 
     def log_train(self, step: int, lr: float, grad_norm: torch.Tensor, flops_per_token: int) -> None:
@@ -203,7 +204,7 @@ class Logbook:
             if self.peak_flops:  # tokens_per_sec counts every process; the peak is one GPU's
                 record["mfu"] = flops_per_token * tokens_per_sec / (self.peak_flops * self.group.world_size)
             self.records.append(record)
-            append_metrics(self.metrics_path, record)
+            append_metrics(self.folder.path(METRICS_FILE), record)
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
         self.window_loss, self.window_steps = torch.zeros(()), 0
         self.restart_clock()
@@ -215,16 +216,16 @@ class Logbook:
             bpb = bits_per_byte(result.loss, *self.text_size)
             record = {"step": step, "val_loss": result.loss, "val_ppl": result.perplexity, "val_bpb": bpb}
             self.records.append(record)
-            append_metrics(self.metrics_path, record)
+            append_metrics(self.folder.path(METRICS_FILE), record)
             summary += (
                 f": val loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, {bpb:.3f} bits/byte"
             )
         args = self.args
         sample = sample_text(model, self.tokenizer, args.prompt, args.sample_tokens, self.device, args.seed)
-        with open(self.save_dir / SAMPLES_FILE, "a") as f:
+        with open(self.folder.path(SAMPLES_FILE), "a") as f:
             f.write(f"=== {summary} ===\n{sample}\n\n")
         tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
-        plot_metrics(self.records, self.save_dir / PLOT_FILE)
+        plot_metrics(self.records, self.folder.path(PLOT_FILE))
 
     def print_setup(
         self, model, train_windows: int, schedule, start_step: int, batches_per_epoch: int
@@ -248,17 +249,32 @@ class Logbook:
                 f"note: the saved run's schedule ends at step {schedule.total_steps}; "
                 f"steps {first}-{schedule.end_step} continue at its min_lr {schedule.min_lr:g}"
             )
-        resume_path = self.save_dir / RESUME_FILE
-        if self.resumed_at is None and resume_path.is_file():
+        held = self.folder.run_files() if self.resumed_at is None else []
+        if held:
             self.print(
-                f"note: starting a new run; {resume_path} will be replaced (--from_resume 1 continues it)"
+                f"note: --overwrite 1: the run in {self.save_dir}/ is replaced once this one has saved "
+                "its first checkpoint; until then it stays as it is"
             )
 
+    def what_is_kept(self) -> str:
+        """For the NaN guard's message: what of this run is on disk."""
+        resume = self.folder.final_path(RESUME_FILE)
+        if self.folder.committed and resume.is_file():
+            return (
+                f"the last good checkpoint ({resume}) is kept: continue from it with --from_resume 1 "
+                "and a lower --learning_rate"
+            )
+        return (
+            f"this run had saved no checkpoint yet, so nothing of it was kept ({self.save_dir}/ is as it "
+            "was): start it again with a lower --learning_rate"
+        )
+
     def print_done(self) -> None:
-        written = [f"weights in {self.save_dir / WEIGHTS_FILE}"]
-        if (self.save_dir / BEST_FILE).is_file():
-            written.append(f"best weights in {self.save_dir / BEST_FILE}")
-        if (self.save_dir / RESUME_FILE).is_file():
-            written.append(f"resume checkpoint in {self.save_dir / RESUME_FILE}")
-        written += [f"metrics in {self.metrics_path}", f"plot in {self.save_dir / PLOT_FILE}"]
+        final = self.folder.final_path
+        written = [f"weights in {final(WEIGHTS_FILE)}"]
+        if final(BEST_FILE).is_file():
+            written.append(f"best weights in {final(BEST_FILE)}")
+        if final(RESUME_FILE).is_file():
+            written.append(f"resume checkpoint in {final(RESUME_FILE)}")
+        written += [f"metrics in {final(METRICS_FILE)}", f"plot in {final(PLOT_FILE)}"]
         self.print("done: " + ", ".join(written))

@@ -124,7 +124,7 @@ def learner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     marker = request.node.get_closest_marker("todo")
     assert marker, "the learner fixture is for tests marked @pytest.mark.todo(<id>)"
     impl = request.config.getoption("--impl")
-    return isolate(load(impl), marker.args[0], load("solution"), monkeypatch)
+    return isolate(load(impl, marker.args[0]), marker.args[0], load("solution"), monkeypatch)
 
 
 # --- slow jobs in the background -----------------------------------------------------------

@@ -2,51 +2,93 @@
 
 It runs the graded tests of one file with pytest and prints one row per TODO:
 passed, failed (with the first failing check, in words) or not started.
+
+pytest runs in a child process, watched from here, so the scoreboard is printed
+whatever a TODO does: a TODO whose test runs far longer than the reference (an
+endless loop) fails with "took longer than N s", and one that ends the process
+(`os._exit`, a crash) fails with what happened; the tests after it are then graded
+in a new child. The exit code is 0 exactly when the scoreboard says so.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+sys.path.insert(0, str(TESTS.parent))
 
-from todos import CATALOG, TODOS  # noqa: E402
+from todos import CATALOG, TODOS, fallback_notes  # noqa: E402
 
 from course.todos import hints_used  # noqa: E402
 
 PASSED, FAILED, NOT_STARTED = "passed", "failed", "not started"
 MARKS = {PASSED: "✓", FAILED: "✗", NOT_STARTED: "·"}
+# Every graded test of the reference takes well under a second (the slowest, a few
+# seconds); a TODO's test that runs this long is stuck. The environment variable is
+# for the suite's own test of an endless loop, so that it does not wait a minute.
+TIME_LIMIT_S = float(os.environ.get("COURSE_GRADING_TIME_LIMIT", "60"))
+STARTUP_LIMIT_S = 600  # for pytest to start and collect, before the first test (a slow laptop's cold start)
 
 
 class Scoreboard:
-    """A pytest plugin that records, per TODO id, how its graded tests went."""
+    """How the graded tests of each TODO went: status and the first failure, per TODO id."""
 
     def __init__(self) -> None:
         self.status: dict[str, str] = {}
         self.reason: dict[str, str] = {}
+        self.notes: list[str] = []
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        todo = report.user_properties and dict(report.user_properties).get("todo")
-        if not todo or report.when != "call" and report.passed:
-            return
+    def record(self, todo: str, failed: bool, reason: str = "") -> None:
         self.status.setdefault(todo, PASSED)
-        if report.failed and todo not in self.reason:
-            self.reason[todo] = dict(report.user_properties).get("reason", "")
-            self.status[todo] = NOT_STARTED if self.reason[todo].startswith(f"TODO {todo}:") else FAILED
+        if failed and todo not in self.reason:
+            self.reason[todo] = reason
+            self.status[todo] = NOT_STARTED if reason.startswith(f"TODO {todo}:") else FAILED
+
+
+# --- in the child process: pytest, with a plugin that writes what happens to a file -------------
+
+
+class Recorder:
+    """A pytest plugin that writes one JSON line per event (a test starts, a test phase
+    reports) to a file the parent reads while the child runs."""
+
+    def __init__(self, path: str) -> None:
+        self.file = open(path, "a", buffering=1)  # noqa: SIM115 (open for the whole session)
+
+    def write(self, event: dict) -> None:
+        self.file.write(json.dumps(event) + "\n")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem) -> None:
+        marker = item.get_closest_marker("todo")
+        self.write({"start": item.nodeid, "todo": marker.args[0] if marker else None})
+
+    def pytest_runtest_logfinish(self, nodeid: str, location) -> None:
+        self.write({"end": nodeid})
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
         marker = item.get_closest_marker("todo")
-        if marker:
-            report.user_properties.append(("todo", marker.args[0]))
-            if call.excinfo is not None:
-                report.user_properties.append(("reason", describe(call.excinfo.value)))
+        if marker and (call.when == "call" or report.failed):
+            reason = describe(call.excinfo.value) if call.excinfo is not None else ""
+            self.write({"todo": marker.args[0], "failed": report.failed, "reason": reason})
         return report
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.write({"finished": True, "notes": fallback_notes()})
+        self.file.close()
 
 
 def describe(error: BaseException) -> str:
@@ -55,7 +97,18 @@ def describe(error: BaseException) -> str:
     first = text[0] if text else ""
     if isinstance(error, (AssertionError, NotImplementedError, pytest.fail.Exception)):
         return first or type(error).__name__
+    if isinstance(error, SystemExit):
+        return f"the code called sys.exit({first}) (SystemExit): a TODO should return or raise, not exit"
     return f"{type(error).__name__}: {first}"  # the learner's code raised something else
+
+
+def child_main(argv: list[str]) -> int:
+    """`python tests/scoreboard.py EVENTS_FILE PYTEST_ARGS...`: what the parent starts."""
+    events, *args = argv
+    return pytest.main(args, plugins=[Recorder(events)])
+
+
+# --- in the parent process: start the child, watch it, print the board --------------------------
 
 
 def grade(path: Path, todo: str | None = None) -> int:
@@ -73,14 +126,28 @@ def grade(path: Path, todo: str | None = None) -> int:
             print(f"error: {path.name} has no TODO {todo!r}; its TODOs are {', '.join(ids)}", file=sys.stderr)
             return 2
         ids = [todo]
+    print(f"Grading {path.name} with pytest ...", flush=True)
     board = Scoreboard()
-    args = [
+    started: list[str] = []  # every test that began, in every child so far
+    to_grade = list(ids)
+    while to_grade:
+        stopped_at = run_child(pytest_args(module, impl, to_grade, started), started, board)
+        # A child that ended early: its TODO has failed; the next child grades the others.
+        to_grade = [t for t in to_grade if stopped_at is not None and t != stopped_at]
+    for note in board.notes:
+        print(f"note: {note}")
+    return print_board(path.name, ids, board)
+
+
+def pytest_args(module: str, impl: str, ids: list[str], started: list[str]) -> list[str]:
+    return [
         str(TESTS / f"test_todo_{module}.py"),  # collect only the graded tests of this file
         f"--rootdir={TESTS.parent}",
         "--impl",
         impl,
         "--todo",
         ",".join(ids),
+        *[f"--deselect={nodeid}" for nodeid in started],
         "-q",
         "--no-header",
         "-p",
@@ -90,9 +157,80 @@ def grade(path: Path, todo: str | None = None) -> int:
         "-o",
         "addopts=",
     ]
-    print(f"Grading {path.name} with pytest ...")
-    pytest.main(args, plugins=[board])
-    return print_board(path.name, ids, board)
+
+
+def run_child(args: list[str], started: list[str], board: Scoreboard) -> str | None:
+    """One pytest child over the tests not started yet, watched. Returns None when it got
+    through them (or could not start: then nothing more can be graded), or the id of the
+    TODO whose test ended it or ran past the time limit (that TODO is marked failed)."""
+    with tempfile.TemporaryDirectory(prefix="scoreboard-") as tmp:
+        events = Path(tmp) / "events.jsonl"
+        events.touch()
+        command = [sys.executable, str(Path(__file__)), str(events), *args]
+        child = subprocess.Popen(
+            command,
+            cwd=TESTS.parent,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=hasattr(os, "killpg"),  # its own group: stopped with all it started
+        )
+        forward = threading.Thread(target=copy_output, args=(child.stdout,), daemon=True)
+        forward.start()
+        current, finished, since, timed_out = None, False, time.monotonic(), False
+        with open(events) as f:
+            while True:
+                exited = child.poll() is not None
+                for line in f.readlines():
+                    event = json.loads(line)
+                    if "start" in event:
+                        started.append(event["start"])
+                        current, since = event, time.monotonic()
+                    elif "end" in event:
+                        current = None
+                    elif "finished" in event:
+                        finished = True
+                        board.notes = event["notes"]
+                    else:
+                        board.record(event["todo"], event["failed"], event["reason"])
+                if exited:
+                    break
+                limit = TIME_LIMIT_S if current is not None else STARTUP_LIMIT_S
+                if time.monotonic() - since > limit:
+                    stop(child)
+                    timed_out = True
+                    break
+                time.sleep(0.05)
+        child.wait()
+        forward.join()
+    if finished:
+        return None
+    if current is not None and current["todo"]:
+        if timed_out:
+            reason = f"took longer than {TIME_LIMIT_S:.0f} s: an endless loop?"
+        else:
+            reason = (
+                f"the test ended the grading process (exit code {child.returncode}): "
+                "does the TODO call os._exit() or crash Python?"
+            )
+        board.record(current["todo"], True, reason)
+        print(f"\n{current['start']}: {reason}; grading the other TODOs", flush=True)
+        return current["todo"]
+    print(f"\nerror: pytest stopped before grading anything (exit code {child.returncode})", flush=True)
+    return None
+
+
+def copy_output(stream) -> None:
+    """The child's output, as it comes (its progress dots are not whole lines)."""
+    while chunk := os.read(stream.fileno(), 4096):
+        sys.stdout.write(chunk.decode(errors="replace"))
+        sys.stdout.flush()
+
+
+def stop(child: subprocess.Popen) -> None:
+    if hasattr(os, "killpg"):
+        os.killpg(child.pid, signal.SIGKILL)
+    else:
+        child.kill()
 
 
 def print_board(file: str, ids: list[str], board: Scoreboard) -> int:
@@ -126,3 +264,7 @@ def print_board(file: str, ids: list[str], board: Scoreboard) -> int:
     # The exit code: every required TODO (or the one TODO asked for, a bonus one included).
     graded = ids if len(ids) == 1 else [t for t in ids if not TODOS[t].bonus]
     return 0 if all(t in passed for t in graded) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(sys.argv[1:]))

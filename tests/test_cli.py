@@ -83,17 +83,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(corpus_txt, tmp_path
     assert run([*args, "--save_dir", straight], capsys)[0] == 0
 
     interrupted = tmp_path / "interrupted"
-    real_save = checkpoints.save_atomic
-
-    def save_then_crash(obj, path):
-        real_save(obj, path)
-        if path.name == checkpoints.RESUME_FILE and obj["step"] == 4:
-            raise Crash("killed after the checkpoint at step 4")
-
-    monkeypatch.setattr(checkpoints, "save_atomic", save_then_crash)
-    with pytest.raises(Crash):
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        crash_after_checkpoint(patch, 4)
         train.main([str(a) for a in [*args, "--save_dir", interrupted]])
-    monkeypatch.setattr(checkpoints, "save_atomic", real_save)
     assert run([*args, "--save_dir", interrupted, "--from_resume", 1], capsys)[0] == 0
 
     assert losses(interrupted) == losses(straight), "the resumed run must see the same batches and randomness"
@@ -129,10 +121,24 @@ def test_a_longer_max_steps_on_resume_continues_at_min_lr_and_says_so(corpus_txt
     )
 
 
-def test_resume_without_max_steps_continues_the_saved_plan(corpus_txt, tmp_path, capsys):
+def crash_after_checkpoint(monkeypatch, step: int) -> None:
+    """The run raises Crash right after saving the checkpoint of `step`, as if killed there."""
+    real_save = checkpoints.RunFiles.save_checkpoint
+
+    def save_then_crash(run, model, state):
+        real_save(run, model, state)
+        if state["step"] == step:
+            raise Crash(f"killed after the checkpoint at step {step}")
+
+    monkeypatch.setattr(checkpoints.RunFiles, "save_checkpoint", save_then_crash)
+
+
+def test_resume_without_max_steps_continues_the_saved_plan(corpus_txt, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     args = ["--data_path", corpus_txt, "--save_dir", out, *TINY, "--batch_size", 6, "--seed", 5]
-    assert run([*args, "--max_steps", 6], capsys)[0] == 0
+    with monkeypatch.context() as patch, pytest.raises(Crash):
+        crash_after_checkpoint(patch, 3)
+        run([*args, "--max_steps", 6, "--save_interval", 3], capsys)
     i = TINY_MODEL.index("--batch_size")
     model_only = TINY_MODEL[:i] + TINY_MODEL[i + 2 :]  # the model's options, but not the batch size
     assert (
@@ -154,7 +160,7 @@ def test_resume_with_another_number_of_processes_is_refused():
     plan = {**{name: getattr(args, name) for name in ("learning_rate", "min_lr", "warmup_steps", "batch_size",
             "accumulation_steps", "seed", "max_train_tokens")}, "world_size": 2}  # fmt: skip
     with pytest.raises(UsageError, match="the saved run trained with 2 process.es., this one has 1"):
-        continue_plan(args, {"plan": plan}, ProcessGroup(rank=0, world_size=1))
+        continue_plan(args, {"plan": plan, "step": 1}, ProcessGroup(rank=0, world_size=1))
 
 
 def train_args_for_plan():
@@ -172,7 +178,7 @@ def test_a_checkpoint_saved_before_muon_existed_resumes_with_adamw():
     args = train_args_for_plan()
     old_options = [name for name in PLAN_OPTIONS if name not in ("optimizer", "muon_lr")]
     plan = {**{name: getattr(args, name) for name in old_options}, "world_size": 1}
-    continue_plan(args, {"plan": plan}, ProcessGroup())
+    continue_plan(args, {"plan": plan, "step": 1}, ProcessGroup())
     assert args.optimizer == "adamw", "an older checkpoint holds AdamW's state: the resume must keep AdamW"
 
 
@@ -362,7 +368,9 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on every machine
     out, before = previous_run
     make_args, message = BAD_INPUTS[case]
-    argv = ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 2, *TINY, *make_args(tmp_path)]
+    argv = ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 4, *TINY, *make_args(tmp_path)]
+    if "--from_resume" not in argv:  # even a run told to replace the previous one changes nothing of it
+        argv += ["--overwrite", 1]
     code, err = run(argv, capsys)
     assert code == 2, f"{case}: exit code {code}, stderr {err!r}"
     lines = [line for line in err.strip().splitlines() if not line.startswith("tokenizing")]  # progress bar

@@ -110,7 +110,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(workspace)
         "import os, signal, sys, torch, train_solution\n"
         "real_save, count = torch.save, [0]\n"
         "def dying_save(obj, f):\n"
-        "    if getattr(f, 'name', '').endswith('.resume.pt.tmp'):\n"
+        "    if getattr(f, 'name', '').endswith(f'.resume.pt.{os.getpid()}.tmp'):\n"
         "        count[0] += 1\n"
         "        if count[0] == 2:\n"
         "            f.write(b'half a checkpoint')\n"
@@ -123,11 +123,14 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(workspace)
     process = start(base, save_dir, driver=driver)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert (save_dir / ".resume.pt.tmp").read_bytes() == b"half a checkpoint", "the kill hit the write"
+    assert (save_dir / f".resume.pt.{process.pid}.tmp").read_bytes() == b"half a checkpoint", (
+        "the kill hit the write"
+    )
     checkpoint = torch.load(save_dir / "resume.pt", weights_only=True)
     assert checkpoint["step"] == 4, "the previous (first) checkpoint must still be there, whole"
     resume(base, save_dir)
     assert_same_final_weights(root / "straight", save_dir)
+    assert not list(save_dir.glob(".*.tmp")), "the resume removes the killed write's temporary file"
 
 
 # A run that waits before step 8 until its Ctrl+C handler has seen the signal, so the
@@ -140,9 +143,9 @@ real_train_step, calls = train_solution.train_step, [0]
 def train_step(*args, **kwargs):
     calls[0] += 1
     if calls[0] == 8:
-        handler = signal.getsignal(signal.SIGINT)  # the run's course.guards.CtrlC
+        handler = signal.getsignal(signal.SIGINT)  # the run's course.guards.StopRequests
         Path(sys.argv[1]).touch()  # tell the test: send Ctrl+C now
-        while not handler.__self__.requested:
+        while handler.__self__.requested is None:
             time.sleep(0.01)
     return real_train_step(*args, **kwargs)
 train_solution.train_step = train_step

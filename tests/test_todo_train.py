@@ -727,19 +727,19 @@ def test_todo_8_resumed_run_matches_the_uninterrupted_run(learner, tmp_path):
     class Crash(Exception):
         pass
 
-    real_save = checkpoints.save_atomic
+    real_save = checkpoints.RunFiles.save_checkpoint
 
-    def save_then_crash(obj, path):
-        real_save(obj, path)
-        if path.name == checkpoints.RESUME_FILE and obj.get("step") == 3:
-            raise Crash
+    def save_then_crash(run, model, state):
+        real_save(run, model, state)
+        if state is not None and state.get("step") == 3:
+            raise Crash  # as if the run were killed right after the checkpoint of step 3
 
-    checkpoints.save_atomic = save_then_crash
+    checkpoints.RunFiles.save_checkpoint = save_then_crash
     try:
         with pytest.raises(Crash):
             learner.train.main([*args, "--save_dir", str(tmp_path / "resumed")])
     finally:
-        checkpoints.save_atomic = real_save
+        checkpoints.RunFiles.save_checkpoint = real_save
     assert learner.train.main([*args, "--save_dir", str(tmp_path / "resumed"), "--from_resume", "1"]) == 0
 
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")

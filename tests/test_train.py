@@ -94,15 +94,14 @@ def test_batch_stream_restarts_mid_epoch_with_the_same_batches():
     assert not torch.equal(torch.cat(expected[:15]), torch.cat(expected[15:30])), "each epoch is reshuffled"
 
 
-def test_check_finite_stops_on_a_bad_loss_or_gradient(tmp_path):
+def test_check_finite_stops_on_a_bad_loss_or_gradient():
     fine, no_bad_steps = torch.tensor(3.0), torch.zeros((), dtype=torch.int)
-    check_finite(fine, no_bad_steps, 1, 5, tmp_path / "resume.pt")
-    with pytest.raises(
-        TrainingDiverged, match="the loss became nan between steps 1 and 5.*nothing was saved"
-    ):
-        check_finite(torch.tensor(float("nan")), no_bad_steps, 1, 5, tmp_path / "resume.pt")
+    kept = "this run had saved no checkpoint yet"
+    check_finite(fine, no_bad_steps, 1, 5, kept)
+    with pytest.raises(TrainingDiverged, match=f"the loss became nan between steps 1 and 5.*{kept}"):
+        check_finite(torch.tensor(float("nan")), no_bad_steps, 1, 5, kept)
     with pytest.raises(TrainingDiverged, match="the gradient norm became inf or nan"):
-        check_finite(fine, torch.ones((), dtype=torch.int), 1, 5, tmp_path / "resume.pt")
+        check_finite(fine, torch.ones((), dtype=torch.int), 1, 5, kept)
 
 
 def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
@@ -111,12 +110,14 @@ def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
 
     from course.distributed import ProcessGroup
     from course.logbook import Logbook
+    from course.run_folder import RunFolder
 
     args = argparse.Namespace(save_dir=str(tmp_path), batch_size=4, accumulation_steps=1, max_seq_len=8,
                               dataset_mode="blocks")  # fmt: skip
     meta, scaler = {"val_tokens": 1, "val_bytes": 1}, torch.amp.GradScaler("cpu", enabled=False)
     group = ProcessGroup(rank=0, world_size=2)
-    book = Logbook(args, group, torch.device("cpu"), torch.float32, None, meta, scaler, resumed_at=None)
+    folder = RunFolder.claim(tmp_path / "out", resume=False, overwrite=False)
+    book = Logbook(args, group, torch.device("cpu"), torch.float32, None, meta, scaler, None, folder)
     book.peak_flops = 1e12  # as on a GPU of the table
     with book.progress(0, 1):
         book.step_done(torch.tensor(2.0), torch.tensor(1.0))
@@ -125,6 +126,7 @@ def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
     assert record["mfu"] == pytest.approx(1000 * record["tokens_per_sec"] / (2 * 1e12)), (
         "with 2 processes, MFU = FLOPs per second of all processes / (2 × one GPU's peak)"
     )
+    folder.release()
 
 
 def test_a_token_file_dataset_pickles_as_a_path_and_loads_in_spawned_workers(tmp_path):

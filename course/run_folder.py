@@ -1,0 +1,234 @@
+"""One run per folder: where a run writes in --save_dir, and when.
+
+A run's folder (`--save_dir`, default out/) holds the run's six files: resume.pt,
+model.pt, best.pt, metrics.jsonl, metrics.png and samples.txt. Three rules keep
+what a learner made safe:
+
+- A new run does not start in a folder that holds another run. It is refused, in one
+  line that names the three ways on: `--from_resume 1` continues the saved run,
+  another `--save_dir` starts beside it, `--overwrite 1` replaces it. (nanoGPT
+  overwrites its out/ silently; PyTorch Lightning numbers its runs, so a path you
+  typed no longer names the run you meant. Refusing keeps `out/model.pt` meaning
+  the run you trained, and makes replacing it a choice.)
+- Until its first checkpoint, a new run writes into a hidden staging folder inside
+  the run's folder (`.staging-<pid>`). Only once that checkpoint is saved are the
+  files moved into place, and, with `--overwrite 1`, the old run's six files removed:
+  a run that is refused, fails, diverges or is killed before its first checkpoint
+  leaves the folder as it was, and an overwrite keeps nothing half-old.
+- One run at a time: the run holds a lock on `.lock` (which holds its pid) while it
+  runs. The operating system releases the lock when the process ends, however it
+  ends, so a lock file left by a killed run is recognised as free.
+
+Writes go to a temporary name with the writer's pid, then are renamed into place
+(`course.checkpoints.save_atomic`), so two processes never share a temporary file.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from course.errors import StorageError, UsageError
+
+try:
+    import fcntl  # POSIX file locks (Linux, macOS)
+except ImportError:  # Windows
+    fcntl = None
+
+RESUME_FILE = "resume.pt"  # everything needed to continue the run
+WEIGHTS_FILE = "model.pt"  # the model alone, to sample from or start another run
+BEST_FILE = "best.pt"  # the weights of the best validation loss
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "metrics.png"
+SAMPLES_FILE = "samples.txt"
+RUN_FILES = (WEIGHTS_FILE, BEST_FILE, METRICS_FILE, PLOT_FILE, SAMPLES_FILE, RESUME_FILE)
+
+LOCK_FILE = ".lock"
+STAGING_PREFIX = ".staging-"
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file-size limit
+
+
+def temporary_name(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: hidden, and with this
+    process's pid, so two writers never write to the same temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def out_of_space(error: BaseException) -> OSError | None:
+    """The OSError behind `error` when a write failed for lack of space, else None.
+    (torch.save reports a failed write as a RuntimeError raised while handling it.)"""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in OUT_OF_SPACE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def storage_error(path: Path, error: OSError) -> StorageError:
+    return StorageError(
+        f"could not write {path}: {error.strerror or 'no space left'}; the earlier checkpoint "
+        "is kept: free some disk space, then continue with --from_resume 1"
+    )
+
+
+def check_folder(path: Path, option: str) -> None:
+    """A folder this run will write into: a folder (or one that can be created) where a
+    file can be written. Checked before anything is prepared, built or written."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{option} {path} is a file, not a folder; give a folder's path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe, probe_path = tempfile.mkstemp(dir=path, prefix=".write-check-")
+        os.close(probe)
+        os.unlink(probe_path)
+    except OSError as err:
+        reason = "no space left on the device" if err.errno in OUT_OF_SPACE else err.strerror
+        raise UsageError(
+            f"{option} {path} cannot be written to ({reason}); give a folder you can write to"
+        ) from None
+
+
+def check_free_space(path: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(path).free
+    if free < needed:
+        raise UsageError(
+            f"{path} has {free / 1e6:,.0f} MB free, and {what} needs about {needed / 1e6:,.0f} MB; "
+            "free some space or choose another folder"
+        )
+
+
+class FileLock:
+    """An exclusive lock on a lock file, held while a run uses what it guards. The
+    operating system releases it when the process ends, however it ends."""
+
+    def __init__(self, path: Path, busy: str) -> None:
+        """busy: what a refused (or waiting) process is told, with {pid} for the holder's pid."""
+        self.path, self.busy = path, busy
+        self.fd: int | None = None
+
+    def acquire(self, wait: bool = False) -> None:
+        """Take the lock; if another process holds it, wait for it (wait=True) or refuse."""
+        if fcntl is None:  # no POSIX locks here (Windows): one run per folder is then up to the user
+            return
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                if not wait:
+                    os.close(fd)
+                    raise UsageError(self.busy.format(pid=holder)) from None
+                print(f"note: {self.busy.format(pid=holder)}; waiting for it", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            # The lock file may have been removed by the process that held it, between our
+            # open and our lock: then the lock is on a file no one else can see. Retry.
+            if os.path.exists(self.path) and os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)  # removed while still locked: no one can take it in between
+            os.close(self.fd)
+            self.fd = None
+
+
+class RunFolder:
+    """The folder of one run, and where each of its files goes right now.
+
+    `claim` decides, before anything is written, whether this run may use the folder;
+    `path(name)` is where a file goes (the staging folder until the first checkpoint of
+    a new run); `commit` moves the staged files into place after that checkpoint;
+    `release` ends the claim (a run that never reached a checkpoint leaves nothing).
+    """
+
+    def __init__(self, save_dir: Path) -> None:
+        self.save_dir = save_dir
+        self.lock = FileLock(
+            save_dir / LOCK_FILE,
+            f"another run (pid {{pid}}) is writing to {save_dir}/; wait for it to end, or give this one "
+            "another --save_dir",
+        )
+        self.staging: Path | None = None
+        self.committed = False  # has this run saved a checkpoint into the folder?
+
+    @classmethod
+    def claim(cls, save_dir: Path, resume: bool, overwrite: bool) -> RunFolder:
+        """This run's folder: checked, locked, and for a new run a staging folder."""
+        check_folder(save_dir, "--save_dir")
+        folder = cls(save_dir)
+        folder.lock.acquire()
+        try:
+            folder.remove_leftovers()
+            held = folder.run_files()
+            if not resume and held and not overwrite:
+                raise UsageError(
+                    f"{save_dir}/ holds a run ({', '.join(held)}): continue it with --from_resume 1, "
+                    "start a new one with another --save_dir, or replace it with --overwrite 1"
+                )
+            if resume:
+                folder.committed = True  # the folder is this run's: write in place
+            else:
+                folder.staging = save_dir / f"{STAGING_PREFIX}{os.getpid()}"
+                folder.staging.mkdir()
+        except BaseException:
+            folder.release()
+            raise
+        return folder
+
+    def run_files(self) -> list[str]:
+        return [name for name in RUN_FILES if (self.save_dir / name).exists()]
+
+    def remove_leftovers(self) -> None:
+        """Staging folders and temporary files of runs that were killed: no one else
+        can be writing them, since this process holds the folder's lock."""
+        for path in self.save_dir.glob(f"{STAGING_PREFIX}*"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.save_dir.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
+    def path(self, name: str) -> Path:
+        """Where the file `name` of this run is written now."""
+        return (self.staging or self.save_dir) / name
+
+    def final_path(self, name: str) -> Path:
+        """Where the file `name` of this run ends up (what messages name)."""
+        return self.save_dir / name
+
+    def commit(self) -> None:
+        """After this run's first checkpoint: its staged files go into the folder, and
+        the files of the run it replaces (--overwrite 1) that it has not written yet go."""
+        if self.staging is not None:
+            staged = {path.name for path in self.staging.iterdir()}
+            for name in RUN_FILES:
+                if name not in staged:
+                    (self.save_dir / name).unlink(missing_ok=True)
+            for name in sorted(staged, key=lambda name: name == RESUME_FILE):  # resume.pt last
+                os.replace(self.staging / name, self.save_dir / name)
+            self.staging.rmdir()
+            self.staging = None
+        self.committed = True
+
+    def release(self) -> None:
+        """End of the run, however it ends: an uncommitted staging folder goes, the lock is freed."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        self.lock.release()
+
+
+class UnclaimedFolder(RunFolder):
+    """The run folder as the processes other than rank 0 see it: they never write to it."""
+
+    def __init__(self, save_dir: Path) -> None:
+        super().__init__(save_dir)
+        self.committed = True
