@@ -493,7 +493,7 @@ def train(args: argparse.Namespace) -> None:
     if start_step == 0 and group.is_main:  # the untrained model: loss ≈ ln(vocab size)
         best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
     end_step = schedule.end_step
-    with StopRequests() as signals, logbook.progress(start_step, end_step):
+    with StopRequests(announce=group.is_main) as signals, logbook.progress(start_step, end_step):
         for step in range(start_step, end_step):
             lr = open_todos.lr_or_constant(
                 get_lr, step, schedule.warmup_steps, schedule.total_steps, args.learning_rate, schedule.min_lr

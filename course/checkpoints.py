@@ -201,6 +201,7 @@ class RunFiles:
         check_same("model config", checkpoint["model_config"], self.identity["model_config"])
         saved = checkpoint["data_source"]
         if "source_sha256" not in saved:  # saved before corpora were identified by content
+            print("note: this checkpoint predates content-identified corpora: only its tokenizer is compared")
             saved = {**self.identity["data_source"], "tokenizer": saved.get("tokenizer")}
         check_same("data", saved, self.identity["data_source"])
 

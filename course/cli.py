@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from course import corpus
 from course.checkpoints import RunFiles
@@ -433,9 +434,9 @@ def plan_schedule(
         given_length = {"max_steps", "epochs"} & set(args.options_given)
         end_step = count_total_steps(args, batches_per_epoch) if given_length else saved_plan["total_steps"]
         if end_step <= saved_plan["step"]:
-            asked = f"--max_steps {end_step}" if given_length else f"the saved plan's {end_step} steps"
+            asked = f"--max_steps {end_step}" if given_length else f"the saved plan of {end_step} steps"
             raise UsageError(
-                f"the checkpoint is at step {saved_plan['step']}, so {asked} leave nothing to train: "
+                f"the checkpoint is at step {saved_plan['step']}, so {asked} leaves nothing to train: "
                 f"give a --max_steps above {saved_plan['step']} to train on"
             )
         return Schedule(saved_plan["total_steps"], saved_plan["warmup_steps"], args.min_lr, end_step)
@@ -573,8 +574,9 @@ def main(train: Callable[[argparse.Namespace], None], argv: list[str] | None, sc
         print(f"error: {err}", file=sys.stderr)
         return 1
     except Interrupted as stop:
-        signal_name = STOP_SIGNALS[stop.signum]
-        print(f"stopped by {signal_name}: {stop}; continue with --from_resume 1", file=sys.stderr)
+        if not dist.is_initialized() or dist.get_rank() == 0:  # one line, not one per process
+            signal_name = STOP_SIGNALS[stop.signum]
+            print(f"stopped by {signal_name}: {stop}; continue with --from_resume 1", file=sys.stderr)
         return 128 + stop.signum
     except StopNow as stop:
         signal_name = STOP_SIGNALS[stop.signum]

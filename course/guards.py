@@ -41,8 +41,10 @@ class StopRequests:
     """The first Ctrl+C or SIGTERM asks the loop to save a checkpoint and stop after the
     current step (`requested` holds the signal's number); a second one stops at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
+        """announce: say so when a signal arrives (under torchrun only rank 0 does)."""
         self.requested: int | None = None
+        self.announce = announce
 
     def __enter__(self) -> StopRequests:
         self.previous, self.pid = {}, os.getpid()
@@ -59,10 +61,11 @@ class StopRequests:
         if self.requested is not None:
             raise StopNow(signum)
         self.requested = signum
-        tqdm.write(
-            f"{STOP_SIGNALS[signum]}: saving a checkpoint after this step "
-            f"({'press Ctrl+C again' if signum == signal.SIGINT else 'send it again'} to quit at once)"
-        )
+        if self.announce:
+            again = "press Ctrl+C again" if signum == signal.SIGINT else "send it again"
+            tqdm.write(
+                f"{STOP_SIGNALS[signum]}: saving a checkpoint after this step ({again} to quit at once)"
+            )
 
     def signum(self) -> int:
         """The signal that asked to stop (SIGTERM where it reached another process only)."""

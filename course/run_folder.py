@@ -70,20 +70,25 @@ def out_of_space(error: BaseException) -> OSError | None:
 
 
 def storage_error(path: Path, error: OSError) -> StorageError:
+    remedy = "raise the file-size limit (ulimit -f)" if error.errno == errno.EFBIG else "free some disk space"
     return StorageError(
-        f"could not write {path}: {error.strerror or 'no space left'}; the earlier checkpoint "
-        "is kept: free some disk space, then continue with --from_resume 1"
+        f"could not write {path}: {error.strerror or 'no space left on the device'}; the earlier "
+        f"checkpoint is kept: {remedy}, then continue with --from_resume 1"
     )
 
 
 def check_folder(path: Path, option: str) -> None:
-    """A folder this run will write into: a folder (or one that can be created) where a
-    file can be written. Checked before anything is prepared, built or written."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{option} {path} is a file, not a folder; give a folder's path")
+    """A folder this run will write into: a folder, or one that can be created, where a
+    file can be written. Checked before anything is prepared, built or written (and
+    without writing anything: the probe file goes at once)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent  # the folder is created later: its nearest existing parent decides
+    if not existing.is_dir():
+        where = "" if existing == path else f" (its parent {existing} is a file)"
+        raise UsageError(f"{option} {path} is a file, not a folder{where}; give a folder's path")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe, probe_path = tempfile.mkstemp(dir=path, prefix=".write-check-")
+        probe, probe_path = tempfile.mkstemp(dir=existing, prefix=".write-check-")
         os.close(probe)
         os.unlink(probe_path)
     except OSError as err:
@@ -165,6 +170,7 @@ class RunFolder:
     def claim(cls, save_dir: Path, resume: bool, overwrite: bool) -> RunFolder:
         """This run's folder: checked, locked, and for a new run a staging folder."""
         check_folder(save_dir, "--save_dir")
+        save_dir.mkdir(parents=True, exist_ok=True)
         folder = cls(save_dir)
         folder.lock.acquire()
         try:

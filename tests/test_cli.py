@@ -358,7 +358,73 @@ BAD_INPUTS = {
         "(max_train_tokens=1000000)",
     ),
     "resume with another warmup": (lambda t: ["--from_resume", 1, "--warmup_steps", 1], "(warmup_steps=0)"),
+    # Values that were never checked: each is refused in one line, before anything is written.
+    "negative seed": (lambda t: ["--seed", -1], "--seed must be between 0 and 4294967295, got -1"),
+    "seed of 2**32": (lambda t: ["--seed", 2**32], "--seed must be between 0 and 4294967295, got 4294967296"),
+    "learning rate nan": (
+        lambda t: ["--learning_rate", "nan"],
+        "--learning_rate must be a finite number, got nan",
+    ),
+    "Muon LR nan": (lambda t: ["--muon_lr", "nan"], "--muon_lr must be a finite number, got nan"),
+    "grad_clip nan": (lambda t: ["--grad_clip", "nan"], "--grad_clip must be a finite number, got nan"),
+    "epochs nan": (lambda t: ["--epochs", "nan"], "--epochs must be a finite number, got nan"),
+    "epochs inf": (lambda t: ["--epochs", "inf"], "--epochs must be a finite number, got inf"),
+    "epochs 1e300": (lambda t: ["--epochs", "1e300"], "steps, more than 1,000,000,000; is it a typo?"),
+    "max_steps 1e12": (lambda t: ["--max_steps", 10**12], "is more than 1,000,000,000 steps"),
+    "huge accumulation": (
+        lambda t: ["--accumulation_steps", 10**9],
+        "one optimizer step of 1000000000 micro-batches is more than an epoch",
+    ),
+    "huge batch": (lambda t: ["--batch_size", 10**6], "fewer than one batch of 1000000 per process"),
+    "huge sample": (lambda t: ["--sample_tokens", 10**9], "--sample_tokens must be at most 10,000"),
+    "prompt outside the vocabulary": (
+        lambda t: ["--prompt", "€"],
+        "--prompt: character '€' is not in this char vocabulary",
+    ),
+    "weights file that is a bare state_dict": (
+        lambda t: ["--from_weight", bare_state_dict(t)],
+        "is not a weights file (model.pt or best.pt) of this script: it has no model, model_config",
+    ),
+    "model.pt given as resume.pt": (
+        lambda t: ["--from_resume", 1, "--save_dir", weights_as_resume(t)],
+        "is not a resume checkpoint (resume.pt) of this script: it has no step, data_source, plan",
+    ),
+    "from_weight and from_resume": (
+        lambda t: ["--from_resume", 1, "--from_weight", t / "out" / "model.pt"],
+        "--from_resume 1 continues the saved run with its own weights, so --from_weight would be ignored",
+    ),
+    "overwrite and from_resume": (lambda t: ["--from_resume", 1, "--overwrite", 1], "give one"),
+    "resume to fewer steps than saved": (
+        lambda t: ["--from_resume", 1, "--max_steps", 1],
+        "the checkpoint is at step 2, so --max_steps 1 leaves nothing to train",
+    ),
+    "resume of a finished run": (
+        lambda t: ["--from_resume", 1, "--max_steps", 2],
+        "the checkpoint is at step 2, so --max_steps 2 leaves nothing to train",
+    ),
+    "an abbreviated option": (lambda t: ["--max_step", 5], "unrecognized arguments: --max_step 5"),
+    "another abbreviation": (lambda t: ["--learn", "0.01"], "unrecognized arguments: --learn 0.01"),
+    "data path of a folder": (lambda t: ["--data_path", t], "is a folder; give a .txt or .jsonl file"),
+    "another extension": (
+        lambda t: ["--data_path", write(t, "notes.md", b"# hi\n" * 400)],
+        "must be a .txt or .jsonl",
+    ),
 }
+
+
+def bare_state_dict(tmp_path: Path) -> Path:
+    """A weights file as plain torch.save(model.state_dict()) writes it: no config, no tokenizer."""
+    weights = torch.load(tmp_path / "out" / "model.pt", weights_only=True)["model"]
+    torch.save(weights, tmp_path / "bare.pt")
+    return tmp_path / "bare.pt"
+
+
+def weights_as_resume(tmp_path: Path) -> Path:
+    """A run folder whose resume.pt is a copy of model.pt (a weights file, not a checkpoint)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(tmp_path / "out" / "model.pt", folder / "resume.pt")
+    return folder
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
@@ -368,7 +434,9 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same answer on every machine
     out, before = previous_run
     make_args, message = BAD_INPUTS[case]
-    argv = ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 4, *TINY, *make_args(tmp_path)]
+    case_args = make_args(tmp_path)
+    length = [] if "--epochs" in case_args else ["--max_steps", 4]  # --max_steps would win over --epochs
+    argv = ["--data_path", corpus_txt, "--save_dir", out, *length, *TINY, *case_args]
     if "--from_resume" not in argv:  # even a run told to replace the previous one changes nothing of it
         argv += ["--overwrite", 1]
     code, err = run(argv, capsys)
@@ -379,6 +447,17 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     )
     assert message in lines[0]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, f"{case}: earlier outputs were modified"
+
+
+def test_a_seed_plus_the_highest_rank_must_fit_in_32_bits():
+    from course.cli import check_seed
+    from course.errors import UsageError
+
+    check_seed(2**32 - 2, world_size=2)
+    with pytest.raises(
+        UsageError, match="between 0 and 4294967294 with 2 processes .each seeds with seed . rank."
+    ):
+        check_seed(2**32 - 1, world_size=2)
 
 
 @background_job("compile")

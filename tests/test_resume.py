@@ -133,9 +133,9 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(workspace)
     assert not list(save_dir.glob(".*.tmp")), "the resume removes the killed write's temporary file"
 
 
-# A run that waits before step 8 until its Ctrl+C handler has seen the signal, so the
+# A run that waits before step 8 until its stop handler has seen the signal, so the
 # signal always lands mid-run: however fast the machine, the run cannot finish first.
-WAIT_FOR_CTRL_C = """
+WAIT_FOR_THE_SIGNAL = """
 import signal, sys, time
 from pathlib import Path
 import train_solution
@@ -144,7 +144,7 @@ def train_step(*args, **kwargs):
     calls[0] += 1
     if calls[0] == 8:
         handler = signal.getsignal(signal.SIGINT)  # the run's course.guards.StopRequests
-        Path(sys.argv[1]).touch()  # tell the test: send Ctrl+C now
+        Path(sys.argv[1]).touch()  # tell the test: send the signal now
         while handler.__self__.requested is None:
             time.sleep(0.01)
     return real_train_step(*args, **kwargs)
@@ -153,22 +153,31 @@ sys.exit(train_solution.main(sys.argv[2:]))
 """
 
 
-def test_ctrl_c_saves_a_checkpoint_then_stops(workspace):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl+C", "SIGTERM"])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_then_stops(signum, workspace):
     root, base = workspace
-    save_dir, ready = root / "ctrl_c", root / "ctrl_c_ready"
+    name = signal.Signals(signum).name
+    save_dir, ready = root / f"stopped_by_{name}", root / f"{name}_ready"
     # With a DataLoader worker: a terminal's Ctrl+C reaches every process of the group.
-    process = start([str(ready), *base, "--num_workers", "1"], save_dir, driver=WAIT_FOR_CTRL_C)
+    process = start([str(ready), *base, "--num_workers", "1"], save_dir, driver=WAIT_FOR_THE_SIGNAL)
     while not ready.exists():
         assert process.poll() is None, f"the run ended before step 8: {process.stderr.read()[-1000:]}"
         time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGINT)
+    if signum == signal.SIGINT:
+        os.killpg(process.pid, signal.SIGINT)  # the terminal's Ctrl+C: the whole process group
+    else:
+        process.send_signal(signal.SIGTERM)  # kill, docker stop, timeout, Slurm: the process
     stdout, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-1000:]
-    assert "continue with --from_resume 1" in stderr
-    said = (stdout + stderr).count("Ctrl+C: saving a checkpoint")
-    assert said == 1, f"Ctrl+C announced {said} times: the worker must leave it to the training process"
+    assert process.returncode == 128 + signum, stderr[-1000:]
+    what = "Ctrl+C" if signum == signal.SIGINT else "SIGTERM"
+    said = [line for line in stderr.splitlines() if line.startswith("stopped")]
+    assert said == [
+        f"stopped by {what}: checkpoint of step 8 saved in {save_dir}; continue with --from_resume 1"
+    ]
+    announced = (stdout + stderr).count(f"{what}: saving a checkpoint")
+    assert announced == 1, f"announced {announced} times: the worker must leave it to the training process"
     stopped_at = torch.load(save_dir / "resume.pt", weights_only=True)["step"]
-    assert stopped_at == 8, "Ctrl+C during step 8: the run finishes that step, saves it, and stops"
+    assert stopped_at == 8, "a signal during step 8: the run finishes that step, saves it, and stops"
     assert max(losses(save_dir)) == 8, "the metrics end at the checkpoint's step"
     resume(base, save_dir)
     assert_same_final_weights(root / "straight", save_dir)

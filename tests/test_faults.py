@@ -1,0 +1,456 @@
+"""Nothing a learner made is ever lost: the faults of everyday use, each a real case.
+
+A second run into a used folder, a new run that fails early or diverges, two runs at
+once, SIGTERM and SIGKILL, a corpus that changed or whose prepared files were
+damaged, a folder that is a file or cannot be written, a full disk. Each case checks
+the exit code, the one-line message, and, with checksums taken before and after,
+that no earlier file changed. Real processes where a real process must die."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_MODEL, VERSE
+
+import train_solution as train
+from course import corpus, run_folder
+
+FAST = [*TINY_MODEL, "--eval_interval", "3", "--learning_rate", "3e-3"]
+
+
+def run(argv: list, capsys) -> tuple[int, list[str]]:
+    """The CLI in this process: (exit code, the lines of stderr that are not progress bars)."""
+    try:
+        code = train.main([str(a) for a in argv])
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    err = capsys.readouterr().err
+    lines = [
+        line
+        for line in err.splitlines()
+        if line.strip() and not line.lstrip().startswith(("tokenizing", "training"))
+    ]
+    return code, lines
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """Every file under `folder`, hidden ones included, with the SHA-256 of its bytes."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def one_error_line(lines: list[str], *fragments: str) -> str:
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"expected one 'error: ...' line, got {lines}"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def records(save_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def used_folder(corpus_txt, tmp_path, capsys):
+    """A finished 6-step run in tmp_path/out, and the options that made it."""
+    out = tmp_path / "out"
+    base = ["--data_path", corpus_txt, "--save_dir", out, *FAST]
+    assert run([*base, "--max_steps", 6], capsys)[0] == 0
+    return out, base
+
+
+# --- 1, 2: a run never touches another run's files -------------------------------------------
+
+
+def test_the_same_command_twice_is_refused_and_changes_nothing(used_folder, capsys):
+    out, base = used_folder
+    before = checksums(out)
+    code, lines = run([*base, "--max_steps", 6], capsys)
+    assert code == 2
+    one_error_line(lines, f"{out}/ holds a run", "--from_resume 1", "another --save_dir", "--overwrite 1")
+    assert checksums(out) == before
+
+
+@pytest.mark.parametrize(
+    "case, options, code, fragments",
+    [
+        (
+            "a prompt outside the vocabulary",
+            ["--prompt", "€"],
+            2,
+            ["--prompt:", "'€' is not in this char vocabulary"],
+        ),
+        (
+            "a run that diverges before its first checkpoint",
+            ["--learning_rate", "1e30", "--min_lr", "1e30", "--save_interval", "1000", "--max_steps", "20"],
+            1,
+            ["the loss became", "this run had saved no checkpoint yet", "is as it was"],
+        ),
+    ],
+)
+def test_an_overwrite_that_fails_before_its_first_checkpoint_leaves_the_old_run(
+    case, options, code, fragments, used_folder, capsys
+):
+    out, base = used_folder
+    before = checksums(out)
+    result, lines = run([*base, "--overwrite", 1, *options], capsys)
+    assert result == code, f"{case}: exit {result}, {lines}"
+    one_error_line(lines, *fragments)
+    assert checksums(out) == before, f"{case}: the previous run's files changed"
+
+
+def test_an_overwrite_keeps_nothing_of_the_old_run(used_folder, capsys):
+    out, base = used_folder
+    old_samples = (out / "samples.txt").read_text()
+    code, _ = run([*base, "--overwrite", 1, "--max_steps", 3, "--seed", 7], capsys)
+    assert code == 0
+    steps = [r["step"] for r in records(out)]
+    assert max(steps) == 3 and steps.count(0) == 1, f"metrics.jsonl mixes two runs: steps {steps}"
+    assert torch.load(out / "best.pt", weights_only=True)["step"] <= 3, "best.pt is the old run's"
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 3
+    samples = (out / "samples.txt").read_text()
+    assert samples.count("=== step") == 2 and samples != old_samples, (
+        "samples.txt holds the old run's samples"
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(run_folder.RUN_FILES), "no staging or lock left"
+
+
+def test_a_new_run_is_staged_until_its_first_checkpoint(corpus_txt, tmp_path, capsys, monkeypatch):
+    """A fresh folder stays empty until the first checkpoint: a run killed before it
+    leaves only a staging folder, which the next run removes."""
+    out = tmp_path / "out"
+    seen = {}
+    real_save = train.RunFiles.save_checkpoint
+
+    def look_then_save(run_files, model, state):
+        seen["before"] = sorted(p.name for p in out.iterdir())
+        real_save(run_files, model, state)
+
+    monkeypatch.setattr(train.RunFiles, "save_checkpoint", look_then_save)
+    assert run(["--data_path", corpus_txt, "--save_dir", out, *FAST, "--max_steps", 3], capsys)[0] == 0
+    assert seen["before"] == [".lock", f".staging-{os.getpid()}"], seen["before"]
+    assert "samples.txt" in os.listdir(out) and "resume.pt" in os.listdir(out)
+
+
+# --- 3, 4: one run per folder; SIGTERM and SIGKILL of real processes ---------------------------
+
+
+def start_run(args: list, log: Path) -> subprocess.Popen:
+    with log.open("w") as output:  # a file, not a pipe: a full pipe would stall the run
+        return subprocess.Popen([sys.executable, "train_solution.py", *map(str, args)], cwd=ROOT,
+                                stdout=output, stderr=output, start_new_session=True)  # fmt: skip
+
+
+def wait_until(condition, process: subprocess.Popen, log: Path, what: str) -> None:
+    """Poll `condition` until it holds; the deadline only keeps a broken run from hanging the suite."""
+    deadline = time.monotonic() + 600
+    while not condition():
+        assert process.poll() is None, f"the run ended before {what}:\n{log.read_text()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {what} in 600 s"
+        time.sleep(0.01)
+
+
+def training_has_begun(save_dir: Path, pid: int):
+    """The run of `pid` holds the folder's lock and has logged a training step (in its staging folder)."""
+
+    def check() -> bool:
+        lock, metrics = save_dir / ".lock", save_dir / f".staging-{pid}" / "metrics.jsonl"
+        return lock.is_file() and lock.read_text().strip() == str(pid) and '"loss"' in _read(metrics)
+
+    return check
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def test_two_runs_cannot_share_a_folder_and_sigterm_saves(corpus_txt, tmp_path, capsys):
+    out, log = tmp_path / "out", tmp_path / "first.log"
+    args = ["--data_path", corpus_txt, "--data_dir", tmp_path / "prepared", "--save_dir", out, *FAST,
+            "--max_steps", 100_000, "--save_interval", 100_000, "--eval_interval", 100_000]  # fmt: skip
+    first = start_run(args, log)
+    wait_until(training_has_begun(out, first.pid), first, log, "a training step")
+
+    code, lines = run(args, capsys)  # the same folder, while the first run writes to it
+    assert code == 2
+    one_error_line(lines, f"another run (pid {first.pid}) is writing to {out}/")
+    code, lines = run([*args, "--from_resume", 1], capsys)
+    assert code == 2, "a resume must not write into a folder that another run holds either"
+
+    first.send_signal(signal.SIGTERM)  # as `kill`, `docker stop`, `timeout` or Slurm would
+    assert first.wait(timeout=600) == 128 + signal.SIGTERM
+    said = [line for line in log.read_text().splitlines() if line.startswith("stopped by SIGTERM")]
+    assert len(said) == 1 and "continue with --from_resume 1" in said[0], log.read_text()[-2000:]
+    step = torch.load(out / "resume.pt", weights_only=True)["step"]
+    assert f"checkpoint of step {step} saved" in said[0] and step >= 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(run_folder.RUN_FILES), "no lock or staging left"
+
+    # A run killed outright (SIGKILL) leaves its lock file; the next run recognises it as free.
+    killed = start_run([*args, "--from_resume", 1], tmp_path / "second.log")
+    wait_until(lambda: (out / ".lock").is_file() and (out / ".lock").read_text().strip() == str(killed.pid),
+               killed, tmp_path / "second.log", "the lock")  # fmt: skip
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert (out / ".lock").read_text().strip() == str(killed.pid), "the killed run's lock file is still there"
+    code, lines = run([*args, "--from_resume", 1, "--max_steps", step + 2], capsys)
+    assert code == 0, lines
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == step + 2
+
+
+def test_temporary_files_carry_the_writers_pid(tmp_path):
+    assert run_folder.temporary_name(tmp_path / "resume.pt").name == f".resume.pt.{os.getpid()}.tmp"
+
+
+# --- 5: a corpus is its content ---------------------------------------------------------------
+
+
+def prepared_bytes(prepared: Path) -> dict[str, bytes]:
+    return {name: (prepared / name).read_bytes() for name in ("train.bin", "val.bin")}
+
+
+def test_new_content_with_the_same_size_and_date_is_prepared_again(tmp_path):
+    source, out = tmp_path / "verse.txt", tmp_path / "p"
+    source.write_text(VERSE * 20)
+    corpus.prepare("char", source, out)
+    stat = source.stat()
+    source.write_text((VERSE * 20).replace("e", "z"))  # same size, other text
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    corpus.prepare("char", source, out)
+    assert corpus.read_meta(out)["source"]["sha256"] == corpus.file_sha256(source)
+    assert "e" not in corpus.read_meta(out)["chars"] and "z" in corpus.read_meta(out)["chars"], (
+        "the prepared tokens must be those of the new text"
+    )
+
+
+def test_a_touched_or_copied_corpus_is_the_same_corpus_and_resumes(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(["--data_path", corpus_txt, "--save_dir", out, *FAST, "--max_steps", 3], capsys)[0] == 0
+    prepared = next((tmp_path / "prepared").iterdir())
+    before = prepared_bytes(prepared)
+    os.utime(corpus_txt)  # touch
+    copy = tmp_path / "elsewhere" / corpus_txt.name
+    copy.parent.mkdir()
+    shutil.copy(corpus_txt, copy)
+    code, lines = run(
+        ["--data_path", copy, "--save_dir", out, *FAST, "--max_steps", 5, "--from_resume", 1], capsys
+    )
+    assert code == 0, lines
+    assert prepared_bytes(prepared) == before, "the same content: the prepared tokens are reused"
+
+    copy.write_text(VERSE * 39 + "An edited line.\n")
+    code, lines = run(
+        ["--data_path", copy, "--save_dir", out, *FAST, "--max_steps", 7, "--from_resume", 1], capsys
+    )
+    assert code == 2
+    one_error_line(lines, "the checkpoint's data differs: source_sha256=")
+
+
+@pytest.mark.parametrize(
+    "damage, note",
+    [
+        ("train.bin cut to an even size", "train.bin has"),
+        ("train.bin cut to an odd size", "train.bin has"),
+        ("a flipped byte in val.bin", "val.bin does not match its checksum"),
+        ("val.bin missing", "val.bin is missing"),
+        ("meta.json not JSON", "meta.json is damaged"),
+    ],
+)
+def test_damaged_prepared_files_are_prepared_again_with_a_note(damage, note, corpus_txt, tmp_path, capsys):
+    out = tmp_path / "p"
+    corpus.prepare("char", corpus_txt, out)
+    good = prepared_bytes(out)
+    if damage == "train.bin cut to an even size":
+        os.truncate(out / "train.bin", len(good["train.bin"]) // 3 * 2)
+    elif damage == "train.bin cut to an odd size":
+        os.truncate(out / "train.bin", len(good["train.bin"]) - 1)
+    elif damage == "a flipped byte in val.bin":
+        flipped = bytearray(good["val.bin"])
+        flipped[5] ^= 1
+        (out / "val.bin").write_bytes(bytes(flipped))
+    elif damage == "val.bin missing":
+        (out / "val.bin").unlink()
+    else:
+        (out / "meta.json").write_text('{"tokenizer": "ch')
+    capsys.readouterr()
+    corpus.prepare("char", corpus_txt, out)
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and note in notes[0] and "preparing the corpus again" in notes[0], notes
+    assert prepared_bytes(out) == good, f"{damage}: the corpus must be prepared again, whole"
+
+
+PAUSE_WHILE_PREPARING = """
+import sys, threading
+from pathlib import Path
+from course import corpus
+real_write_tokens = corpus.write_tokens
+def write_then_wait(*args):
+    result = real_write_tokens(*args)
+    Path(sys.argv[1]).touch()  # tell the test: the staging folder holds tokens now
+    threading.Event().wait()
+    return result
+corpus.write_tokens = write_then_wait
+import train_solution
+sys.exit(train_solution.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_preparation_stopped_by_a_signal_leaves_no_staging_folder(signum, corpus_txt, tmp_path):
+    prepared, ready, log = tmp_path / "prepared", tmp_path / "ready", tmp_path / "run.log"
+    args = [
+        "--data_path",
+        corpus_txt,
+        "--data_dir",
+        prepared,
+        "--save_dir",
+        tmp_path / "out",
+        *FAST,
+        "--max_steps",
+        2,
+    ]
+    with log.open("w") as output:
+        process = subprocess.Popen([sys.executable, "-c", PAUSE_WHILE_PREPARING, str(ready), *map(str, args)],
+                                   cwd=ROOT, stdout=output, stderr=output)  # fmt: skip
+    wait_until(ready.exists, process, log, "the tokens in the staging folder")
+    staging = list(prepared.glob(f".verse_char{corpus.STAGING}*"))
+    assert len(staging) == 1 and (staging[0] / "train.bin").is_file()
+    process.send_signal(signum)
+    code = process.wait(timeout=600)
+    if signum == signal.SIGTERM:  # the process removes its own staging folder and says so in one line
+        assert code == 128 + signal.SIGTERM
+        said = [line for line in log.read_text().splitlines() if line.startswith("stopped")]
+        assert said == ["stopped at once by SIGTERM: the last saved checkpoint is kept"], log.read_text()
+        assert not staging[0].exists()
+    else:
+        assert staging[0].exists(), "SIGKILL gives a process no chance to clean up"
+    corpus.prepare("char", corpus_txt, prepared / "verse_char")  # the next run
+    assert [p.name for p in prepared.iterdir()] == ["verse_char"], "the killed preparation's folder is gone"
+
+
+# --- 7: folders that cannot be written, and a full disk ----------------------------------------
+
+
+@pytest.mark.parametrize("option", ["--save_dir", "--data_dir"])
+def test_a_file_given_as_a_folder_is_refused_before_preparation(option, corpus_txt, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    folders = {"--save_dir": tmp_path / "out", "--data_dir": tmp_path / "prepared", option: a_file}
+    args = [
+        "--data_path",
+        corpus_txt,
+        *[x for pair in folders.items() for x in pair],
+        *FAST,
+        "--max_steps",
+        2,
+    ]
+    code, lines = run(args, capsys)
+    assert code == 2
+    one_error_line(lines, f"{option} {a_file} is a file, not a folder")
+    assert a_file.read_text() == "not a folder"
+    assert not (tmp_path / "prepared").exists(), "found before anything was prepared"
+
+
+@pytest.mark.parametrize("option", ["--save_dir", "--data_dir"])
+def test_a_folder_that_cannot_be_written_is_refused_before_preparation(option, corpus_txt, tmp_path, capsys):
+    if os.geteuid() == 0:  # root may write into any folder whatever its mode; not into sysfs
+        locked = Path("/sys")
+    else:
+        locked = tmp_path / "read_only"
+        locked.mkdir(mode=0o555)
+    folders = {"--save_dir": tmp_path / "out", "--data_dir": tmp_path / "prepared", option: locked / "runs"}
+    args = [
+        "--data_path",
+        corpus_txt,
+        *[x for pair in folders.items() for x in pair],
+        *FAST,
+        "--max_steps",
+        2,
+    ]
+    code, lines = run(args, capsys)
+    assert code == 2
+    one_error_line(lines, f"{option} {locked / 'runs'} cannot be written to (Permission denied)")
+    assert not (tmp_path / "prepared").exists() and not (tmp_path / "out").exists(), (
+        "found before anything was prepared or written"
+    )
+
+
+def test_too_little_free_space_is_found_before_anything_is_written(used_folder, capsys, monkeypatch):
+    out, base = used_folder
+    before = checksums(out)
+    monkeypatch.setattr(
+        run_folder.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9, 10**6)
+    )
+    code, lines = run([*base, "--overwrite", 1, "--max_steps", 6], capsys)
+    assert code == 2
+    one_error_line(lines, f"{out} has 1 MB free, and one checkpoint needs about")
+    assert checksums(out) == before
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(used_folder, capsys, monkeypatch):
+    """The disk fills up (ENOSPC) in the middle of writing resume.pt."""
+    out, base = used_folder
+    before = checksums(out)
+    real_save = torch.save
+
+    def save_until_the_disk_is_full(obj, f):
+        if ".resume.pt." in getattr(f, "name", ""):
+            f.write(b"the first bytes of a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(obj, f)
+
+    monkeypatch.setattr(torch, "save", save_until_the_disk_is_full)
+    code, lines = run([*base, "--from_resume", 1, "--max_steps", 9], capsys)
+    assert code == 1
+    kept = "the earlier checkpoint is kept: free some disk space, then continue with --from_resume 1"
+    one_error_line(lines, f"could not write {out / 'resume.pt'}: No space left on device", kept)
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 6, "the checkpoint of step 6 is kept"
+    assert checksums(out)["resume.pt"] == before["resume.pt"]
+    assert not list(out.glob(".*")), "the temporary file and the lock are gone"
+
+
+def limit_file_size(size: int):
+    """For a child process: files may not grow past `size` bytes; a write beyond fails
+    with EFBIG (SIGXFSZ ignored) — a real failing write, without root or a small disk."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return apply
+
+
+def test_a_real_write_that_fails_midway_keeps_the_previous_checkpoint(used_folder, tmp_path):
+    out, base = used_folder
+    before = checksums(out)
+    limit = ((out / "model.pt").stat().st_size + (out / "resume.pt").stat().st_size) // 2  # resume.pt fails
+    command = [sys.executable, "train_solution.py", *map(str, base), "--from_resume", "1", "--max_steps", "9",
+               "--data_dir", str(tmp_path / "prepared")]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, preexec_fn=limit_file_size(limit)
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error")]
+    assert lines == [lines[0]] and f"could not write {out / 'resume.pt'}: File too large" in lines[0], (
+        done.stderr
+    )
+    assert "the earlier checkpoint is kept: raise the file-size limit" in lines[0]
+    assert checksums(out)["resume.pt"] == before["resume.pt"], "the previous checkpoint is whole"
+    assert not list(out.glob(".*")), "the temporary file and the lock are gone"
