@@ -203,6 +203,20 @@ print(json.dumps(results))
 """
 
 
+def copy_course(copy: Path, filled: set[str]) -> None:
+    """A copy of the course whose exercise files hold the solution of the TODOs in `filled`."""
+    for item in COURSE_FILES:
+        source, target = ROOT / item, copy / item
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    for solution, exercise in make_exercises.PAIRS.items():
+        text = make_exercises.make_exercise((ROOT / solution).read_text(), solution, frozenset(filled))
+        (copy / exercise).write_text(text)
+
+
 @background_job("checkouts")
 def learner_checkouts(workdir: Path) -> None:
     """Copies of the course whose exercise files hold working answers (every TODO, or
@@ -212,16 +226,7 @@ def learner_checkouts(workdir: Path) -> None:
     results = {}
     for name, filled in FILLED.items():
         copy = workdir / name
-        for item in COURSE_FILES:
-            source, target = ROOT / item, copy / item
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if source.is_dir():
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(source, target)
-        for solution, exercise in make_exercises.PAIRS.items():
-            text = make_exercises.make_exercise((ROOT / solution).read_text(), solution, frozenset(filled))
-            (copy / exercise).write_text(text)
+        copy_course(copy, filled)
         # One process per checkout (they are slow to start): the only checks of plain pytest
         # that read the exercise files or the notebook's outputs, then both graders.
         command = lower_priority([sys.executable, "-c", CHECKOUT])
@@ -258,3 +263,78 @@ def test_a_half_finished_checkout_passes_pytest_and_its_graders_name_the_open_to
     assert len(rows) == 9, "one scoreboard row per TODO of the train file"
     code, output = results["half-finished data"]
     assert code == 0 and "1/1 TODOs done in data_exercise.py; bonus TODO 7 open" in output, output
+
+
+# --- graders that always end with a scoreboard ----------------------------------------------
+
+# What a learner may put into a TODO that is not an answer: per checkout, the TODOs left
+# open, and (file, text, what goes before it) for each; every other TODO holds its solution.
+LOOP = "        while True:\n            pass\n"
+OPEN_2A = '        raise NotImplementedError(\n            "TODO 2a'
+BROKEN = {
+    "endless loop": ({"2a"}, [("train_exercise.py", OPEN_2A, LOOP)]),
+    "os._exit and sys.exit": ({"3a", "3b"}, [
+        ("train_exercise.py", '    raise NotImplementedError("TODO 3a', '    __import__("os")._exit(0)\n'),
+        ("train_exercise.py", '    raise NotImplementedError("TODO 3b', "    raise SystemExit(3)\n"),
+    ]),
+    "a syntax error in the other chapter": (set(), [("data_exercise.py", "class BlockDataset", "(:\n")]),
+}  # fmt: skip
+GRADER_TIME_LIMIT_S = 2  # the endless loop's test is stopped after this (the reference's take milliseconds)
+
+
+@background_job("broken graders")
+def broken_checkouts(workdir: Path) -> None:
+    """`python train_exercise.py --test` in checkouts whose TODOs loop forever, exit the
+    process, or sit beside a data chapter that does not compile."""
+    results = {}
+    for name, (left_open, insertions) in BROKEN.items():
+        copy = workdir / name.replace(" ", "_")
+        copy_course(copy, set(TODOS) - left_open)
+        for file, before, insertion in insertions:
+            text = (copy / file).read_text()
+            assert before in text, f"{name}: the exercise file has changed; update BROKEN"
+            (copy / file).write_text(text.replace(before, insertion + before, 1))
+        # Only the endless loop is graded with a short limit, and only its own TODO: the
+        # other graded tests (TODO 8's runs a real training twice) keep the usual one.
+        option = ["2a"] if name == "endless loop" else []
+        limit = {"COURSE_GRADING_TIME_LIMIT": str(GRADER_TIME_LIMIT_S)} if option else {}
+        command = lower_priority([sys.executable, "train_exercise.py", "--test", *option])
+        done = subprocess.run(command, cwd=copy, env={**os.environ, **limit}, capture_output=True, text=True)
+        results[name] = [done.returncode, done.stdout + done.stderr]
+    (workdir / "results.json").write_text(json.dumps(results))
+
+
+def board_row(todo: str, result: str) -> str:
+    return f"{todo:<5} {TODOS[todo].title:<46} {result}"
+
+
+@pytest.mark.background("broken graders")
+def test_a_todo_that_never_ends_fails_after_the_time_limit(background):
+    code, output = json.loads((background / "results.json").read_text())["endless loop"]
+    assert code == 1, output
+    assert (
+        board_row("2a", f"✗ failed: took longer than {GRADER_TIME_LIMIT_S} s: an endless loop?") in output
+    ), output
+    assert "TODO 2a is not done yet" in output
+
+
+@pytest.mark.background("broken graders")
+def test_a_todo_that_exits_the_process_still_gets_a_scoreboard(background):
+    code, output = json.loads((background / "results.json").read_text())["os._exit and sys.exit"]
+    assert code == 1, f"os._exit(0) inside a TODO must not make the grader exit 0:\n{output}"
+    assert board_row("3a", "✗ failed: the test ended the grading process (exit code 0)") in output, output
+    assert board_row("3b", "✗ failed: the code called sys.exit(3) (SystemExit)") in output, output
+    for todo in ("2a", "2b", "3c", "4", "5", "6", "8"):
+        assert board_row(todo, "✓ passed") in output, f"TODO {todo} must still be graded:\n{output}"
+    assert "7/9 TODOs done in train_exercise.py" in output
+
+
+@pytest.mark.background("broken graders")
+def test_a_syntax_error_in_the_data_chapter_does_not_hide_the_train_grades(background):
+    code, output = json.loads((background / "results.json").read_text())[
+        "a syntax error in the other chapter"
+    ]
+    assert code == 0, f"every train TODO is solved, so the train grader exits 0:\n{output}"
+    assert "9/9 TODOs done in train_exercise.py" in output and "Traceback" not in output, output
+    assert "note: data_exercise.py does not import (SyntaxError" in output
+    assert "graded with data_solution.py in its place" in output

@@ -71,10 +71,12 @@ SCORE_WINDOW = 64  # characters per scored window, whatever the variant's contex
 
 
 def run_training(options: list[str], save_dir: Path, threads: int) -> float:
-    """train_solution.py with these options in a fresh process; returns its wall time."""
+    """train_solution.py with these options in a fresh process; returns its wall time.
+    (--overwrite 1: an ablation that is run again measures again, in its own folders.)"""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "train_solution.py", "--preset", "cpu", "--device", "cpu", "--sample_tokens",
-               "1", "--eval_iters", "1", "--save_dir", str(save_dir), *options]  # fmt: skip
+               "1", "--eval_iters", "1", "--save_dir", str(save_dir), "--overwrite", "1",
+               *options]  # fmt: skip
     start = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
