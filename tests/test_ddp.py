@@ -75,6 +75,53 @@ def kill_after_step_4(args: list[str], workdir: Path) -> None:
     process.wait()
 
 
+# train_solution.py whose processes wait in their 6th step until their stop handler has
+# seen the signal that torchrun forwards, so the signal always lands mid-run.
+WAIT_FOR_SIGTERM_AT_STEP_6 = f"""
+import os, signal, sys, time
+from pathlib import Path
+sys.path.insert(0, {str(ROOT)!r})
+import train_solution as train
+
+train_step, calls = train.train_step, [0]
+
+def wait_then_step(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == 6:
+        handler = signal.getsignal(signal.SIGTERM)  # the run's course.guards.StopRequests
+        save_dir = Path(sys.argv[sys.argv.index("--save_dir") + 1])
+        (save_dir / f"6.{{os.getpid()}}.ready").touch()  # tell the test: this process is in step 6
+        while handler.__self__.requested is None:
+            time.sleep(0.01)
+    return train_step(*args, **kwargs)
+
+train.train_step = wait_then_step
+sys.exit(train.main())
+"""
+
+
+def terminate_during_step_6(args: list[str], workdir: Path) -> str:
+    """Start a two-process run and send torchrun SIGTERM (as Slurm or `docker stop` would)
+    once both workers are in step 6; returns what the run printed."""
+    driver = workdir / "wait_for_sigterm.py"
+    driver.write_text(WAIT_FOR_SIGTERM_AT_STEP_6)
+    save_dir = Path(args[args.index("--save_dir") + 1])
+    log = workdir / "terminated_run.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(lower_priority(torchrun(args, str(driver))), cwd=ROOT,
+                                   start_new_session=True, stdout=output, stderr=output)  # fmt: skip
+    deadline = time.monotonic() + 600  # only keeps a broken run from hanging the suite
+    while len(list(save_dir.glob("6.*.ready"))) < 2:
+        assert process.poll() is None, f"the run ended before step 6:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, "the run did not reach step 6 in 600 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+    process.wait()
+    for ready in save_dir.glob("6.*.ready"):
+        ready.unlink()
+    return log.read_text()
+
+
 def ddp_args(workdir: Path, run: str) -> list[str]:
     """Two processes with batch 4 each, on the corpus in workdir, with their own
     prepared-data folder (runs that overlap in time never prepare the same folder)."""
@@ -121,6 +168,9 @@ def ddp_runs(workdir: Path) -> None:
         )
         kill_after_step_4([*ddp_args(workdir, "resumed"), *dropout], workdir)
         run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]), nice=True)
+        said = terminate_during_step_6([*ddp_args(workdir, "terminated"), *dropout], workdir)
+        (workdir / "terminated.log").write_text(said)
+        run_checked(torchrun([*ddp_args(workdir, "terminated"), *dropout, "--from_resume", "1"]), nice=True)
         documents.result(), with_dropout.result()  # raise if a run failed
 
 
@@ -158,6 +208,22 @@ def test_a_ddp_run_with_dropout_resumes_where_it_stopped(background):
     straight, after_resume = weights(background / "ddp_dropout"), weights(background / "resumed")
     for name in straight:
         assert torch.equal(straight[name], after_resume[name]), f"{name} differs after the DDP resume"
+
+
+@pytest.mark.background("ddp")
+def test_sigterm_to_torchrun_stops_every_process_after_the_same_step_with_one_checkpoint(background):
+    said = (background / "terminated.log").read_text()
+    stops = [line for line in said.splitlines() if line.startswith("stopped by SIGTERM")]
+    assert stops == [f"stopped by SIGTERM: checkpoint of step 6 saved in {background / 'terminated'}; "
+                     "continue with --from_resume 1"], said[-3000:]  # fmt: skip
+    assert said.count("SIGTERM: saving a checkpoint after this step") == 1, "said once, by rank 0"
+    # torchrun itself reports the signal it got with a traceback of its own; the workers must not.
+    frames = [line.strip() for line in said.splitlines() if line.strip().startswith('File "')]
+    ours = [frame for frame in frames if "site-packages" not in frame and "<frozen" not in frame]
+    assert not ours, f"a traceback from the workers: {ours}"
+    straight, after_resume = weights(background / "ddp_dropout"), weights(background / "terminated")
+    for name in straight:
+        assert torch.equal(straight[name], after_resume[name]), f"{name} differs after the SIGTERM and resume"
 
 
 def test_each_process_draws_its_own_dropout_masks():
