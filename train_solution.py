@@ -13,8 +13,8 @@ What you build here, in the order the tutorial meets it (TODO numbers in bracket
    train_step, log, evaluate, save.
 
 The machinery around it (options and presets, corpus files, the resumable batch
-order, processes under torchrun, checkpoint files, logging, Ctrl+C and the NaN guard)
-is in the `course` package: one call each from here.
+order, processes under torchrun, the run's folder and checkpoint files, logging,
+Ctrl+C/SIGTERM and the NaN guard) is in the `course` package: one call each from here.
 
 Check your TODOs and run it:
     python train_solution.py --test               # grade the TODOs of this file (--test 2b: one)
@@ -22,6 +22,7 @@ Check your TODOs and run it:
     python train_solution.py                      # the main job: Shakespeare on your CPU/GPU
     python train_solution.py --help               # every option
     python train_solution.py --from_resume 1      # continue the run saved in out/
+    python train_solution.py --overwrite 1        # replace it with a new run
     torchrun --standalone --nproc_per_node=2 train_solution.py   # several processes (DDP)
 
 A step is one optimizer step: the LR schedule, logging, evaluation and checkpoints

@@ -12,9 +12,10 @@ needs, but that is not the lesson, lives here, one module per concern:
   and the fixed validation batches.
 - `devices`: which device and number type to train in, and the GPU's peak FLOP/s.
 - `distributed`: one process or several under torchrun (DDP), and wrapping the model.
+- `run_folder`: one run per folder: a new run never touches another run's files.
 - `checkpoints`: atomic files, random states, and refusing to resume a different run.
 - `logbook`: the metrics file, the plot, text samples, the progress bar, throughput.
-- `guards`: Ctrl+C that saves before stopping, and the NaN guard.
+- `guards`: Ctrl+C and SIGTERM that save before stopping, and the NaN guard.
 - `open_todos`: what the exercise files do while a TODO is still open.
 - `todos`: the TODO catalog and the layered hints behind `--hint`.
 

@@ -262,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     out = p.add_argument_group("output")
-    out.add_argument("--save_dir", default="out", help="checkpoints, metrics, plot and samples go here")
+    out.add_argument(
+        "--save_dir",
+        default="out",
+        help="checkpoints, metrics, plot and samples go here; one run per folder (see --overwrite)",
+    )
     out.add_argument("--log_interval", type=int, default=10, help="steps between log lines")
     out.add_argument(
         "--eval_interval",

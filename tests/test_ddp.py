@@ -75,8 +75,9 @@ def kill_after_step_4(args: list[str], workdir: Path) -> None:
     process.wait()
 
 
-# train_solution.py whose processes wait in their 6th step until their stop handler has
-# seen the signal that torchrun forwards, so the signal always lands mid-run.
+# train_solution.py whose processes, resumed from the checkpoint of step 4, wait in step 6
+# (their second) until their stop handler has seen the signal that torchrun forwards, so
+# the signal always lands mid-run.
 WAIT_FOR_SIGTERM_AT_STEP_6 = f"""
 import os, signal, sys, time
 from pathlib import Path
@@ -87,7 +88,7 @@ train_step, calls = train.train_step, [0]
 
 def wait_then_step(*args, **kwargs):
     calls[0] += 1
-    if calls[0] == 6:
+    if calls[0] == 2:  # step 6 of a run resumed at step 4
         handler = signal.getsignal(signal.SIGTERM)  # the run's course.guards.StopRequests
         save_dir = Path(sys.argv[sys.argv.index("--save_dir") + 1])
         (save_dir / f"6.{{os.getpid()}}.ready").touch()  # tell the test: this process is in step 6
@@ -101,8 +102,8 @@ sys.exit(train.main())
 
 
 def terminate_during_step_6(args: list[str], workdir: Path) -> str:
-    """Start a two-process run and send torchrun SIGTERM (as Slurm or `docker stop` would)
-    once both workers are in step 6; returns what the run printed."""
+    """Resume a two-process run saved at step 4 and send torchrun SIGTERM (as Slurm or
+    `docker stop` would) once both workers are in step 6; returns what the run printed."""
     driver = workdir / "wait_for_sigterm.py"
     driver.write_text(WAIT_FOR_SIGTERM_AT_STEP_6)
     save_dir = Path(args[args.index("--save_dir") + 1])
@@ -166,11 +167,13 @@ def ddp_runs(workdir: Path) -> None:
         with_dropout = pool.submit(
             run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]), nice=True
         )
+        # Killed (SIGKILL) after step 4, resumed and stopped by SIGTERM in step 6, resumed to step 8.
         kill_after_step_4([*ddp_args(workdir, "resumed"), *dropout], workdir)
-        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]), nice=True)
-        said = terminate_during_step_6([*ddp_args(workdir, "terminated"), *dropout], workdir)
+        said = terminate_during_step_6(
+            [*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"], workdir
+        )
         (workdir / "terminated.log").write_text(said)
-        run_checked(torchrun([*ddp_args(workdir, "terminated"), *dropout, "--from_resume", "1"]), nice=True)
+        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]), nice=True)
         documents.result(), with_dropout.result()  # raise if a run failed
 
 
@@ -204,6 +207,7 @@ def test_padded_documents_train_alike_with_accumulation_and_across_processes(bac
 
 @pytest.mark.background("ddp")
 def test_a_ddp_run_with_dropout_resumes_where_it_stopped(background):
+    """Killed after step 4, stopped by SIGTERM in step 6, it ends bit-identical to the straight run."""
     assert torch.load(background / "resumed" / "resume.pt", weights_only=True)["step"] == 8
     straight, after_resume = weights(background / "ddp_dropout"), weights(background / "resumed")
     for name in straight:
@@ -214,16 +218,15 @@ def test_a_ddp_run_with_dropout_resumes_where_it_stopped(background):
 def test_sigterm_to_torchrun_stops_every_process_after_the_same_step_with_one_checkpoint(background):
     said = (background / "terminated.log").read_text()
     stops = [line for line in said.splitlines() if line.startswith("stopped by SIGTERM")]
-    assert stops == [f"stopped by SIGTERM: checkpoint of step 6 saved in {background / 'terminated'}; "
+    assert stops == [f"stopped by SIGTERM: checkpoint of step 6 saved in {background / 'resumed'}; "
                      "continue with --from_resume 1"], said[-3000:]  # fmt: skip
     assert said.count("SIGTERM: saving a checkpoint after this step") == 1, "said once, by rank 0"
     # torchrun itself reports the signal it got with a traceback of its own; the workers must not.
     frames = [line.strip() for line in said.splitlines() if line.strip().startswith('File "')]
     ours = [frame for frame in frames if "site-packages" not in frame and "<frozen" not in frame]
     assert not ours, f"a traceback from the workers: {ours}"
-    straight, after_resume = weights(background / "ddp_dropout"), weights(background / "terminated")
-    for name in straight:
-        assert torch.equal(straight[name], after_resume[name]), f"{name} differs after the SIGTERM and resume"
+    # The final weights, after the SIGKILL, the SIGTERM and both resumes, are compared with
+    # the uninterrupted run's in test_a_ddp_run_with_dropout_resumes_where_it_stopped.
 
 
 def test_each_process_draws_its_own_dropout_masks():

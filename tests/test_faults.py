@@ -65,13 +65,22 @@ def records(save_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One finished 6-step run (its own corpus and data folder), trained once for this file."""
+    root = tmp_path_factory.mktemp("finished")
+    (root / "verse.txt").write_text(VERSE * 40)
+    options = ["--data_path", root / "verse.txt", "--data_dir", root / "prepared", "--save_dir", root / "out"]
+    assert train.main([str(a) for a in [*options, *FAST, "--max_steps", 6]]) == 0
+    return root
+
+
 @pytest.fixture
-def used_folder(corpus_txt, tmp_path, capsys):
-    """A finished 6-step run in tmp_path/out, and the options that made it."""
-    out = tmp_path / "out"
-    base = ["--data_path", corpus_txt, "--save_dir", out, *FAST]
-    assert run([*base, "--max_steps", 6], capsys)[0] == 0
-    return out, base
+def used_folder(finished_run, tmp_path):
+    """A copy of the finished run in tmp_path/out, and the options that made it."""
+    out = shutil.copytree(finished_run / "out", tmp_path / "out")
+    return out, ["--data_path", finished_run / "verse.txt", "--data_dir", finished_run / "prepared",
+                 "--save_dir", out, *FAST]  # fmt: skip
 
 
 # --- 1, 2: a run never touches another run's files -------------------------------------------
@@ -150,69 +159,49 @@ def test_a_new_run_is_staged_until_its_first_checkpoint(corpus_txt, tmp_path, ca
 # --- 3, 4: one run per folder; SIGTERM and SIGKILL of real processes ---------------------------
 
 
-def start_run(args: list, log: Path) -> subprocess.Popen:
-    with log.open("w") as output:  # a file, not a pipe: a full pipe would stall the run
-        return subprocess.Popen([sys.executable, "train_solution.py", *map(str, args)], cwd=ROOT,
-                                stdout=output, stderr=output, start_new_session=True)  # fmt: skip
-
-
-def wait_until(condition, process: subprocess.Popen, log: Path, what: str) -> None:
+def wait_until(condition, process: subprocess.Popen, what: str, log: Path | None = None) -> None:
     """Poll `condition` until it holds; the deadline only keeps a broken run from hanging the suite."""
     deadline = time.monotonic() + 600
     while not condition():
-        assert process.poll() is None, f"the run ended before {what}:\n{log.read_text()[-2000:]}"
+        if process.poll() is not None:
+            output = log.read_text() if log else process.stderr.read()
+            raise AssertionError(f"the process ended before {what}:\n{output[-2000:]}")
         assert time.monotonic() < deadline, f"no {what} in 600 s"
         time.sleep(0.01)
 
 
-def training_has_begun(save_dir: Path, pid: int):
-    """The run of `pid` holds the folder's lock and has logged a training step (in its staging folder)."""
-
-    def check() -> bool:
-        lock, metrics = save_dir / ".lock", save_dir / f".staging-{pid}" / "metrics.jsonl"
-        return lock.is_file() and lock.read_text().strip() == str(pid) and '"loss"' in _read(metrics)
-
-    return check
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
+# A process that claims a run folder as a training run does, then waits to be killed:
+# the lock is the real one, without the cost of starting a training run.
+HOLD_THE_FOLDER = """
+import sys, threading
+from pathlib import Path
+from course.run_folder import RunFolder
+RunFolder.claim(Path(sys.argv[1]), resume=True, overwrite=False)
+Path(sys.argv[2]).touch()
+threading.Event().wait()
+"""
 
 
-def test_two_runs_cannot_share_a_folder_and_sigterm_saves(corpus_txt, tmp_path, capsys):
-    out, log = tmp_path / "out", tmp_path / "first.log"
-    args = ["--data_path", corpus_txt, "--data_dir", tmp_path / "prepared", "--save_dir", out, *FAST,
-            "--max_steps", 100_000, "--save_interval", 100_000, "--eval_interval", 100_000]  # fmt: skip
-    first = start_run(args, log)
-    wait_until(training_has_begun(out, first.pid), first, log, "a training step")
-
-    code, lines = run(args, capsys)  # the same folder, while the first run writes to it
-    assert code == 2
-    one_error_line(lines, f"another run (pid {first.pid}) is writing to {out}/")
-    code, lines = run([*args, "--from_resume", 1], capsys)
-    assert code == 2, "a resume must not write into a folder that another run holds either"
-
-    first.send_signal(signal.SIGTERM)  # as `kill`, `docker stop`, `timeout` or Slurm would
-    assert first.wait(timeout=600) == 128 + signal.SIGTERM
-    said = [line for line in log.read_text().splitlines() if line.startswith("stopped by SIGTERM")]
-    assert len(said) == 1 and "continue with --from_resume 1" in said[0], log.read_text()[-2000:]
-    step = torch.load(out / "resume.pt", weights_only=True)["step"]
-    assert f"checkpoint of step {step} saved" in said[0] and step >= 1
-    assert sorted(p.name for p in out.iterdir()) == sorted(run_folder.RUN_FILES), "no lock or staging left"
-
-    # A run killed outright (SIGKILL) leaves its lock file; the next run recognises it as free.
-    killed = start_run([*args, "--from_resume", 1], tmp_path / "second.log")
-    wait_until(lambda: (out / ".lock").is_file() and (out / ".lock").read_text().strip() == str(killed.pid),
-               killed, tmp_path / "second.log", "the lock")  # fmt: skip
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert (out / ".lock").read_text().strip() == str(killed.pid), "the killed run's lock file is still there"
-    code, lines = run([*args, "--from_resume", 1, "--max_steps", step + 2], capsys)
+def test_two_runs_cannot_share_a_folder_and_a_killed_runs_lock_is_free(used_folder, tmp_path, capsys):
+    out, base = used_folder
+    before, ready = checksums(out), tmp_path / "holding"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_FOLDER, str(out), str(ready)], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_until(ready.exists, holder, "the lock")
+    for options in (["--overwrite", 1], ["--from_resume", 1, "--max_steps", 9]):
+        code, lines = run([*base, *options], capsys)  # while the other process holds the folder
+        assert code == 2
+        one_error_line(lines, f"another run (pid {holder.pid}) is writing to {out}/", "another --save_dir")
+    holder.send_signal(signal.SIGKILL)  # killed outright: it leaves its lock file behind
+    holder.wait()
+    assert (out / ".lock").read_text().strip() == str(holder.pid)
+    assert {k: v for k, v in checksums(out).items() if k != ".lock"} == before
+    code, lines = run([*base, "--from_resume", 1, "--max_steps", 9], capsys)
     assert code == 0, lines
-    assert torch.load(out / "resume.pt", weights_only=True)["step"] == step + 2
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 9, (
+        "the stale lock did not stop the resume"
+    )
+    assert sorted(p.name for p in out.iterdir()) == sorted(run_folder.RUN_FILES), "no lock or staging left"
 
 
 def test_temporary_files_carry_the_writers_pid(tmp_path):
@@ -328,8 +317,8 @@ def test_a_preparation_stopped_by_a_signal_leaves_no_staging_folder(signum, corp
     ]
     with log.open("w") as output:
         process = subprocess.Popen([sys.executable, "-c", PAUSE_WHILE_PREPARING, str(ready), *map(str, args)],
-                                   cwd=ROOT, stdout=output, stderr=output)  # fmt: skip
-    wait_until(ready.exists, process, log, "the tokens in the staging folder")
+                                   cwd=ROOT, stdout=output, stderr=subprocess.STDOUT)  # fmt: skip
+    wait_until(ready.exists, process, "the tokens in the staging folder", log)
     staging = list(prepared.glob(f".verse_char{corpus.STAGING}*"))
     assert len(staging) == 1 and (staging[0] / "train.bin").is_file()
     process.send_signal(signum)
@@ -441,8 +430,7 @@ def test_a_real_write_that_fails_midway_keeps_the_previous_checkpoint(used_folde
     out, base = used_folder
     before = checksums(out)
     limit = ((out / "model.pt").stat().st_size + (out / "resume.pt").stat().st_size) // 2  # resume.pt fails
-    command = [sys.executable, "train_solution.py", *map(str, base), "--from_resume", "1", "--max_steps", "9",
-               "--data_dir", str(tmp_path / "prepared")]  # fmt: skip
+    command = [sys.executable, "train_solution.py", *map(str, base), "--from_resume", "1", "--max_steps", "9"]
     done = subprocess.run(
         command, cwd=ROOT, capture_output=True, text=True, preexec_fn=limit_file_size(limit)
     )
