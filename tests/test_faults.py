@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -334,6 +335,38 @@ def test_a_preparation_stopped_by_a_signal_leaves_no_staging_folder(signum, corp
     assert [p.name for p in prepared.iterdir()] == ["verse_char"], "the killed preparation's folder is gone"
 
 
+# A process that holds a corpus's preparation lock, as a preparing process does.
+HOLD_THE_CORPUS = """
+import sys, threading
+from pathlib import Path
+from course.run_folder import FileLock
+FileLock(Path(sys.argv[1]), "another process (pid {pid}) prepares it").acquire()
+Path(sys.argv[2]).touch()
+threading.Event().wait()
+"""
+
+
+def test_a_second_process_waits_for_a_preparation_then_reuses_it(corpus_txt, tmp_path, capsys):
+    out, ready = tmp_path / "p", tmp_path / "holding"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_CORPUS, str(tmp_path / ".p.lock"), str(ready)],
+                              cwd=ROOT, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    wait_until(ready.exists, holder, "the lock")
+    waiting = threading.Thread(target=corpus.prepare, args=("char", corpus_txt, out))
+    waiting.start()
+    said = ""
+    deadline = time.monotonic() + 600  # only keeps a broken lock from hanging the suite
+    while "waiting for it" not in said:
+        said += capsys.readouterr().err
+        assert time.monotonic() < deadline and waiting.is_alive(), f"prepare did not wait: {said!r}"
+        time.sleep(0.01)
+    assert f"another process (pid {holder.pid}) prepares {out}; waiting for it" in said
+    assert not (out / "meta.json").exists(), "it waits while the other process holds the corpus"
+    holder.send_signal(signal.SIGKILL)  # the lock goes with the process
+    holder.wait()
+    waiting.join()
+    assert corpus.read_meta(out)["train_tokens"] > 0
+
+
 # --- 7: folders that cannot be written, and a full disk ----------------------------------------
 
 
@@ -442,3 +475,19 @@ def test_a_real_write_that_fails_midway_keeps_the_previous_checkpoint(used_folde
     assert "the earlier checkpoint is kept: raise the file-size limit" in lines[0]
     assert checksums(out)["resume.pt"] == before["resume.pt"], "the previous checkpoint is whole"
     assert not list(out.glob(".*")), "the temporary file and the lock are gone"
+
+
+def test_a_full_disk_during_preparation_is_one_line_and_leaves_nothing(
+    corpus_txt, tmp_path, capsys, monkeypatch
+):
+    def disk_full(src, dst, dtype, keep):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+
+    monkeypatch.setattr(corpus, "move_tail", disk_full)
+    code, lines = run(
+        ["--data_path", corpus_txt, "--save_dir", tmp_path / "out", *FAST, "--max_steps", 2], capsys
+    )
+    assert code == 1
+    one_error_line(lines, "could not write", "val.bin: No space left on device; free some disk space")
+    assert list((tmp_path / "prepared").iterdir()) == [], "no staging folder or lock left behind"
+    assert list((tmp_path / "out").iterdir()) == [], "the run wrote nothing"
