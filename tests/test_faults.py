@@ -370,12 +370,10 @@ def test_a_second_process_waits_for_a_preparation_then_reuses_it(corpus_txt, tmp
 # --- 7: folders that cannot be written, and a full disk ----------------------------------------
 
 
-@pytest.mark.parametrize("option", ["--save_dir", "--data_dir"])
-def test_a_file_given_as_a_folder_is_refused_before_preparation(option, corpus_txt, tmp_path, capsys):
-    a_file = tmp_path / "a_file"
-    a_file.write_text("not a folder")
-    folders = {"--save_dir": tmp_path / "out", "--data_dir": tmp_path / "prepared", option: a_file}
-    args = [
+def with_folder(option: str, folder: Path, corpus_txt: Path, tmp_path: Path) -> list:
+    """A short run's options, with `folder` as its --save_dir or --data_dir."""
+    folders = {"--save_dir": tmp_path / "out", "--data_dir": tmp_path / "prepared", option: folder}
+    return [
         "--data_path",
         corpus_txt,
         *[x for pair in folders.items() for x in pair],
@@ -383,6 +381,13 @@ def test_a_file_given_as_a_folder_is_refused_before_preparation(option, corpus_t
         "--max_steps",
         2,
     ]
+
+
+@pytest.mark.parametrize("option", ["--save_dir", "--data_dir"])
+def test_a_file_given_as_a_folder_is_refused_before_preparation(option, corpus_txt, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    args = with_folder(option, a_file, corpus_txt, tmp_path)
     code, lines = run(args, capsys)
     assert code == 2
     one_error_line(lines, f"{option} {a_file} is a file, not a folder")
@@ -397,15 +402,7 @@ def test_a_folder_that_cannot_be_written_is_refused_before_preparation(option, c
     else:
         locked = tmp_path / "read_only"
         locked.mkdir(mode=0o555)
-    folders = {"--save_dir": tmp_path / "out", "--data_dir": tmp_path / "prepared", option: locked / "runs"}
-    args = [
-        "--data_path",
-        corpus_txt,
-        *[x for pair in folders.items() for x in pair],
-        *FAST,
-        "--max_steps",
-        2,
-    ]
+    args = with_folder(option, locked / "runs", corpus_txt, tmp_path)
     code, lines = run(args, capsys)
     assert code == 2
     one_error_line(lines, f"{option} {locked / 'runs'} cannot be written to (Permission denied)")
