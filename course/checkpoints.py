@@ -173,13 +173,8 @@ class RunFiles:
         self.identity: dict = {}
 
     def load_resume(self) -> dict:
-        """The checkpoint that --from_resume 1 continues."""
-        path = self.folder.final_path(RESUME_FILE)
-        if not path.is_file():
-            raise UsageError(
-                f"--from_resume 1: there is no {RESUME_FILE} in {self.save_dir}/ to continue from"
-            )
-        return load_checkpoint(path, "--from_resume 1", RESUME_KEYS)
+        """The checkpoint that --from_resume 1 continues (RunFolder.claim made sure it is there)."""
+        return load_checkpoint(self.folder.final_path(RESUME_FILE), "--from_resume 1", RESUME_KEYS)
 
     def describe(
         self, model_config: dict, tokenizer_meta: dict, data_meta: dict, options: dict, plan: dict

@@ -557,7 +557,8 @@ def check_prompt(prompt: str, tokenizer) -> None:
 
 def main(train: Callable[[argparse.Namespace], None], argv: list[str] | None, script: Path) -> int:
     """Parse the options, run `train`, and turn the ways a run can end into exit codes:
-    0 done, 1 diverged or stopped at an open TODO, 2 a usage or data mistake, 130 Ctrl+C."""
+    0 done, 1 diverged, a full disk or stopped at an open TODO, 2 a usage or data
+    mistake, 130 Ctrl+C, 143 SIGTERM."""
     if sys.excepthook is grade_despite_a_broken_chapter:  # the script has started: no longer needed
         sys.excepthook = sys.__excepthook__
     args = parse_args(argv)

@@ -56,7 +56,9 @@ class StopRequests:
     def _handle(self, signum: int, frame) -> None:
         if os.getpid() != self.pid:
             # A DataLoader worker forked from the training process: Ctrl+C in a terminal
-            # reaches it too. The training process handles it; the worker keeps serving.
+            # (and SIGTERM from Slurm, which signals every process of the job) reaches it
+            # too. The training process handles it; the worker keeps serving until the
+            # loader shuts it down (a worker that died would fail the final save).
             return
         if self.requested is not None:
             raise StopNow(signum)

@@ -170,6 +170,8 @@ class RunFolder:
     def claim(cls, save_dir: Path, resume: bool, overwrite: bool) -> RunFolder:
         """This run's folder: checked, locked, and for a new run a staging folder."""
         check_folder(save_dir, "--save_dir")
+        if resume and not (save_dir / RESUME_FILE).is_file():
+            raise UsageError(f"--from_resume 1: there is no {RESUME_FILE} in {save_dir}/ to continue from")
         save_dir.mkdir(parents=True, exist_ok=True)
         folder = cls(save_dir)
         folder.lock.acquire()
