@@ -1,16 +1,30 @@
 """Where a run computes, and in which number type.
 
 `--device auto` picks CUDA, then MPS (Apple silicon), then the CPU. `--dtype auto`
-picks bfloat16 where the device computes it natively: CUDA GPUs from Ampere on, and
-CPUs with AMX matrix units (Intel Xeon from Sapphire Rapids on), where bfloat16 matmuls
-run several times faster than float32 ones. Older CUDA GPUs such as the T4 and V100 of
-free notebooks only emulate bfloat16, slowly: they get float16 (with a GradScaler).
-float32 elsewhere. On CUDA, float32 matmuls use TF32 where the
+picks bfloat16 where the device computes it natively, float32 (or float16 with a
+GradScaler on older GPUs) where it would only be emulated:
+
+- CUDA GPUs from Ampere on: bfloat16. Older ones such as the T4 and V100 of free
+  notebooks emulate it, slowly: they get float16.
+- CPUs with bfloat16 instructions, decided from what the CPU reports (never from a timing
+  probe, so a run's number type does not depend on the machine's load): Intel's AMX
+  matrix units (Xeon from Sapphire Rapids on) or AVX512_BF16 dot products (AMD Zen 4 and
+  newer, Intel Cooper Lake). Without them (AVX2-only or plain AVX-512 CPUs, ARM) a
+  bfloat16 matmul is emulated and slower than float32: float32.
+- MPS: float32 (bfloat16 there saves memory but was reported slower per step; not
+  measured for this course).
+
+oneDNN, which runs PyTorch's CPU matmuls, can be capped below the CPU's own instruction
+set with ONEDNN_MAX_CPU_ISA (e.g. AVX512_CORE: AVX-512 without its bfloat16 part); the
+choice follows the cap, so one machine can stand in for the other classes
+(tools/benchmark_main_job.py --cpu_class). On CUDA, float32 matmuls use TF32 where the
 GPU has it. The table of peak FLOP/s turns tokens per second into model FLOPs
 utilisation (MFU): the share of the GPU's peak the training actually uses.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -43,22 +57,39 @@ def resolve_device(name: str) -> torch.device:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+# oneDNN's instruction sets below its bfloat16 dot products (ONEDNN_MAX_CPU_ISA values).
+ONEDNN_BELOW_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
+def cpu_bfloat16_units() -> str | None:
+    """The CPU's native bfloat16 matmul instructions that oneDNN may use: "AMX", "AVX512_BF16",
+    or None. Read from the CPU's feature flags (PyTorch's cpuinfo), capped by ONEDNN_MAX_CPU_ISA."""
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or "ALL").upper()
+    has = {  # torch.cpu's feature queries are not public API yet: absent means no
+        "AMX": getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)(),
+        "AVX512_BF16": getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)(),
+    }
+    if has["AMX"] and (cap in ("ALL", "DEFAULT") or "AMX" in cap):
+        return "AMX"
+    if has["AVX512_BF16"] and cap not in ONEDNN_BELOW_BF16:
+        return "AVX512_BF16"
+    return None
+
+
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether this device multiplies bfloat16 matrices natively: CUDA GPUs from Ampere
-    on, and CPUs with Intel AMX matrix units (Xeon Sapphire Rapids and newer), where a
-    (2048×128)·(128×512) matmul ran 5.5× faster than in float32 on the course's 2-core machine.
-    Elsewhere bfloat16 is emulated and slower than float32."""
+    on, and CPUs with AMX or AVX512_BF16 (cpu_bfloat16_units). Elsewhere bfloat16 is
+    emulated and slower than float32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
-        is_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # not public API yet
-        return bool(is_amx and is_amx())
+        return cpu_bfloat16_units() is not None
     return False
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bfloat16 where the device computes it natively (CUDA GPUs from Ampere on,
-    CPUs with AMX matrix units), float16 on older CUDA GPUs, else float32."""
+    """`auto`: bfloat16 where the device computes it natively (fast_bfloat16), float16
+    on older CUDA GPUs, else float32."""
     if name == "auto":
         if fast_bfloat16(device):
             return torch.bfloat16
@@ -72,6 +103,22 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             "this GPU does not compute in bfloat16 (it would only emulate it); use --dtype float16"
         )
     return DTYPES[name]
+
+
+def describe_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The number type for the setup line, with why `auto` chose it ("bfloat16: AMX",
+    "float32: no bfloat16 units", "float16: no native bfloat16 on this GPU") or that
+    --dtype asked for it."""
+    chosen = str(dtype).removeprefix("torch.")
+    if name != "auto":
+        return f"{chosen}, from --dtype"
+    if device.type == "cpu":
+        units = cpu_bfloat16_units()
+        return f"{chosen}: {units}" if units else f"{chosen}: no bfloat16 units"
+    if device.type == "cuda":
+        native = dtype == torch.bfloat16
+        return f"{chosen}: native on this GPU" if native else f"{chosen}: no native bfloat16 on this GPU"
+    return f"{chosen}: the default on {device.type}"
 
 
 def enable_tf32(device: torch.device) -> None:

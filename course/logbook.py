@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from course.devices import gpu_peak_flops
+from course.devices import describe_dtype, gpu_peak_flops
 from course.distributed import ProcessGroup
 from course.guards import check_finite
 from course.run_folder import (
@@ -234,7 +234,8 @@ class Logbook:
         args, group, meta, dtype = self.args, self.group, self.meta, self.dtype
         processes = f"{group.world_size} processes, " if group.world_size > 1 else ""
         self.print(
-            f"{processes}device {self.device} ({str(dtype).removeprefix('torch.')}), preset {args.preset}, "
+            f"{processes}device {self.device} ({describe_dtype(args.dtype, self.device, dtype)}), "
+            f"preset {args.preset}, "
             f"{model.num_params() / 1e6:.2f}M parameters, tokenizer {self.tokenizer.name} "
             f"(vocab {self.tokenizer.vocab_size}), training on {train_windows * args.max_seq_len:,} "
             f"of {meta['train_tokens']:,} tokens"

@@ -144,7 +144,7 @@ def documents_args(
     documents: Path, workdir: Path, run: str, batch_size: int, accumulation_steps: int
 ) -> list[str]:
     """6 steps on padded documents, writing in workdir/run; in float32, because bfloat16
-    (the default on CPUs with AMX) rounds a batch of 8 and two of 4 differently."""
+    (the default on CPUs with bfloat16 instructions) rounds a batch of 8 and two of 4 differently."""
     return [*ARGS, "--dtype", "float32", "--max_steps", "6", "--max_seq_len", "64",
             "--dataset_mode", "documents",
             "--data_path", str(documents), "--data_dir", str(workdir / f"prepared_{run}"),

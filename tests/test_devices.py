@@ -28,8 +28,8 @@ def gpu(monkeypatch):
 
 @pytest.mark.parametrize(
     "name, bf16, expected",
-    [("NVIDIA A100-SXM4-80GB", "native", torch.bfloat16), ("Tesla T4", "emulated", torch.float16),
-     ("Tesla V100-SXM2-16GB", "emulated", torch.float16)],
+    [("NVIDIA A100-SXM4-80GB", "native", torch.bfloat16), ("NVIDIA H100 80GB HBM3", "native", torch.bfloat16),
+     ("Tesla T4", "emulated", torch.float16), ("Tesla V100-SXM2-16GB", "emulated", torch.float16)],
 )  # fmt: skip
 def test_auto_dtype_is_bfloat16_only_where_the_gpu_computes_in_it(gpu, name, bf16, expected):
     gpu(name, bf16)
@@ -38,13 +38,83 @@ def test_auto_dtype_is_bfloat16_only_where_the_gpu_computes_in_it(gpu, name, bf1
     )
 
 
-@pytest.mark.parametrize("amx", [True, False])
-def test_auto_dtype_on_a_cpu_is_bfloat16_only_with_amx_matrix_units(monkeypatch, amx):
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    expected = torch.bfloat16 if amx else torch.float32
-    assert devices.resolve_dtype("auto", torch.device("cpu")) == expected, (
-        "on a CPU, bfloat16 pays only with AMX matrix units; without them it is emulated, slower than float32"
+@pytest.fixture
+def cpu(monkeypatch):
+    """A CPU that reports these bfloat16 instructions, with oneDNN capped at `cap` (or not)."""
+
+    def fake(amx: bool, avx512_bf16: bool, cap: str | None = None) -> None:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        if cap is None:
+            monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+
+    return fake
+
+
+@pytest.mark.parametrize(
+    "machine, amx, avx512_bf16, cap, expected, reason",
+    [
+        ("Xeon with AMX", True, True, None, torch.bfloat16, "bfloat16: AMX"),
+        ("AMD EPYC, Zen 4/5", False, True, None, torch.bfloat16, "bfloat16: AVX512_BF16"),
+        ("AVX2-only or plain AVX-512", False, False, None, torch.float32, "float32: no bfloat16 units"),
+        (
+            "Xeon, oneDNN capped below AMX",
+            True,
+            True,
+            "AVX512_CORE_BF16",
+            torch.bfloat16,
+            "bfloat16: AVX512_BF16",
+        ),
+        (
+            "Xeon, oneDNN capped below BF16",
+            True,
+            True,
+            "avx512_core",
+            torch.float32,
+            "float32: no bfloat16 units",
+        ),
+        ("EPYC, oneDNN capped at AVX2", False, True, "AVX2", torch.float32, "float32: no bfloat16 units"),
+        ("Xeon, cap left at the default", True, True, "DEFAULT", torch.bfloat16, "bfloat16: AMX"),
+    ],
+)
+def test_auto_dtype_on_a_cpu_is_bfloat16_where_it_has_bfloat16_instructions(
+    cpu, machine, amx, avx512_bf16, cap, expected, reason
+):
+    cpu(amx, avx512_bf16, cap)
+    device = torch.device("cpu")
+    dtype = devices.resolve_dtype("auto", device)
+    assert dtype == expected, (
+        f"{machine}: bfloat16 where the CPU (as oneDNN may use it) has AMX or AVX512_BF16, "
+        f"float32 where bfloat16 would be emulated; got {dtype}"
     )
+    assert devices.describe_dtype("auto", device, dtype) == reason, "the setup line says why"
+
+
+def test_an_explicit_dtype_is_kept_and_named_as_asked(cpu):
+    cpu(amx=False, avx512_bf16=False)
+    device = torch.device("cpu")
+    assert devices.resolve_dtype("bfloat16", device) == torch.bfloat16, (
+        "--dtype bfloat16 is the learner's call"
+    )
+    assert devices.describe_dtype("bfloat16", device, torch.bfloat16) == "bfloat16, from --dtype"
+
+
+def test_auto_dtype_on_apple_mps_is_float32():
+    mps = torch.device("mps")
+    assert devices.resolve_dtype("auto", mps) == torch.float32, (
+        "MPS keeps float32 until bfloat16 is measured there"
+    )
+    assert devices.describe_dtype("auto", mps, torch.float32) == "float32: the default on mps"
+
+
+def test_the_setup_line_names_why_a_gpu_got_its_type(gpu):
+    cuda = torch.device("cuda")
+    gpu("NVIDIA H100 80GB HBM3", "native")
+    assert devices.describe_dtype("auto", cuda, torch.bfloat16) == "bfloat16: native on this GPU"
+    gpu("Tesla T4", "emulated")
+    assert devices.describe_dtype("auto", cuda, torch.float16) == "float16: no native bfloat16 on this GPU"
 
 
 def test_bfloat16_is_refused_on_a_gpu_that_only_emulates_it(gpu):

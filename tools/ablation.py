@@ -41,7 +41,8 @@ from model import GPT, GPTConfig  # noqa: E402
 # Options added to the main job's, per variant: first the recipe changes, then the knobs
 # of the budget itself (the cpu preset: 4 layers × 128 wide, context 64, batch 32, LR 2e-3,
 # Muon at 0.02). The baseline is today's recipe: GPT-2's block trained with Muon, in
-# bfloat16 where the CPU has AMX units; "gpt-2 recipe" is the 2019 one (AdamW, float32).
+# bfloat16 where the CPU has bfloat16 instructions (AMX or AVX512_BF16); "gpt-2 recipe"
+# is the 2019 one (AdamW, float32).
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
     "gpt-2 recipe": ["--optimizer", "adamw", "--dtype", "float32"],

@@ -7,7 +7,7 @@ Muon, bfloat16.
 Each setting trains the same model on the same random batches in this process and
 reports the median time per step after a few warm-up steps, as ratios measured in the
 same run (the machine's load changes from run to run, not between neighbours).
-bfloat16 pays only on CPUs with bfloat16 matrix units, such as Intel's AMX.
+bfloat16 pays only on CPUs with bfloat16 instructions (Intel AMX, AVX512_BF16).
 torch.compile's first compilation is timed separately: within a short budget it
 has to pay for itself.
 """

@@ -61,7 +61,7 @@ def steps_for(budget: float, n_params: int) -> int:
 
 def train_one(width: int, steps: int, prepared: Path, seed: int = 0) -> GPT:
     """The main job's recipe for `steps` steps: Muon (AdamW for embeddings and gains),
-    10% warmup then cosine to a tenth, bfloat16 where the CPU has AMX units."""
+    10% warmup then cosine to a tenth, bfloat16 where the CPU has bfloat16 instructions."""
     meta = read_meta(prepared)
     torch.manual_seed(seed)
     model = make_model(width, meta["vocab_size"])
