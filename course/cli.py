@@ -39,9 +39,10 @@ from model import CHOICES, GPTConfig
 HINT_HELP = "print the next hint for a TODO: first the idea, then the API names, pseudocode last"
 
 # Defaults that depend on the hardware. CPU: a 0.8M-parameter model that learns
-# Shakespeare's look in about 1.5 minutes on 2 cores with AMX, on a million characters
-# (one epoch = 488 steps, so `--epochs 3` also takes a few minutes). GPU: nanoGPT's
-# shakespeare-char scale (10.7M parameters) on all the plays, a few minutes on one GPU.
+# Shakespeare's look in about the wall time of nanoGPT's CPU recipe (the README gives it
+# for each kind of CPU), on 2.5M tokens: windows that each come once, from all the plays
+# (an epoch is 2,222 steps). GPU: nanoGPT's shakespeare-char scale (10.7M parameters),
+# a few minutes on one GPU.
 PRESETS = {
     "cpu": dict(
         num_hidden_layers=4,
@@ -51,9 +52,9 @@ PRESETS = {
         dropout=0.0,
         batch_size=32,
         learning_rate=2e-3,
-        max_steps=1800,
-        max_train_tokens=1_000_000,
-        eval_interval=450,
+        max_steps=1200,
+        max_train_tokens=0,
+        eval_interval=300,
         num_workers=0,
     ),
     "gpu": dict(
@@ -107,8 +108,8 @@ def preset_help(option: str, text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         description="Pretrain a GPT on next-token prediction. With no options: prepares "
-        "Shakespeare's plays, picks your device and trains a small model (about 1.5 minutes on "
-        "a 2-core CPU with AMX, longer without). Options marked [preset] default to the cpu or gpu preset.",
+        "Shakespeare's plays, picks your device and trains a small model (a few minutes on a "
+        "laptop CPU). Options marked [preset] default to the cpu or gpu preset.",
         formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data")
@@ -219,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=preset_help(
             "max_train_tokens",
-            "train on N tokens of the training split, as windows spread evenly over it (0 = all); "
-            "with the cpu preset's 1,000,000 an epoch is 488 steps, so --epochs 3 takes a few minutes",
+            "train on N tokens of the training split, as windows spread evenly over it (0 = all: "
+            "with the cpu preset an epoch is 2,222 steps; 1000000 makes it 488)",
         ),
     )
     train.add_argument("--batch_size", type=int, help=preset_help("batch_size", "sequences per micro-batch"))
@@ -238,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--warmup_steps", type=int, default=None, help="linear warmup steps (default: 10%% of the steps)"
     )
     train.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay on 2-D weights")
+    train.add_argument(
+        "--beta2",
+        type=float,
+        default=0.95,
+        help="AdamW's decay of its squared-gradient average (nanoGPT: 0.99)",
+    )
     train.add_argument(
         "--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)"
     )
@@ -293,7 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--from_weight", default="none", help="start from the weights in this .pt file")
     out.add_argument("--prompt", default="", help="text that samples start from (default: a new document)")
     out.add_argument(
-        "--sample_tokens", type=int, default=300, help=f"tokens per sample (at most {MAX_SAMPLE_TOKENS:,})"
+        "--sample_tokens",
+        type=int,
+        default=300,
+        help=f"tokens per sample (at most {MAX_SAMPLE_TOKENS:,}; 0: no samples)",
     )
 
     grading = p.add_argument_group("exercises")
@@ -339,13 +349,13 @@ def check_options(args: argparse.Namespace) -> None:
         "eval_interval",
         "eval_iters",
         "save_interval",
-        "sample_tokens",
     ]
     for name in positive + ["max_steps", "epochs"]:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name} must be positive, got {value}")
-    for name in ["min_lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "max_train_tokens"]:
+    for name in ["min_lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "max_train_tokens",
+                 "sample_tokens"]:  # fmt: skip
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UsageError(f"--{name} must not be negative, got {value}")
@@ -366,6 +376,8 @@ def check_options(args: argparse.Namespace) -> None:
         raise UsageError("--from_resume 1 continues the saved run and --overwrite 1 replaces it: give one")
     if not 0 <= args.dropout < 1:
         raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if not 0 <= args.beta2 < 1:  # also refuses nan
+        raise UsageError(f"--beta2 must be in [0, 1), got {args.beta2}")
     if args.hidden_size % args.num_attention_heads:
         raise UsageError(
             f"--hidden_size {args.hidden_size} must be divisible by "
@@ -456,7 +468,7 @@ def plan_schedule(
 
 # The options that decide a run's plan: its LR schedule and the order of its batches.
 PLAN_OPTIONS = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumulation_steps", "seed",
-                "max_train_tokens", "optimizer", "muon_lr")  # fmt: skip
+                "max_train_tokens", "optimizer", "muon_lr", "beta2")  # fmt: skip
 
 
 def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) -> dict:

@@ -221,10 +221,15 @@ class Logbook:
                 f": val loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, {bpb:.3f} bits/byte"
             )
         args = self.args
-        sample = sample_text(model, self.tokenizer, args.prompt, args.sample_tokens, self.device, args.seed)
-        with open(self.folder.path(SAMPLES_FILE), "a") as f:
-            f.write(f"=== {summary} ===\n{sample}\n\n")
-        tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
+        if args.sample_tokens == 0:
+            tqdm.write(summary)
+        else:
+            sample = sample_text(
+                model, self.tokenizer, args.prompt, args.sample_tokens, self.device, args.seed
+            )
+            with open(self.folder.path(SAMPLES_FILE), "a") as f:
+                f.write(f"=== {summary} ===\n{sample}\n\n")
+            tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
         plot_metrics(self.records, self.folder.path(PLOT_FILE))
 
     def print_setup(

@@ -49,6 +49,18 @@ def test_tiny_run_writes_every_output_and_learns(corpus_txt, tmp_path, capsys):
     assert_best_weights_are_of_the_lowest_val_loss(out)
 
 
+def test_nanogpts_beta2_reaches_adamw_and_sample_tokens_0_prints_no_samples(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 2, *TINY]
+    code, err = run([*argv, "--beta2", 0.99, "--sample_tokens", 0], capsys)
+    assert code == 0, err
+    groups = torch.load(out / "resume.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert {tuple(g["betas"]) for g in groups} == {(0.9, 0.99)}, (
+        "--beta2 sets AdamW's second beta in every group"
+    )
+    assert not (out / "samples.txt").exists(), "--sample_tokens 0: no text samples at the evaluations"
+
+
 def assert_best_weights_are_of_the_lowest_val_loss(out: Path) -> None:
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     best_record = min((r for r in records if "val_loss" in r), key=lambda r: r["val_loss"])
@@ -358,6 +370,7 @@ BAD_INPUTS = {
         "(max_train_tokens=1000000)",
     ),
     "resume with another warmup": (lambda t: ["--from_resume", 1, "--warmup_steps", 1], "(warmup_steps=0)"),
+    "resume with another beta2": (lambda t: ["--from_resume", 1, "--beta2", 0.99], "(beta2=0.95)"),
     # Values that were never checked: each is refused in one line, before anything is written.
     "negative seed": (lambda t: ["--seed", -1], "--seed must be between 0 and 4294967295, got -1"),
     "seed of 2**32": (lambda t: ["--seed", 2**32], "--seed must be between 0 and 4294967295, got 4294967296"),
@@ -377,6 +390,9 @@ BAD_INPUTS = {
     ),
     "huge batch": (lambda t: ["--batch_size", 10**6], "fewer than one batch of 1000000 per process"),
     "huge sample": (lambda t: ["--sample_tokens", 10**9], "--sample_tokens must be at most 10,000"),
+    "negative sample": (lambda t: ["--sample_tokens", -1], "--sample_tokens must not be negative, got -1"),
+    "beta2 of 1": (lambda t: ["--beta2", 1], "--beta2 must be in [0, 1), got 1.0"),
+    "beta2 nan": (lambda t: ["--beta2", "nan"], "--beta2 must be in [0, 1), got nan"),
     "prompt outside the vocabulary": (
         lambda t: ["--prompt", "€"],
         "--prompt: character '€' is not in this char vocabulary",
