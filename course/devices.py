@@ -6,11 +6,13 @@ GradScaler on older GPUs) where it would only be emulated:
 
 - CUDA GPUs from Ampere on: bfloat16. Older ones such as the T4 and V100 of free
   notebooks emulate it, slowly: they get float16.
-- CPUs with bfloat16 instructions, decided from what the CPU reports (never from a timing
-  probe, so a run's number type does not depend on the machine's load): Intel's AMX
-  matrix units (Xeon from Sapphire Rapids on) or AVX512_BF16 dot products (AMD Zen 4 and
-  newer, Intel Cooper Lake). Without them (AVX2-only or plain AVX-512 CPUs, ARM) a
-  bfloat16 matmul is emulated and slower than float32: float32.
+- CPUs with fast bfloat16 instructions, decided from what the CPU reports (never from a
+  timing probe, so a run's number type does not depend on the machine's load): Intel's
+  AMX matrix units (Xeon from Sapphire Rapids on), or AVX512_BF16 dot products on AMD
+  (Zen 4 and newer). Intel's AVX512_BF16 without AMX (Xeon Cooper Lake, or an AMX Xeon
+  capped below it) is no faster than float32 FMAs: float32 there. Without bfloat16
+  instructions (AVX2-only or plain AVX-512 CPUs, ARM) a bfloat16 matmul is emulated and
+  slower than float32: float32.
 - MPS: float32 (bfloat16 there saves memory but was reported slower per step; not
   measured for this course).
 
@@ -25,6 +27,8 @@ utilisation (MFU): the share of the GPU's peak the training actually uses.
 from __future__ import annotations
 
 import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -61,9 +65,24 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 ONEDNN_BELOW_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
+def cpu_vendor() -> str:
+    """The CPU's maker, "AMD" or "Intel" ("" if unknown): from /proc/cpuinfo on Linux,
+    else from the platform's description of the processor."""
+    cpuinfo = Path("/proc/cpuinfo")
+    return vendor_named_in(cpuinfo.read_text(errors="replace") if cpuinfo.is_file() else platform.processor())
+
+
+def vendor_named_in(text: str) -> str:
+    """The maker a CPU description names: its CPUID vendor string first (in /proc/cpuinfo
+    and in Windows' description), then its brand."""
+    names = (("AuthenticAMD", "AMD"), ("GenuineIntel", "Intel"), ("AMD ", "AMD"), ("Intel", "Intel"))
+    return next((vendor for name, vendor in names if name in text), "")
+
+
 def cpu_bfloat16_units() -> str | None:
-    """The CPU's native bfloat16 matmul instructions that oneDNN may use: "AMX", "AVX512_BF16",
-    or None. Read from the CPU's feature flags (PyTorch's cpuinfo), capped by ONEDNN_MAX_CPU_ISA."""
+    """The CPU's bfloat16 matmul instructions that are faster than float32 and that oneDNN
+    may use: "AMX", "AVX512_BF16" (AMD only: Intel's run at float32's rate), or None. Read
+    from the CPU's feature flags (PyTorch's cpuinfo), capped by ONEDNN_MAX_CPU_ISA."""
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or "ALL").upper()
     has = {  # torch.cpu's feature queries are not public API yet: absent means no
         "AMX": getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)(),
@@ -71,7 +90,7 @@ def cpu_bfloat16_units() -> str | None:
     }
     if has["AMX"] and (cap in ("ALL", "DEFAULT") or "AMX" in cap):
         return "AMX"
-    if has["AVX512_BF16"] and cap not in ONEDNN_BELOW_BF16:
+    if has["AVX512_BF16"] and cap not in ONEDNN_BELOW_BF16 and cpu_vendor() == "AMD":
         return "AVX512_BF16"
     return None
 
@@ -114,7 +133,7 @@ def describe_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
         return f"{chosen}, from --dtype"
     if device.type == "cpu":
         units = cpu_bfloat16_units()
-        return f"{chosen}: {units}" if units else f"{chosen}: no bfloat16 units"
+        return f"{chosen}: {units}" if units else f"{chosen}: no fast bfloat16 units"
     if device.type == "cuda":
         native = dtype == torch.bfloat16
         return f"{chosen}: native on this GPU" if native else f"{chosen}: no native bfloat16 on this GPU"

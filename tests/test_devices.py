@@ -40,11 +40,13 @@ def test_auto_dtype_is_bfloat16_only_where_the_gpu_computes_in_it(gpu, name, bf1
 
 @pytest.fixture
 def cpu(monkeypatch):
-    """A CPU that reports these bfloat16 instructions, with oneDNN capped at `cap` (or not)."""
+    """A CPU of this vendor that reports these bfloat16 instructions, with oneDNN capped
+    at `cap` (or not)."""
 
-    def fake(amx: bool, avx512_bf16: bool, cap: str | None = None) -> None:
+    def fake(amx: bool, avx512_bf16: bool, cap: str | None = None, vendor: str = "Intel") -> None:
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(devices, "cpu_vendor", lambda: vendor)
         if cap is None:
             monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
         else:
@@ -53,43 +55,52 @@ def cpu(monkeypatch):
     return fake
 
 
+BF16, FP32 = torch.bfloat16, torch.float32
+SLOW = "float32: no fast bfloat16 units"
+
+
 @pytest.mark.parametrize(
-    "machine, amx, avx512_bf16, cap, expected, reason",
+    "machine, vendor, amx, avx512_bf16, cap, expected, reason",
     [
-        ("Xeon with AMX", True, True, None, torch.bfloat16, "bfloat16: AMX"),
-        ("AMD EPYC, Zen 4/5", False, True, None, torch.bfloat16, "bfloat16: AVX512_BF16"),
-        ("AVX2-only or plain AVX-512", False, False, None, torch.float32, "float32: no bfloat16 units"),
-        (
-            "Xeon, oneDNN capped below AMX",
-            True,
-            True,
-            "AVX512_CORE_BF16",
-            torch.bfloat16,
-            "bfloat16: AVX512_BF16",
-        ),
-        (
-            "Xeon, oneDNN capped below BF16",
-            True,
-            True,
-            "avx512_core",
-            torch.float32,
-            "float32: no bfloat16 units",
-        ),
-        ("EPYC, oneDNN capped at AVX2", False, True, "AVX2", torch.float32, "float32: no bfloat16 units"),
-        ("Xeon, cap left at the default", True, True, "DEFAULT", torch.bfloat16, "bfloat16: AMX"),
+        ("Xeon with AMX", "Intel", True, True, None, BF16, "bfloat16: AMX"),
+        ("AMD EPYC or Ryzen, Zen 4/5", "AMD", False, True, None, BF16, "bfloat16: AVX512_BF16"),
+        ("Xeon Cooper Lake (BF16, no AMX)", "Intel", False, True, None, FP32, SLOW),
+        ("AVX2-only Intel", "Intel", False, False, None, FP32, SLOW),
+        ("AVX2-only AMD (Zen 2/3)", "AMD", False, False, None, FP32, SLOW),
+        ("Xeon, oneDNN capped below AMX", "Intel", True, True, "AVX512_CORE_BF16", FP32, SLOW),
+        ("Xeon, oneDNN capped below BF16", "Intel", True, True, "avx512_core", FP32, SLOW),
+        ("EPYC, oneDNN capped at AVX512_CORE", "AMD", False, True, "AVX512_CORE", FP32, SLOW),
+        ("EPYC, oneDNN capped at AVX2", "AMD", False, True, "AVX2", FP32, SLOW),
+        ("EPYC, oneDNN cap at the default", "AMD", False, True, "DEFAULT", BF16, "bfloat16: AVX512_BF16"),
+        ("Xeon, oneDNN cap at the default", "Intel", True, True, "DEFAULT", BF16, "bfloat16: AMX"),
+        ("unknown vendor, BF16 only", "", False, True, None, FP32, SLOW),
     ],
 )
-def test_auto_dtype_on_a_cpu_is_bfloat16_where_it_has_bfloat16_instructions(
-    cpu, machine, amx, avx512_bf16, cap, expected, reason
+def test_auto_dtype_on_a_cpu_is_bfloat16_where_its_bfloat16_instructions_are_fast(
+    cpu, machine, vendor, amx, avx512_bf16, cap, expected, reason
 ):
-    cpu(amx, avx512_bf16, cap)
+    cpu(amx, avx512_bf16, cap, vendor)
     device = torch.device("cpu")
     dtype = devices.resolve_dtype("auto", device)
     assert dtype == expected, (
-        f"{machine}: bfloat16 where the CPU (as oneDNN may use it) has AMX or AVX512_BF16, "
-        f"float32 where bfloat16 would be emulated; got {dtype}"
+        f"{machine}: bfloat16 where the CPU (as oneDNN may use it) has AMX, or AVX512_BF16 on AMD; "
+        f"float32 where bfloat16 would be emulated or no faster; got {dtype}"
     )
     assert devices.describe_dtype("auto", device, dtype) == reason, "the setup line says why"
+
+
+@pytest.mark.parametrize(
+    "description, vendor",
+    [
+        ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel name\t: AMD EPYC 9B45", "AMD"),
+        ("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Platinum 8481C", "Intel"),
+        ("Intel64 Family 6 Model 143 Stepping 8, GenuineIntel", "Intel"),  # Windows, an Intel CPU
+        ("AMD64 Family 25 Model 97 Stepping 2, AuthenticAMD", "AMD"),  # Windows, an AMD CPU
+        ("arm", ""),  # macOS on Apple silicon
+    ],
+)
+def test_the_cpu_vendor_is_read_from_its_description(description, vendor):
+    assert devices.vendor_named_in(description) == vendor
 
 
 def test_an_explicit_dtype_is_kept_and_named_as_asked(cpu):

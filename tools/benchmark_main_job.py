@@ -18,12 +18,13 @@ non-overlapping 64-character window), in bits per byte.
 
 CPU classes: the number type `--dtype auto` picks, and the speed of bfloat16, depend on
 the CPU's bfloat16 instructions (course/devices.py): AMX (Intel Xeon from Sapphire Rapids
-on), AVX512_BF16 (AMD Zen 4 and newer), or none (AVX2). ONEDNN_MAX_CPU_ISA caps the
-instructions PyTorch's matmuls use (and ATEN_CPU_CAPABILITY=avx2 its other kernels), so a
-CPU of a higher class stands in for the lower ones. A stand-in is not the real chip: an
-Intel core capped at AVX512_BF16 runs its bfloat16 dot products no faster than float32,
-while AMD's Zen 5 runs them about 4× faster, so the AVX512_BF16 stand-in's bfloat16 times
-are an upper bound for a Zen 4/5 machine.
+on), AVX512_BF16 (AMD Zen 4 and newer; Intel Cooper Lake), or none (AVX2). ONEDNN_MAX_CPU_ISA
+caps the instructions PyTorch's matmuls use (and ATEN_CPU_CAPABILITY=avx2 its other
+kernels), so a CPU of a higher class stands in for the lower ones. A stand-in is its own
+chip with fewer instructions: an Intel core capped at AVX512_BF16 is an Intel Cooper Lake
+(bfloat16 dot products no faster than float32 FMAs, so `auto` keeps float32 there; run
+--float32 to see it), not an AMD Zen 4/5, whose bfloat16 dot products run about 4× faster
+than float32.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from ablation import score
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from course.corpus import read_meta  # noqa: E402
-from course.devices import cpu_bfloat16_units  # noqa: E402
 from course.logbook import bits_per_byte  # noqa: E402
 
 NANOGPT = ["--optimizer", "adamw", "--dtype", "float32", "--batch_size", "12", "--max_steps", "2000",
@@ -52,7 +52,9 @@ NANOGPT = ["--optimizer", "adamw", "--dtype", "float32", "--batch_size", "12", "
            "--weight_decay", "0.1", "--grad_clip", "1.0", "--dropout", "0", "--max_train_tokens", "0",
            "--eval_interval", "250", "--eval_iters", "40", "--sample_tokens", "0"]  # fmt: skip
 JOBS = {"nanoGPT's CPU recipe": NANOGPT, "main job: python train_solution.py": []}
-FOLDERS = {"nanoGPT's CPU recipe": "nanogpt", "main job: python train_solution.py": "main_job"}
+FLOAT32_JOB = {"main job in float32: --dtype float32": ["--dtype", "float32"]}  # with --float32
+FOLDERS = {"nanoGPT's CPU recipe": "nanogpt", "main job: python train_solution.py": "main_job",
+           "main job in float32: --dtype float32": "main_job_float32"}  # fmt: skip
 TARGET_BPB, TARGET_WALL = 2.20, 1.0
 
 # Each class as an environment that caps PyTorch's CPU kernels at it; ordered from the top.
@@ -64,7 +66,7 @@ CPU_CLASSES = {
 
 
 def this_cpu() -> tuple[str, str]:
-    """(the CPU's model name, its class: AMX, AVX512_BF16 or AVX2)."""
+    """(the CPU's model name, its class: AMX, AVX512_BF16 or AVX2, from its feature flags)."""
     name = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
@@ -72,7 +74,9 @@ def this_cpu() -> tuple[str, str]:
             line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line
         ]
         name = names[0] if names else name
-    return name, cpu_bfloat16_units() or "AVX2"
+    if torch.cpu._is_amx_tile_supported():
+        return name, "AMX"
+    return name, "AVX512_BF16" if torch.cpu._is_avx512_bf16_supported() else "AVX2"
 
 
 def main_job(options: list[str], seed: int, save_dir: Path, env: dict[str, str]) -> tuple[float, str]:
@@ -96,16 +100,16 @@ def median_speed(save_dir: Path) -> float:
     return statistics.median(r["tokens_per_sec"] for r in records if "tokens_per_sec" in r)
 
 
-def benchmark_class(cpu_class: str, seeds: int, out: Path) -> None:
+def benchmark_class(cpu_class: str, seeds: int, out: Path, jobs: dict[str, list[str]]) -> None:
     env = CPU_CLASSES[cpu_class]
     prepared = ROOT / "data" / "shakespeare_char"
     capped = ", ".join(f"{k}={v}" for k, v in env.items()) or "no cap"
     print(f"\n## {cpu_class} ({capped})\n")
     print("| job | seed | number type | wall s | training tokens/s | val bits/byte |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in JOBS}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in jobs}
     for seed in range(1337, 1337 + seeds):
-        for name, options in JOBS.items():  # the jobs alternate: both see the same load
+        for name, options in jobs.items():  # the jobs alternate: both see the same load
             save_dir = out / cpu_class / f"{FOLDERS[name]}_seed{seed}"
             wall, dtype = main_job(options, seed, save_dir, env)
             meta = read_meta(prepared)
@@ -113,10 +117,13 @@ def benchmark_class(cpu_class: str, seeds: int, out: Path) -> None:
             results[name].append((wall, bpb))
             speed = median_speed(save_dir)
             print(f"| {name} | {seed} | {dtype} | {wall:.1f} | {speed:,.0f} | {bpb:.3f} |", flush=True)
-    (nano_wall, nano_bpb), (main_wall, main_bpb) = [
-        (statistics.mean(w for w, _ in runs), statistics.mean(b for _, b in runs))
-        for runs in results.values()
-    ]
+    means = {
+        name: (statistics.mean(w for w, _ in runs), statistics.mean(b for _, b in runs))
+        for name, runs in results.items()
+    }
+    (nano_wall, nano_bpb), (main_wall, main_bpb) = list(means.values())[:2]
+    for name, (wall, bpb) in list(means.items())[2:]:
+        print(f"{name}: {wall:.1f} s ({wall / nano_wall:.2f}× nanoGPT's), {bpb:.3f} bits/byte")
     ratio = main_wall / nano_wall
     print(f"\nmean over {seeds} seed(s): nanoGPT's recipe {nano_wall:.1f} s, {nano_bpb:.3f} bits/byte; "
           f"main job {main_wall:.1f} s ({ratio:.2f}×), {main_bpb:.3f} bits/byte")  # fmt: skip
@@ -131,6 +138,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--cpu_class", choices=[*CPU_CLASSES, "all"], help="default: this CPU's class")
+    p.add_argument("--float32", action="store_true", help="also the main job in float32")
     p.add_argument("--out", type=Path, default=ROOT / "out" / "benchmark_main_job")
     args = p.parse_args()
     name, own_class = this_cpu()
@@ -140,7 +148,8 @@ def main() -> int:
     if not set(wanted) <= set(below):
         raise SystemExit(f"error: a {own_class} CPU can stand in for {', '.join(below)} only")
     for cpu_class in wanted:
-        benchmark_class(cpu_class, args.seeds, args.out)
+        jobs = {**JOBS, **(FLOAT32_JOB if args.float32 else {})}
+        benchmark_class(cpu_class, args.seeds, args.out, jobs)
     return 0
 
 
