@@ -445,7 +445,7 @@ def train(args: argparse.Namespace) -> None:
     # Muon's LR as a multiple of the schedule's (set_lr applies it); 0: AdamW for everything.
     muon_lr_scale = args.muon_lr / args.learning_rate if args.optimizer == "muon" else 0.0
     optimizer = model.configure_optimizers(
-        args.weight_decay, args.learning_rate, (0.9, 0.95), device.type, muon_lr_scale, dtype
+        args.weight_decay, args.learning_rate, (0.9, args.beta2), device.type, muon_lr_scale, dtype
     )
     amp_ctx, scaler = open_todos.precision_or_float32(autocast_context, make_grad_scaler, device, dtype)
     run.describe(

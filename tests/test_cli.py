@@ -367,7 +367,7 @@ BAD_INPUTS = {
     ),
     "resume with another data budget": (
         lambda t: ["--from_resume", 1, "--max_train_tokens", 500],
-        "(max_train_tokens=1000000)",
+        "(max_train_tokens=0)",
     ),
     "resume with another warmup": (lambda t: ["--from_resume", 1, "--warmup_steps", 1], "(warmup_steps=0)"),
     "resume with another beta2": (lambda t: ["--from_resume", 1, "--beta2", 0.99], "(beta2=0.95)"),
