@@ -88,6 +88,13 @@ MISTAKES = {
         lambda lr, tmp: test_todo_train.test_todo_3a_a_group_with_an_lr_scale_gets_lr_times_its_scale(lr),
         "gets lr × lr_scale",
     ),
+    "lr_scale read from every group": (
+        "train_solution.py",
+        '        group["lr"] = lr * group.get("lr_scale", 1.0)\n',
+        '        group["lr"] = lr * group["lr_scale"]\n',
+        lambda lr, tmp: test_todo_train.test_todo_3a_set_lr_on_every_param_group(lr),
+        "AdamW's groups carry no lr_scale",
+    ),
     "LR set on the first param group only": (
         "train_solution.py",
         '    for group in optimizer.param_groups:\n        group["lr"] = lr * group.get("lr_scale", 1.0)\n',
@@ -155,6 +162,39 @@ MISTAKES = {
         'sync_ctx = model.no_sync() if hasattr(model, "no_sync") else nullcontext()',
         lambda lr, tmp: test_todo_train.test_todo_4_skips_the_all_reduce_on_all_but_the_last_micro_batch(lr),
         "every micro-batch but the last",
+    ),
+    "count of real targets as a Python int": (
+        "train_solution.py",
+        "counts = [(y != IGNORE_INDEX).sum() for _, y in micro_batches]",
+        "counts = [int((y != IGNORE_INDEX).sum()) for _, y in micro_batches]",
+        lambda lr, tmp: test_todo_train.test_todo_4_ddp_processes_divide_by_the_mean_count(
+            lr, pytest.MonkeyPatch()
+        ),
+        "not a tensor",
+    ),
+    "returned loss divided by the mean count of a process": (
+        "train_solution.py",
+        "    return loss_sum / sum(counts)\n",
+        "    return loss_sum / targets_per_process\n",
+        lambda lr, tmp: test_todo_train.test_todo_4_ddp_processes_divide_by_the_mean_count(
+            lr, pytest.MonkeyPatch()
+        ),
+        "the returned loss is still this process's own mean loss per real target",
+    ),
+    "hand-written cross-entropy drops the MoE load-balancing loss": (
+        "train_solution.py",
+        "    _, loss = model(x, targets=y)\n    return loss\n",
+        "    logits, _ = model(x)\n    cross_entropy = torch.nn.functional.cross_entropy\n"
+        "    return cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)\n",
+        lambda lr, tmp: test_todo_train.test_todo_3b_the_loss_keeps_every_term_the_model_trains_with(lr),
+        "load-balancing term",
+    ),
+    "GradScaler's state not restored": (
+        "train_solution.py",
+        '    scaler.load_state_dict(checkpoint["scaler"])\n',
+        "",
+        lambda lr, tmp: test_todo_train.test_todo_8_restore_brings_back_every_piece_of_the_state(lr),
+        "the GradScaler's state must be saved and restored",
     ),
     "GradScaler enabled for bfloat16 too": (
         "train_solution.py",

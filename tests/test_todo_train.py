@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from conftest import tiny_gpt
 
 from course import checkpoints
+from model import GPT, IGNORE_INDEX, GPTConfig
 
 MAX_LR, MIN_LR = 6e-4, 6e-5
 
@@ -101,7 +102,13 @@ def test_todo_2b_cosine_decay(learner, warmup, total):
 @pytest.mark.todo("3a")
 def test_todo_3a_set_lr_on_every_param_group(learner):
     optimizer = tiny_gpt().configure_optimizers(0.1, 1.0, (0.9, 0.95), "cpu")
-    learner.train.set_lr(optimizer, 0.0123)
+    try:
+        learner.train.set_lr(optimizer, 0.0123)
+    except KeyError as err:
+        pytest.fail(
+            f"set_lr looked up {err} in a parameter group that has none: AdamW's groups carry no "
+            "lr_scale, and a group without one gets lr itself. Read the scale only where a group has it"
+        )
     lrs = [group["lr"] for group in optimizer.param_groups]
     assert lrs == [0.0123, 0.0123], (
         f"every param group needs the new LR (there are {len(lrs)}: with and without weight decay); got {lrs}"
@@ -141,6 +148,29 @@ def test_todo_3b_loss_is_the_models_cross_entropy(learner):
         "the loss must be the model's cross-entropy against the targets: logits, loss = model(x, targets=y)"
     )
     assert loss.requires_grad, "the loss must be differentiable: do not detach it or call .item()"
+
+
+@pytest.mark.todo("3b")
+def test_todo_3b_the_loss_keeps_every_term_the_model_trains_with(learner):
+    """With --use_moe 1 the model's training loss is the cross-entropy plus the routers'
+    load-balancing term; a cross-entropy computed from the logits alone would drop it."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, use_moe=True))
+    x = torch.randint(0, 32, (3, 16))
+    y = torch.randint(0, 32, (3, 16))
+    y[0, 10:] = IGNORE_INDEX  # padding
+    loss = learner.train.compute_loss(model, x, y)
+    logits, _ = model(x)
+    real = y != IGNORE_INDEX
+    cross_entropy = F.cross_entropy(logits[real], y[real])
+    aux = sum(block.mlp.aux_loss for block in model.transformer.h)
+    expected = cross_entropy + model.config.aux_loss_weight * aux
+    assert torch.allclose(loss, expected, atol=1e-6), (
+        f"with mixture-of-experts MLPs the training loss also holds the routers' load-balancing term "
+        f"({model.config.aux_loss_weight} × {float(aux):.4f}); got {float(loss):.6f}, expected "
+        f"{float(expected):.6f} (the cross-entropy alone: {float(cross_entropy):.6f}). Let the model "
+        "compute the loss: it knows every term it trains with, and which targets are padding"
+    )
 
 
 # --- Reference training loop, written independently of train_solution.py ------------------
@@ -427,7 +457,7 @@ def test_todo_4_ddp_processes_divide_by_the_mean_count(learner, monkeypatch):
     mine = padded_micro_batches(seed=6, lengths=[[16, 12], [3, 1]])
     theirs = padded_micro_batches(seed=7, lengths=[[2, 2], [5, 1]])
     _, big = big_batch_grads(mine + theirs)
-    all_reduced, grads = [], []
+    all_reduced, grads, losses = [], [], []
     for own, other in ((mine, theirs), (theirs, mine)):
 
         def mean_of_two_processes(value, other=other):  # what the all-reduce would return
@@ -435,12 +465,25 @@ def test_todo_4_ddp_processes_divide_by_the_mean_count(learner, monkeypatch):
             return (value + real_targets(other)) / 2
 
         monkeypatch.setattr(learner.train, "mean_over_processes", mean_of_two_processes)
-        grads.append(accumulated_grads(learner, tiny_gpt(seed=2), own)[1])
+        loss, process_grads = accumulated_grads(learner, tiny_gpt(seed=2), own)
+        grads.append(process_grads)
+        losses.append((loss, big_batch_loss(tiny_gpt(seed=2), own).detach(), real_targets(own)))
     averaged = [(a + b) / 2 for a, b in zip(*grads, strict=True)]  # what DDP's all-reduce does
     assert all_reduced, (
         "under DDP the count of real targets must be shared between processes: divide by "
         "mean_over_processes(this process's count), the mean count of a process"
     )
+    assert all(isinstance(value, torch.Tensor) for value in all_reduced), (
+        f"mean_over_processes was given {type(all_reduced[0]).__name__}, not a tensor: an all-reduce "
+        "sends tensors between processes, so a real torchrun run fails there. Keep the count of real "
+        "targets a tensor"
+    )
+    for loss, expected, count in losses:
+        assert isinstance(loss, torch.Tensor) and torch.allclose(loss, expected, atol=1e-5), (
+            f"under DDP the returned loss is still this process's own mean loss per real target "
+            f"(its {count} targets: {expected.item():.5f}), got {float(loss):.5f}: the mean count of a "
+            "process weights the backward, not the loss this process reports"
+        )
     assert_same_gradients(
         averaged,
         big,
@@ -665,6 +708,7 @@ def trained_state(learner, seed=0):
 @pytest.mark.todo("8")
 def test_todo_8_restore_brings_back_every_piece_of_the_state(learner):
     model, optimizer, scaler, stream = trained_state(learner, seed=0)
+    scaler.update(new_scale=2.0**5)  # as after overflows: a fresh scaler would start at another scale
     state = learner.train.checkpoint_state(model, optimizer, scaler, 2, stream, 3.25)
     expected_next_random = torch.rand(3)  # what the generator gives right after the save
     assert isinstance(state, dict), (
@@ -688,9 +732,9 @@ def test_todo_8_restore_brings_back_every_piece_of_the_state(learner):
     assert all(
         torch.equal(saved_moments[k]["exp_avg"], restored_moments[k]["exp_avg"]) for k in saved_moments
     ), "the optimizer state must be restored: Adam's moment estimates are part of the training state"
-    assert fresh_scaler.get_scale() == scaler.get_scale(), (
-        f"the GradScaler's state must be restored: its scale should be {scaler.get_scale():g} again, "
-        f"got {fresh_scaler.get_scale():g}"
+    assert fresh_scaler.state_dict() == scaler.state_dict(), (
+        f"the GradScaler's state must be saved and restored too: its scale should be {scaler.get_scale():g} "
+        f"again, got {fresh_scaler.get_scale():g}; without it a float16 run resumes with another loss scale"
     )
     assert step == 2, f"restore_checkpoint must return the saved step (2), got {step}"
     assert position == stream.state(), (
