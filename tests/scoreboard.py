@@ -91,6 +91,14 @@ class Recorder:
         self.file.close()
 
 
+# What comes after a file's last TODO.
+NEXT_STEP = {
+    "data": "the training TODOs, `python train_exercise.py --test`",
+    "train": "train the main job with your code, `python train_exercise.py --save_dir mine`, then talk to "
+    "the model it trained: `python -m course.sample mine/best.pt --interactive`",
+}
+
+
 def describe(error: BaseException) -> str:
     """The first line of the failure, in the test's own words."""
     text = str(error).strip().splitlines()
@@ -261,6 +269,8 @@ def print_board(file: str, ids: list[str], board: Scoreboard) -> int:
             f"next: TODO {todo_next} in {file} ({where}): read its docstring and the comment under the TODO"
         )
         print(f"      stuck? `python {file} --hint {todo_next}` gives one hint at a time")
+    if len(ids) > 1 and all(t in passed for t in ids if not TODOS[t].bonus):
+        print(f"next: {NEXT_STEP['train' if file.startswith('train') else 'data']}")
     # The exit code: every required TODO (or the one TODO asked for, a bonus one included).
     graded = ids if len(ids) == 1 else [t for t in ids if not TODOS[t].bonus]
     return 0 if all(t in passed for t in graded) else 1

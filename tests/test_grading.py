@@ -243,6 +243,9 @@ def test_a_finished_checkout_passes_pytest_and_both_graders(background):
         code, output = results[key]
         assert code == 0, f"{key}: exit {code}\n{output[-2000:]}"
     assert "9/9 TODOs done in train_exercise.py" in results["finished train"][1]
+    assert "next: train the main job with your code" in results["finished train"][1], (
+        "all green says what next"
+    )
     assert "1/1 TODOs done in data_exercise.py; bonus TODO 7 done" in results["finished data"][1]
     assert "your work in TODO" in results["finished pytest"][1], "the pristine checks say why they skip"
 

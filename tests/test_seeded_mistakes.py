@@ -9,6 +9,7 @@ import sys
 import pytest
 import test_todo_data
 import test_todo_train
+import torch
 from conftest import ROOT
 from todos import Learner, load
 
@@ -195,6 +196,15 @@ MISTAKES = {
         "",
         lambda lr, tmp: test_todo_train.test_todo_8_restore_brings_back_every_piece_of_the_state(lr),
         "the GradScaler's state must be saved and restored",
+    ),
+    "autocast for CUDA whatever the device": (
+        "train_solution.py",
+        "return torch.autocast(device_type=device.type, dtype=dtype)",
+        'return torch.autocast(device_type="cuda", dtype=dtype)',
+        lambda lr, tmp: test_todo_train.test_todo_5_autocast_runs_matmuls_in_the_16_bit_type(
+            lr, torch.bfloat16
+        ),
+        "asked for the CPU, the context turns mixed precision on for 'cuda'",
     ),
     "GradScaler enabled for bfloat16 too": (
         "train_solution.py",
