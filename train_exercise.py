@@ -68,7 +68,8 @@ def get_lr(step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr
     Warmup: at the start the weights are random and Adam's moment estimates are
     still empty, so a full-size step can throw the model somewhere it never recovers
     from (the loss spikes or diverges). Growing the LR linearly over warmup_steps
-    avoids that. It uses step + 1 so the very first step already moves the weights.
+    avoids that. The ramp is already above zero at step 0, so the very first step moves
+    the weights, and reaches max_lr at the last warmup step (warmup_steps - 1).
 
     Cosine decay: once training is stable, big steps help it travel fast; near the
     end, small steps let it settle into a minimum instead of bouncing around it.

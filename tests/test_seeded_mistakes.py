@@ -43,7 +43,7 @@ MISTAKES = {
         "return max_lr * (step + 1) / warmup_steps",
         "return max_lr * step / warmup_steps",
         lambda lr, tmp: test_todo_train.test_todo_2a_linear_warmup(lr, 10),
-        "step + 1",
+        "the ramp must already be above 0 at step 0",
     ),
     "cosine over total_steps instead of total_steps - warmup_steps": (
         "train_solution.py",

@@ -31,12 +31,12 @@ def test_todo_2a_linear_warmup(learner, warmup):
         got = learner.train.get_lr(step, warmup, 100, MAX_LR, MIN_LR)
         expected = MAX_LR * (step + 1) / warmup
         assert not (step == 0 and got == 0), (
-            "at step 0 the LR is 0, so the first step learns nothing: warm up from step + 1, "
-            "lr = max_lr * (step + 1) / warmup_steps"
+            "at step 0 the LR is 0, so the first step learns nothing: the ramp must already be above 0 "
+            "at step 0, and reach max_lr at the last warmup step (warmup_steps - 1)"
         )
         assert got == pytest.approx(expected, rel=1e-9), (
-            f"warmup: at step {step} of {warmup} the LR should be max_lr * (step + 1) / warmup_steps "
-            f"= {expected:.4g}, got {got:.4g}"
+            f"warmup: at step {step} of {warmup} the LR should be {expected:.4g}, got {got:.4g}: it grows "
+            "by the same amount every step, from above 0 at step 0 to max_lr at step warmup_steps - 1"
         )
     assert learner.train.get_lr(warmup - 1, warmup, 100, MAX_LR, MIN_LR) == pytest.approx(MAX_LR), (
         "warmup must reach max_lr at its last step (warmup_steps - 1)"
