@@ -163,8 +163,9 @@ def test_todo_3b_the_loss_keeps_every_term_the_model_trains_with(learner):
     logits, _ = model(x)
     real = y != IGNORE_INDEX
     cross_entropy = F.cross_entropy(logits[real], y[real])
-    aux = sum(block.mlp.aux_loss for block in model.transformer.h)
-    expected = cross_entropy + model.config.aux_loss_weight * aux
+    aux = sum(block.mlp.aux_loss for block in model.transformer.h).detach()
+    expected = (cross_entropy + model.config.aux_loss_weight * aux).detach()
+    cross_entropy, loss = cross_entropy.detach(), loss.detach()
     assert torch.allclose(loss, expected, atol=1e-6), (
         f"with mixture-of-experts MLPs the training loss also holds the routers' load-balancing term "
         f"({model.config.aux_loss_weight} × {float(aux):.4f}); got {float(loss):.6f}, expected "
