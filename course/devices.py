@@ -97,8 +97,8 @@ def cpu_bfloat16_units() -> str | None:
 
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether this device multiplies bfloat16 matrices natively: CUDA GPUs from Ampere
-    on, and CPUs with AMX or AVX512_BF16 (cpu_bfloat16_units). Elsewhere bfloat16 is
-    emulated and slower than float32."""
+    on, and CPUs with AMX, or with AVX512_BF16 on AMD (cpu_bfloat16_units). Elsewhere
+    bfloat16 is emulated, or no faster than float32."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
@@ -126,7 +126,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def describe_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
     """The number type for the setup line, with why `auto` chose it ("bfloat16: AMX",
-    "float32: no bfloat16 units", "float16: no native bfloat16 on this GPU") or that
+    "float32: no fast bfloat16 units", "float16: no native bfloat16 on this GPU") or that
     --dtype asked for it."""
     chosen = str(dtype).removeprefix("torch.")
     if name != "auto":
