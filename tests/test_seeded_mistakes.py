@@ -3,14 +3,16 @@ right TODO's tests, with a message that names the mistake."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import re
 import sys
 
 import pytest
 import test_todo_data
 import test_todo_train
 import torch
-from conftest import ROOT
+from conftest import ROOT, make_exercises
 from todos import Learner, load
 
 # (TODO, solution file, correct code, mistake, graded test, words the failure must contain)
@@ -27,7 +29,7 @@ MISTAKES = {
         "x = torch.from_numpy(self.tokens[s : s + T].astype(np.int64))",
         "x = torch.from_numpy(self.tokens[s : s + T].astype(np.int32))",
         lambda lr, tmp: test_todo_data.test_todo_1_windows_match_slicing(lr, 100, 8, 8),
-        "must be int64",
+        "x and y must be int64",
     ),
     "padding targets not ignored": (
         "data_solution.py",
@@ -73,7 +75,7 @@ MISTAKES = {
         "    scaler.step(optimizer)\n",
         "    optimizer.step()\n",
         lambda lr, tmp: test_todo_train.test_todo_3c_a_float16_step_whose_gradients_overflowed_is_skipped(lr),
-        "step with scaler.step(optimizer), not optimizer.step()",
+        "the optimizer was stepped directly",
     ),
     "no min_lr floor after total_steps": (
         "train_solution.py",
@@ -111,7 +113,7 @@ MISTAKES = {
         "    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)\n"
         "    scaler.unscale_(optimizer)\n",
         lambda lr, tmp: test_todo_train.test_todo_3c_clips_the_unscaled_gradient_then_steps(lr, 2.0**10),
-        "unscale_(optimizer) before clip_grad_norm_",
+        "the scaler must divide its factor out of them before they are clipped",
     ),
     "no gradient clipping": (
         "train_solution.py",
@@ -125,14 +127,14 @@ MISTAKES = {
         "    optimizer.zero_grad(set_to_none=True)\n    return grad_norm.detach()",
         "    return grad_norm.detach()",
         lambda lr, tmp: test_todo_train.test_todo_3c_clips_the_unscaled_gradient_then_steps(lr, None),
-        "zero_grad",
+        "gradients are still there after the step",
     ),
     "scaler.update forgotten": (
         "train_solution.py",
         "    scaler.step(optimizer)\n    scaler.update()\n",
         "    scaler.step(optimizer)\n",
         lambda lr, tmp: test_todo_train.test_todo_3c_clips_the_unscaled_gradient_then_steps(lr, 2.0**10),
-        "scaler.update()",
+        "the scaler must update its scale",
     ),
     "loss not divided by the accumulation steps": (
         "train_solution.py",
@@ -155,7 +157,7 @@ MISTAKES = {
         lambda lr, tmp: test_todo_train.test_todo_4_ddp_processes_divide_by_the_mean_count(
             lr, pytest.MonkeyPatch()
         ),
-        "mean_over_processes",
+        "Divide by the mean count of a process",
     ),
     "no_sync on every micro-batch": (
         "train_solution.py",
@@ -225,14 +227,14 @@ MISTAKES = {
         "    model.eval()\n    with torch.no_grad(), amp_ctx:",
         "    with torch.no_grad(), amp_ctx:",
         lambda lr, tmp: test_todo_train.test_todo_6_dropout_off_and_train_mode_restored(lr),
-        "model.eval()",
+        "dropout was on",
     ),
     "evaluation without no_grad": (
         "train_solution.py",
         "    with torch.no_grad(), amp_ctx:\n        losses",
         "    with amp_ctx:\n        losses",
         lambda lr, tmp: test_todo_train.test_todo_6_no_graph_and_amp_context(lr),
-        "torch.no_grad()",
+        "the evaluation built an autograd graph",
     ),
 }
 
@@ -258,3 +260,91 @@ def test_seeded_mistake_is_caught_by_the_right_todo(mistake, tmp_path):
     with pytest.raises((AssertionError, pytest.fail.Exception)) as caught:
         graded_test(learner, tmp_path)
     assert words in str(caught.value), f"{mistake}: caught, but the message does not name it: {caught.value}"
+    leaked = given_away(str(caught.value))
+    assert not leaked, f"{mistake}: the message prints the solution's code {leaked}; leave that to --hint"
+
+
+# A first failure diagnoses: it says what is wrong and where to look. The formula or the
+# API call that fixes it comes only from `--hint`, so pasting messages never reaches green.
+CALL = re.compile(r"[A-Za-z_][\w.]*\(")
+KEYWORD = re.compile(r"^(?:return|with|for|if|elif|while)\s+(?P<rest>.*?):?$")
+MODULE_PREFIX = re.compile(r"\b(?:torch|math|np|numpy|nn|F)\.")
+
+
+def normalized(text: str) -> str:
+    """Code as a comparison sees it: no spaces, no module prefixes, one kind of quote,
+    1.0 written 1."""
+    text = MODULE_PREFIX.sub("", re.sub(r"\s+", "", text)).replace("'", '"')
+    return re.sub(r"(?<![\w.])(\d+)\.0(?![\d])", r"\1", text)
+
+
+def calls(line: str) -> list[str]:
+    """Every call in a line, nested ones too: `f(g(x))` gives `f(g(x))` and `g(x)`."""
+    found = []
+    for match in CALL.finditer(line):
+        depth = 0
+        for end in range(match.end() - 1, len(line)):
+            depth += {"(": 1, ")": -1}.get(line[end], 0)
+            if depth == 0:
+                found.append(line[match.start() : end + 1])
+                break
+    return found
+
+
+def fragments(code_line: str) -> list[str]:
+    """The pieces of a solution line a message could print: the line, what follows its
+    keyword or its `=`, every call in it, and the opening `name(` of each call."""
+    line = code_line.split("  # ")[0].strip()
+    pieces = [line, *calls(line), *(call[: call.index("(") + 1] for call in calls(line))]
+    if keyword := KEYWORD.match(line):
+        pieces.append(keyword["rest"])
+    if re.match(r"^[\w.\[\]\"', :()]+ [-+*/]?= ", line):
+        pieces.append(line.split("= ", 1)[1])
+    return pieces
+
+
+def solution_code() -> set[str]:
+    """Every fragment of 12+ characters (normalized) of every TODO region's code."""
+    code = set()
+    for solution in make_exercises.PAIRS:
+        for _, region in make_exercises.regions((ROOT / solution).read_text()):
+            for line in region.splitlines():
+                if line.strip() and not line.strip().startswith("#"):
+                    code |= {normalized(p) for p in fragments(line) if len(normalized(p)) >= 12}
+    return code
+
+
+SOLUTION_CODE = solution_code()
+
+
+def given_away(message: str) -> list[str]:
+    text = normalized(message)
+    return sorted(code for code in SOLUTION_CODE if code in text)
+
+
+def message_texts(path) -> list[tuple[int, str]]:
+    """The string literals of a test module, f-strings with {} for their fields."""
+    texts = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.JoinedStr):
+            parts = (v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+            texts.append((node.lineno, "".join(parts)))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            texts.append((node.lineno, node.value))
+    return texts
+
+
+def test_the_check_for_printed_code_catches_a_call_a_formula_and_a_line():
+    assert normalized("scaler.step(optimizer)") in given_away("call scaler.step( optimizer ) first")
+    assert given_away("the LR is min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * progress))")
+    assert given_away("write `return max_lr * (step + 1) / warmup_steps`")
+    assert not given_away("the LR must already be above 0 at step 0")
+
+
+@pytest.mark.parametrize("module", ["test_todo_data.py", "test_todo_train.py"])
+def test_no_grading_message_prints_the_solutions_code(module):
+    """Every string a graded test can print, whether or not a seeded mistake reaches it."""
+    leaks = sorted(
+        {(line, code) for line, text in message_texts(ROOT / "tests" / module) for code in given_away(text)}
+    )
+    assert not leaks, f"{module}: messages print the solution's code (line: code): {leaks}"

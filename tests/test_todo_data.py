@@ -12,21 +12,23 @@ def check_window(dataset, i, tokens, stride, block_size):
     x, y = dataset[i]
     s = i * stride
     assert isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor), (
-        "x and y must be torch tensors: wrap the numpy slices with torch.from_numpy"
+        "x and y must be torch tensors: the numpy slices must become tensors"
     )
     assert x.dtype == torch.int64 and y.dtype == torch.int64, (
-        f"x and y must be int64 (got {x.dtype} and {y.dtype}): convert with .astype(np.int64) first"
+        f"x and y must be int64 (got {x.dtype} and {y.dtype}): the token file holds uint16, "
+        "and the embedding and the loss take int64"
     )
     assert x.shape == (block_size,) and y.shape == (block_size,), (
         f"x and y must each hold block_size={block_size} tokens, "
         f"got shapes {tuple(x.shape)} and {tuple(y.shape)}"
     )
     assert x.tolist() == tokens[s : s + block_size].tolist(), (
-        f"window {i}: x must be tokens[s : s + block_size] with s = idx * stride = {s}"
+        f"window {i}: x must be the block_size={block_size} tokens that start at position idx × stride = {s}"
     )
     assert y[:-1].tolist() == x[1:].tolist(), "y must be x shifted by one position: y[:-1] should equal x[1:]"
     assert y.tolist() == tokens[s + 1 : s + block_size + 1].tolist(), (
-        f"window {i}: y must be tokens[s + 1 : s + block_size + 1]; its last token is the one after x"
+        f"window {i}: y must be the {block_size} tokens that start one position after x; "
+        "its last token is the one after x's last"
     )
 
 

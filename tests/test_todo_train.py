@@ -72,8 +72,8 @@ def test_todo_2b_cosine_decay(learner, warmup, total):
             )
         if matches(lambda step: cosine(step / total)):
             pytest.fail(
-                "progress must count from the end of warmup: "
-                "(step - warmup_steps) / (total_steps - warmup_steps)"
+                "the cosine's progress counts from step 0: it must count from the end of warmup, "
+                "0 at step warmup_steps and 1 at step total_steps"
             )
         if matches(lambda step: cosine_to_zero((step - warmup) / (total - warmup))):
             pytest.fail(
@@ -84,10 +84,9 @@ def test_todo_2b_cosine_decay(learner, warmup, total):
         step = max(wrong, key=lambda s: abs(wrong[s] - cosine((s - warmup) / (total - warmup))))
         expected = cosine((step - warmup) / (total - warmup))
         pytest.fail(
-            f"cosine: at step {step} (warmup {warmup}, total {total}) the LR should be "
-            f"min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * progress)) = {expected:.6g}, "
-            f"got {wrong[step]:.6g} (off by {wrong[step] - expected:+.3g}); this is the step where "
-            "the difference is largest"
+            f"cosine: at step {step} (warmup {warmup}, total {total}) the LR should be {expected:.6g}, "
+            f"got {wrong[step]:.6g} (off by {wrong[step] - expected:+.3g}; the step where the difference "
+            "is largest): half a cosine period, from max_lr at progress 0 down to min_lr at progress 1"
         )
     for step in (total, total + 1, 10 * total):
         got = get_lr(step, warmup, total, MAX_LR, MIN_LR)
@@ -145,7 +144,8 @@ def test_todo_3b_loss_is_the_models_cross_entropy(learner):
     logits, _ = model(x)
     expected = F.cross_entropy(logits.view(-1, 32), y.view(-1))
     assert torch.allclose(loss, expected, atol=1e-6), (
-        "the loss must be the model's cross-entropy against the targets: logits, loss = model(x, targets=y)"
+        "the loss must be the model's cross-entropy against the targets y: read GPT.forward in model.py "
+        "to see what it returns when it is given the targets"
     )
     assert loss.requires_grad, "the loss must be differentiable: do not detach it or call .item()"
 
@@ -269,33 +269,38 @@ def test_todo_3c_clips_the_unscaled_gradient_then_steps(learner, scale):
         model, lambda opt: learner.train.clip_and_step(model, opt, scaler, clip)
     )
     assert update.abs().max() > 0, (
-        "the weights did not change: call scaler.step(optimizer) (or optimizer.step())"
+        "the weights did not change: the function never stepped the optimizer (through the GradScaler)"
     )
     assert all(p.grad is None for p in model.parameters()), (
-        "gradients are still there after the step: call optimizer.zero_grad(set_to_none=True), "
+        "gradients are still there after the step: clear them (set them to None), "
         "or the next step adds new gradients to these old ones"
     )
     update_norm = update.norm().item()
     if scale and update_norm == pytest.approx(clip / scale, rel=1e-3):
         pytest.fail(
             "the gradients were clipped while still multiplied by the GradScaler's factor: "
-            "call scaler.unscale_(optimizer) before clip_grad_norm_"
+            "the scaler must divide its factor out of them before they are clipped"
         )
     if update_norm == pytest.approx(true_norm.item(), rel=1e-3):
         pytest.fail(
-            f"the gradient norm {true_norm:.3f} was not clipped to grad_clip={clip}: call clip_grad_norm_"
+            f"the gradient norm {true_norm:.3f} was not clipped to grad_clip={clip}: "
+            "the gradients' total norm must be cut to grad_clip"
         )
     assert update_norm == pytest.approx(clip, rel=1e-3), (
         f"with grad_clip={clip} the update of SGD(lr=1) should have norm {clip}, got {update_norm:.4g}"
     )
     assert torch.is_tensor(norm) and norm.item() == pytest.approx(true_norm.item(), rel=1e-4), (
-        "return the gradient norm before clipping (what clip_grad_norm_ returns), of the unscaled gradients"
+        "return the gradient norm before clipping (what the clipping function measures), "
+        "of the unscaled gradients"
     )
     if scale:  # after update() the scaler accepts the next step's unscale_
         try:
             scaler.unscale_(optimizer)
         except RuntimeError:
-            pytest.fail("call scaler.update() after scaler.step(optimizer), once per optimizer step")
+            pytest.fail(
+                "the GradScaler's scale never changes: after each optimizer step the scaler must "
+                "update its scale (halve it after an overflow, grow it after a run of good steps)"
+            )
 
 
 @pytest.mark.todo("3c")
@@ -306,13 +311,13 @@ def test_todo_3c_a_float16_step_whose_gradients_overflowed_is_skipped(learner):
     if not torch.isfinite(update).all() or update.abs().max() > 0:
         pytest.fail(
             "a step whose gradients overflowed (inf) changed the weights "
-            f"({'to inf/NaN' if not torch.isfinite(update).all() else 'by a finite amount'}): step with "
-            "scaler.step(optimizer), not optimizer.step(); the scaler skips a step whose gradients "
-            "are not finite"
+            f"({'to inf/NaN' if not torch.isfinite(update).all() else 'by a finite amount'}): the "
+            "optimizer was stepped directly; stepped through the GradScaler, a step whose gradients "
+            "are not finite is skipped"
         )
     assert scaler.get_scale() == 2.0**9, (
         f"after an overflow the GradScaler's scale should halve from {2.0**10:g} to {2.0**9:g}, but it is "
-        f"{scaler.get_scale():g}: call scaler.update() after scaler.step(optimizer), once per optimizer step"
+        f"{scaler.get_scale():g}: the scaler must update its scale once after every optimizer step"
     )
 
 
@@ -322,7 +327,8 @@ def test_todo_3c_no_clipping_when_grad_clip_is_zero(learner):
     true_norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
     update, _, norm = sgd_update(model, lambda opt: learner.train.clip_and_step(model, opt, scaler, 0.0))
     assert update.norm().item() == pytest.approx(true_norm.item(), rel=1e-4), (
-        "grad_clip == 0 turns clipping off: clip to max_norm = float('inf') (the norm is still measured)"
+        "grad_clip == 0 turns clipping off, but the gradient norm is still measured and returned: "
+        "clip to a limit no norm reaches"
     )
     assert norm.item() == pytest.approx(true_norm.item(), rel=1e-4), (
         f"return the gradient norm, {true_norm.item():.5f} here, even when nothing is clipped; "
@@ -357,7 +363,7 @@ def accumulated_grads(learner, model, batches, scaler=None, amp_ctx=None):
     kwargs = {} if amp_ctx is None else {"amp_ctx": amp_ctx}
     loss = learner.train.accumulate_gradients(model, scaler, batches, **kwargs)
     assert all(p.grad is not None for p in model.parameters()), (
-        "no gradients after accumulate_gradients: call .backward() on every micro-batch's loss"
+        "no gradients after accumulate_gradients: every micro-batch's loss needs a backward pass"
     )
     return loss, [p.grad.detach().clone() for p in model.parameters()]
 
@@ -422,7 +428,7 @@ def test_todo_4_accumulated_gradient_equals_the_big_batch_gradient(learner):
         "by its share of the step's targets (here 1/k) and let the gradients add up in .grad",
     )
     assert torch.is_tensor(loss) and not loss.requires_grad, (
-        "return the mean loss as a tensor detached from the graph (loss.detach()), "
+        "return the mean loss as a tensor detached from the graph (logging it must not keep the graph), "
         f"got {type(loss).__name__}{' that still requires grad' if torch.is_tensor(loss) else ''}"
     )
     assert loss.item() == pytest.approx(big_loss.item(), rel=1e-5), (
@@ -471,8 +477,9 @@ def test_todo_4_ddp_processes_divide_by_the_mean_count(learner, monkeypatch):
         losses.append((loss, big_batch_loss(tiny_gpt(seed=2), own).detach(), real_targets(own)))
     averaged = [(a + b) / 2 for a, b in zip(*grads, strict=True)]  # what DDP's all-reduce does
     assert all_reduced, (
-        "under DDP the count of real targets must be shared between processes: divide by "
-        "mean_over_processes(this process's count), the mean count of a process"
+        "under DDP the count of real targets must be shared between processes: each divided by its "
+        "own count, so its targets weigh more or less than the other process's. Divide by the mean "
+        "count of a process (the helper for it is in this file)"
     )
     assert all(isinstance(value, torch.Tensor) for value in all_reduced), (
         f"mean_over_processes was given {type(all_reduced[0]).__name__}, not a tensor: an all-reduce "
@@ -489,8 +496,8 @@ def test_todo_4_ddp_processes_divide_by_the_mean_count(learner, monkeypatch):
         averaged,
         big,
         f"two processes with {real_targets(mine)} and {real_targets(theirs)} real targets: after DDP "
-        "averages their gradients, every target of both must weigh the same. Divide by "
-        "mean_over_processes(count of this process's step), not by this process's own count",
+        "averages their gradients, every target of both must weigh the same: divide by the mean "
+        "count of a process, not by this process's own count",
     )
 
 
@@ -502,12 +509,12 @@ def test_todo_4_backward_goes_through_the_scaler_under_amp(learner):
     amp_ctx = CountingContext()
     _, acc = accumulated_grads(learner, tiny_gpt(seed=2), batches, scaler, amp_ctx)
     assert amp_ctx.entered == 2, (
-        f"the forward of each micro-batch must run under amp_ctx (`with amp_ctx:`); "
+        f"the forward of each micro-batch must run inside the amp_ctx it is given; "
         f"it was entered {amp_ctx.entered} times for 2 micro-batches"
     )
     for a, b in zip(acc, big, strict=True):
         assert torch.allclose(a, b * 2.0**8, atol=1e-4, rtol=1e-4), (
-            "backward the scaled loss, scaler.scale(weighted loss).backward(), "
+            "the backward must start from the loss multiplied by the GradScaler's factor, "
             "so float16 gradients do not underflow"
         )
 
@@ -543,7 +550,8 @@ def test_todo_4_skips_the_all_reduce_on_all_but_the_last_micro_batch(learner):
     model = FakeDDP(tiny_gpt())
     accumulated_grads(learner, model, micro_batches(seed=2, k=3))
     assert model.backward_synced == [False, False, True], (
-        "under DDP, run every micro-batch but the last inside model.no_sync(), so gradients are "
+        "under DDP, run every micro-batch but the last inside the model's context that skips the "
+        "gradient all-reduce, so gradients are "
         f"averaged across processes once per step; synced backwards were {model.backward_synced}"
     )
 
@@ -580,7 +588,9 @@ def test_todo_5_autocast_runs_matmuls_in_the_16_bit_type(learner, dtype):
 @pytest.mark.todo("5")
 def test_todo_5_float32_means_no_autocast(learner):
     with learner.train.autocast_context(torch.device("cpu"), torch.float32):
-        assert not torch.is_autocast_enabled("cpu"), "float32 needs no autocast: return NO_AUTOCAST"
+        assert not torch.is_autocast_enabled("cpu"), (
+            "float32 needs no autocast, but autocast is on inside the context"
+        )
         dtype = torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype
         assert dtype == torch.float32, f"with float32, a Linear layer must compute in float32, got {dtype}"
 
@@ -591,7 +601,7 @@ def test_todo_5_autocast_follows_the_device(learner):
         warnings.simplefilter("ignore")  # "CUDA is not available": we only look at the settings
         ctx = learner.train.autocast_context(torch.device("cuda"), torch.bfloat16)
     assert getattr(ctx, "device", None) == "cuda", (
-        "use the device's type: torch.autocast(device_type=device.type)"
+        "the context must take its device type from the device it is given"
     )
 
 
@@ -643,7 +653,8 @@ def test_todo_6_mean_loss_and_perplexity(learner):
         model.eval()
         expected = sum(model(x, targets=y)[1].item() for x, y in batches) / len(batches)
     assert isinstance(result.loss, float), (
-        f"EvalResult.loss must be a Python float, got {type(result.loss).__name__}: use .item()"
+        f"EvalResult.loss must be a Python float, got {type(result.loss).__name__}: "
+        "turn the 0-d tensor into a Python number"
     )
     assert result.loss == pytest.approx(expected, rel=1e-5), (
         f"the loss must be the mean over all the batches: expected {expected:.4f}, got {result.loss:.4f}"
@@ -676,9 +687,9 @@ def test_todo_6_dropout_off_and_train_mode_restored(learner):
     model.train()
     batches = eval_batches()
     first = learner.train.evaluate(model, batches).loss
-    assert model.training, "put the model back in training mode at the end: model.train()"
+    assert model.training, "the model was left in evaluation mode: put it back in training mode at the end"
     second = learner.train.evaluate(copy.deepcopy(model), batches).loss
-    assert first == second, "two evaluations differ: call model.eval() so dropout is off while evaluating"
+    assert first == second, "two evaluations differ: dropout was on; switch the model to evaluation mode"
 
 
 @pytest.mark.todo("6")
@@ -689,7 +700,8 @@ def test_todo_6_no_graph_and_amp_context(learner):
     amp_ctx = CountingContext()
     learner.train.evaluate(model, eval_batches(), amp_ctx)
     assert grad_enabled and not any(grad_enabled), (
-        "evaluate under torch.no_grad(): no backward will follow, so building the graph only wastes memory"
+        "the evaluation built an autograd graph: no backward will follow, so turn gradient tracking "
+        "off while evaluating; the graph only wastes memory"
     )
     assert amp_ctx.entered, "run the forward passes under amp_ctx, as in training"
 
@@ -729,13 +741,11 @@ def test_todo_8_restore_brings_back_every_piece_of_the_state(learner):
     step, position, best = learner.train.restore_checkpoint(state, fresh_model, fresh_optimizer, fresh_scaler)
 
     assert torch.equal(torch.rand(3), expected_next_random), (
-        "the random generators must be saved and restored (capture_rng_state / restore_rng_state): "
+        "the random generators must be saved and restored (this file has helpers for both): "
         "they decide the next dropout masks"
     )
     for (name, p), q in zip(fresh_model.named_parameters(), model.parameters(), strict=True):
-        assert torch.equal(p, q), (
-            f"the model weights must be restored (model.load_state_dict); {name} differs"
-        )
+        assert torch.equal(p, q), f"the model weights must be restored; {name} differs"
     saved_moments = optimizer.state_dict()["state"]
     restored_moments = fresh_optimizer.state_dict()["state"]
     assert all(
