@@ -3,7 +3,8 @@
     metrics.jsonl  one JSON object per log line (step, loss, lr, grad_norm,
                    tokens_per_sec, and mfu on a known GPU, skipped_steps with float16)
                    and per evaluation (step, val_loss, val_ppl, val_bpb)
-    metrics.png    the loss curves (train and validation) above the LR schedule
+    metrics.png    the loss curves (train and validation, on a log scale) above the LR
+                   schedule, with the reference run's curves where the course has one
     samples.txt    the text sample of every evaluation, from the same seed
 
 The training loss is summed on the device between log lines and read once per
@@ -24,9 +25,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from course.checkpoints import data_identity
 from course.devices import describe_dtype, gpu_peak_flops
 from course.distributed import ProcessGroup
 from course.guards import check_finite
+from course.reference import final_validation, find_reference, recipe, verdict
 from course.run_folder import (
     BEST_FILE,
     METRICS_FILE,
@@ -59,27 +62,46 @@ def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
     return [r for r in records if up_to_step is None or r["step"] <= up_to_step]
 
 
-def plot_metrics(records: list[dict], path: Path) -> None:
-    """Loss curves (train and val) and the LR schedule, one above the other."""
+def plot_metrics(records: list[dict], path: Path, reference: dict | None = None) -> None:
+    """metrics.png: see draw_metrics."""
     import matplotlib
 
     matplotlib.use("Agg")  # draw to a file; no screen needed
     import matplotlib.pyplot as plt
 
+    fig = draw_metrics(records, reference)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def draw_metrics(records: list[dict], reference: dict | None = None):
+    """Loss curves (train and val) and the LR schedule, one above the other; with a
+    reference run (course.reference), its curves in grey behind this run's."""
+    import matplotlib.pyplot as plt
+
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(2, 1))
+    if reference is not None:
+        machine = f"{reference['recipe']['dtype']}, {reference['machine']}"
+        ref_train, ref_val = reference["train_curve"], reference["val_curve"]
+        ax_loss.plot(*zip(*ref_train, strict=True), color="0.75", lw=1, label="reference train")
+        ax_loss.plot(
+            *zip(*ref_val, strict=True), "s--", color="0.45", ms=3, label=f"reference val ({machine})"
+        )
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
-    ax_loss.set(title="Loss", ylabel="cross-entropy (nats/token)")
-    ax_loss.legend()
+    # A log axis keeps the end of the run readable: the loss falls from ln(vocab) ≈ 4
+    # to about 1.5, and the last tenths of a nat are where runs differ.
+    ax_loss.set_yscale("log")
+    ax_loss.set(title="Loss", ylabel="cross-entropy (nats/token, log scale)")
+    ax_loss.legend(fontsize="small")
     ax_loss.grid(alpha=0.3)
     ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green")
     ax_lr.set(title="Learning rate", xlabel="optimizer step", ylabel="LR")
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: torch.device, seed: int) -> str:
@@ -130,6 +152,7 @@ class Logbook:
         self.save_dir = Path(args.save_dir)
         self.tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len * group.world_size
         self.dtype = dtype
+        self.reference = None  # the course's reference run of this recipe, found by print_setup
         self.peak_flops = gpu_peak_flops(device, dtype)
         # On resume, keep the metrics up to the checkpoint and drop any logged after it
         # (a new run starts with none: its files are new, see course.run_folder).
@@ -230,13 +253,17 @@ class Logbook:
             with open(self.folder.path(SAMPLES_FILE), "a") as f:
                 f.write(f"=== {summary} ===\n{sample}\n\n")
             tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
-        plot_metrics(self.records, self.folder.path(PLOT_FILE))
+        plot_metrics(self.records, self.folder.path(PLOT_FILE), self.reference)
 
     def print_setup(
         self, model, train_windows: int, schedule, start_step: int, batches_per_epoch: int
     ) -> None:
-        """Two lines that say what this run is about to do."""
+        """Two lines that say what this run is about to do, and the reference run it
+        will be compared with at the end (course.reference), if the course has one."""
         args, group, meta, dtype = self.args, self.group, self.meta, self.dtype
+        dtype_name = str(dtype).removeprefix("torch.")
+        run_recipe = recipe(vars(args), schedule, dtype_name, group.world_size, data_identity(meta))
+        self.reference = find_reference(run_recipe)
         processes = f"{group.world_size} processes, " if group.world_size > 1 else ""
         self.print(
             f"{processes}device {self.device} ({describe_dtype(args.dtype, self.device, dtype)}), "
@@ -254,6 +281,12 @@ class Logbook:
             self.print(
                 f"note: the saved run's schedule ends at step {schedule.total_steps}; "
                 f"steps {first}-{schedule.end_step} continue at its min_lr {schedule.min_lr:g}"
+            )
+        if self.reference is not None:
+            ref = self.reference
+            self.print(
+                f"reference: the course's run of this command reached val {ref['final']['val_loss']:.3f} "
+                f"in {dtype_name} on {ref['machine']} ({ref['wall_seconds']:.0f} s); metrics.png draws it"
             )
         held = self.folder.run_files() if self.resumed_at is None else []
         if held:
@@ -284,3 +317,6 @@ class Logbook:
             written.append(f"resume checkpoint in {final(RESUME_FILE)}")
         written += [f"metrics in {final(METRICS_FILE)}", f"plot in {final(PLOT_FILE)}"]
         self.print("done: " + ", ".join(written))
+        last = final_validation(self.records)
+        if last is not None:
+            self.print(verdict(last["val_loss"], last["val_bpb"], self.reference))

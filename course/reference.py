@@ -1,0 +1,87 @@
+"""The course's reference runs: how far the commands that the README gives a learner
+went on the machines they were measured on, so that your run can tell you whether it
+is on track.
+
+    reference_runs.json   made by tools/reference_runs.py: for each command and number
+                          type, the recipe that identifies it, its validation curve, a
+                          thinned training curve, and the machine it ran on
+
+A run finds its reference by its recipe: every option that changes what is trained
+(the model, the data, the schedule, the batches, the seed, the number type, the number
+of processes), not the ones that only say where files go or how often to report. Change
+any of them and there is no reference: the run is then a new experiment, compared with
+nothing. The end-of-run line (Logbook.print_done) and metrics.png use the reference.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+REFERENCE_FILE = Path(__file__).with_name("reference_runs.json")
+
+# Options that leave the trained weights as they are: where files go, how often to
+# report or save, what a sample starts with, how the work is spread over the machine.
+# (Compiling changes the rounding of some sums, not the run.)
+NOT_IN_RECIPE = frozenset({
+    "data_dir", "device", "dtype", "preset", "use_compile", "num_workers", "save_dir", "log_interval",
+    "eval_interval", "save_interval", "from_resume", "overwrite", "prompt", "sample_tokens", "test",
+    "hint", "options_given",
+    # replaced by what they decide: the data's content, the schedule's numbers
+    "data_path", "epochs", "max_steps", "warmup_steps", "min_lr",
+})  # fmt: skip
+
+# Two seeds of the main job end about 0.01 apart; within twice that, a run is on track.
+ON_TRACK_TOLERANCE = 0.02
+
+
+def recipe(options: dict, schedule, dtype_name: str, world_size: int, data_source: dict) -> dict:
+    """What decides a run's curve. options: the run's resolved command-line options
+    (vars(args)); schedule: its Schedule; data_source: the corpus's identity (its
+    tokenizer and a hash of its text, course.checkpoints.data_identity)."""
+    kept = {name: value for name, value in options.items() if name not in NOT_IN_RECIPE}
+    return {
+        **kept,
+        "total_steps": schedule.total_steps,
+        "end_step": schedule.end_step,
+        "warmup_steps": schedule.warmup_steps,
+        "min_lr": schedule.min_lr,
+        "dtype": dtype_name,
+        "world_size": world_size,
+        "data_source": data_source,
+    }
+
+
+def load_references(path: Path | None = None) -> list[dict]:
+    path = path or REFERENCE_FILE
+    return json.loads(path.read_text())["runs"] if path.is_file() else []
+
+
+def find_reference(run_recipe: dict, path: Path | None = None) -> dict | None:
+    """The committed reference run with exactly this recipe, or None."""
+    return next((ref for ref in load_references(path) if ref["recipe"] == run_recipe), None)
+
+
+def final_validation(records: list[dict]) -> dict | None:
+    """The last evaluation among a run's metrics records."""
+    return next((r for r in reversed(records) if "val_loss" in r), None)
+
+
+def verdict(val_loss: float, val_bpb: float, reference: dict | None) -> str:
+    """The end-of-run line: the run's final validation loss, and against the reference."""
+    line = f"val {val_loss:.3f} ({val_bpb:.3f} bits/byte)"
+    if reference is None:
+        return f"{line}; the course has no reference run of this command and number type to compare with"
+    ref = reference["final"]
+    gap = val_loss - ref["val_loss"]
+    if gap > ON_TRACK_TOLERANCE:
+        judgement = f"behind by {gap:.3f}: metrics.png shows where this run's curve left the reference's"
+    elif gap < -ON_TRACK_TOLERANCE:
+        judgement = f"ahead by {-gap:.3f}"
+    else:
+        judgement = "on track"
+    return (
+        f"{line}; the reference run of this command reached {ref['val_loss']:.3f} "
+        f"({ref['val_bpb']:.3f} bits/byte) in {reference['recipe']['dtype']} on {reference['machine']}: "
+        f"{judgement}"
+    )
