@@ -15,7 +15,7 @@ The block is GPT-2's (2019, as in nanoGPT). What replaced its pieces since is he
 too, one switch each in GPTConfig: rotary position embeddings, RMSNorm, squared ReLU
 and SwiGLU, QK-norm, zero-initialised projections, an untied lm_head; and the Muon
 optimizer for the blocks' matrices. Measured at equal wall time at this course's
-scale (tools/ablation.py; the README has the table), Muon pays off by far and is the
+scale (tools/ablation.py; tools/results/README.md has the table), Muon pays off by far and is the
 default; each block change costs time per step and loses within the main job's
 budget on a CPU, so the defaults stay GPT-2's.
 
@@ -481,7 +481,7 @@ class Muon(torch.optim.Optimizer):
     gains keep AdamW, as its authors recommend. Each parameter group says which it
     gets (use_muon); set_lr gives each group lr × its lr_scale.
 
-    Measured on this course's main job (tools/ablation.py, README): 0.23 bits per byte
+    Measured on this course's main job (tools/ablation.py, tools/results/README.md): 0.23 bits per byte
     better than AdamW in the same wall time on a CPU, although each step costs about
     15–20% more there.
     """
