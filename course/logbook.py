@@ -82,18 +82,20 @@ def draw_metrics(records: list[dict], reference: dict | None = None):
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val_loss" in r]
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(2, 1))
-    if reference is not None:
+    if reference is not None:  # broad grey bands behind the run's own lines: a run on track covers them
         machine = f"{reference['recipe']['dtype']}, {reference['machine']}"
         ref_train, ref_val = reference["train_curve"], reference["val_curve"]
-        ax_loss.plot(*zip(*ref_train, strict=True), color="0.75", lw=1, label="reference train")
+        ax_loss.plot(*zip(*ref_train, strict=True), color="0.85", lw=5, label="reference train")
         ax_loss.plot(
-            *zip(*ref_val, strict=True), "s--", color="0.45", ms=3, label=f"reference val ({machine})"
+            *zip(*ref_val, strict=True), color="0.6", lw=5, alpha=0.6, label=f"reference val ({machine})"
         )
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
     # A log axis keeps the end of the run readable: the loss falls from ln(vocab) ≈ 4
     # to about 1.5, and the last tenths of a nat are where runs differ.
     ax_loss.set_yscale("log")
+    ax_loss.set_yticks(*loss_ticks(ax_loss.get_ylim()))
+    ax_loss.minorticks_off()
     ax_loss.set(title="Loss", ylabel="cross-entropy (nats/token, log scale)")
     ax_loss.legend(fontsize="small")
     ax_loss.grid(alpha=0.3)
@@ -102,6 +104,15 @@ def draw_metrics(records: list[dict], reference: dict | None = None):
     ax_lr.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def loss_ticks(limits: tuple[float, float]) -> tuple[list[float], list[str]]:
+    """Round values inside the loss axis's limits, written as plain numbers (a log axis
+    alone labels only the powers of ten, none of which a loss curve here reaches)."""
+    low, high = limits
+    nice = [0.5, 0.75, 1, 1.25, 1.5, 1.75, 2, 2.5, 3, 3.5, 4, 5, 6, 8, 10, 12, 15]
+    ticks = [t for t in nice if low <= t <= high] or [round(low, 2), round(high, 2)]
+    return ticks, [f"{t:g}" for t in ticks]
 
 
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: torch.device, seed: int) -> str:
