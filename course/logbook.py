@@ -247,6 +247,9 @@ class Logbook:
         """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample."""
         summary = f"step {step}"
         if result is not None:
+            # The training loss of this step was still finite, but the step itself may have
+            # thrown the weights to inf/NaN: stop here, before sampling from them or saving them.
+            check_finite(torch.tensor(result.loss), torch.zeros(()), step, step, self.what_is_kept())
             bpb = bits_per_byte(result.loss, *self.text_size)
             record = {"step": step, "val_loss": result.loss, "val_ppl": result.perplexity, "val_bpb": bpb}
             self.records.append(record)

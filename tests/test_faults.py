@@ -126,7 +126,6 @@ def test_an_overwrite_that_fails_before_its_first_checkpoint_leaves_the_old_run(
 
 def test_an_overwrite_keeps_nothing_of_the_old_run(used_folder, capsys):
     out, base = used_folder
-    old_samples = (out / "samples.txt").read_text()
     code, _ = run([*base, "--overwrite", 1, "--max_steps", 3, "--seed", 7], capsys)
     assert code == 0
     steps = [r["step"] for r in records(out)]
@@ -134,7 +133,8 @@ def test_an_overwrite_keeps_nothing_of_the_old_run(used_folder, capsys):
     assert torch.load(out / "best.pt", weights_only=True)["step"] <= 3, "best.pt is the old run's"
     assert torch.load(out / "resume.pt", weights_only=True)["step"] == 3
     samples = (out / "samples.txt").read_text()
-    assert samples.count("=== step") == 2 and samples != old_samples, (
+    evaluations = sum("val_loss" in r for r in records(out))
+    assert samples.count("=== step") == evaluations and samples.count("=== step 0:") == 1, (
         "samples.txt holds the old run's samples"
     )
     assert sorted(p.name for p in out.iterdir()) == sorted(run_folder.RUN_FILES), "no staging or lock left"
