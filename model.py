@@ -32,6 +32,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, Replicate
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100  # label value the loss skips (padding); PyTorch's own default
 
@@ -239,10 +241,12 @@ class MoE(nn.Module):
         out = torch.zeros_like(tokens)
         for e, expert in enumerate(self.experts):
             token_idx, slot = (chosen == e).nonzero(as_tuple=True)  # the tokens routed to expert e
-            if token_idx.numel():
-                expert_out = expert(tokens[token_idx]) * weights[token_idx, slot, None]
-                # Under autocast the expert computes in 16 bits; the residual stream stays float32.
-                out.index_add_(0, token_idx, expert_out.to(out.dtype))
+            # An expert that got no token still runs (on none), so its weights get a zero
+            # gradient rather than none: every process then has a gradient for every
+            # weight, which FSDP's reduce-scatter needs.
+            expert_out = expert(tokens[token_idx]) * weights[token_idx, slot, None]
+            # Under autocast the expert computes in 16 bits; the residual stream stays float32.
+            out.index_add_(0, token_idx, expert_out.to(out.dtype))
         n_experts = len(self.experts)
         share = torch.bincount(chosen.flatten(), minlength=n_experts).to(probs.dtype) / chosen.numel()
         self.aux_loss = n_experts * (share * probs.mean(dim=0)).sum()
@@ -281,6 +285,9 @@ class GPT(nn.Module):
         )
         self.transformer = nn.ModuleDict(modules)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Recompute each Block's activations in the backward pass instead of storing them
+        # (the training script's --activation_checkpointing 1): not part of the architecture.
+        self.activation_checkpointing = False
         if config.tie_weights:
             # Weight tying: the matrix that turns a token into a vector also turns the
             # final vector back into token scores. Saves V×C parameters (Press & Wolf,
@@ -326,7 +333,14 @@ class GPT(nn.Module):
             x = x + self.transformer.wpe(torch.arange(T, device=idx.device))  # (T, C), broadcast
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x)
+            if self.activation_checkpointing and self.training:
+                # Activation checkpointing: keep only the Block's input; backward runs the
+                # Block again to get what it needs (same dropout masks: the RNG state is
+                # saved). About one more forward pass of compute for a Block's worth of
+                # activations per layer less memory.
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
 
@@ -512,7 +526,8 @@ class Muon(torch.optim.Optimizer):
             if not state:
                 state["momentum"] = torch.zeros_like(p)
             state["momentum"].lerp_(p.grad, 1 - group["momentum"])  # m ← β·m + (1 - β)·g
-            updates[p] = p.grad.lerp(state["momentum"], group["momentum"])  # Nesterov: g + β·(m - g)
+            # Nesterov: g + β·(m - g); under FSDP the whole matrix (see whole_matrix)
+            updates[p] = whole_matrix(p.grad.lerp(state["momentum"], group["momentum"]))
         # Matrices of one shape (the same layer in every block) are orthogonalised together.
         for shape in {p.shape for p in params}:
             same = [p for p in params if p.shape == shape]
@@ -520,7 +535,7 @@ class Muon(torch.optim.Optimizer):
             # An orthogonal update of a tall matrix has smaller entries: scale them back up.
             scale = max(1.0, shape[0] / shape[1]) ** 0.5
             for p, update in zip(same, orthogonal, strict=True):
-                p.add_(update, alpha=-group["lr"] * scale)
+                p.add_(shard_like(p, update), alpha=-group["lr"] * scale)
 
     def _adamw_step(self, p: torch.Tensor, group: dict) -> None:
         """Adam's update, as torch.optim.AdamW computes it (weight decay applied above)."""
@@ -534,6 +549,26 @@ class Muon(torch.optim.Optimizer):
         # Both averages start at zero; dividing by 1 - beta^step removes that bias.
         denominator = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
         p.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / (1 - beta1 ** state["step"]))
+
+
+def whole_matrix(t: torch.Tensor) -> torch.Tensor:
+    """The full matrix behind `t`: under FSDP each process holds some rows of every
+    weight (a DTensor shard), but orthogonalisation needs all of them. So every process
+    gathers each update (an all-gather) and orthogonalises it whole, which gives exactly
+    the single-process result. (nanochat and modded-nanogpt instead give each process its
+    own share of the matrices to orthogonalise, then exchange the results: less
+    repeated work, more code.) A plain tensor is already whole."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def shard_like(p: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """The part of a whole-matrix `update` that this process's shard of `p` holds
+    (the inverse of whole_matrix: a local slice, no communication)."""
+    if not isinstance(p, DTensor):
+        return update
+    return DTensor.from_local(update, p.device_mesh, [Replicate()] * p.device_mesh.ndim).redistribute(
+        p.device_mesh, p.placements
+    )
 
 
 def filter_top_k_top_p(

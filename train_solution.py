@@ -24,6 +24,7 @@ Check your TODOs and run it:
     python train_solution.py --from_resume 1      # continue the run saved in out/
     python train_solution.py --overwrite 1        # replace it with a new run
     torchrun --standalone --nproc_per_node=2 train_solution.py   # several processes (DDP)
+    torchrun --standalone --nproc_per_node=2 train_solution.py --parallel fsdp   # sharded (FSDP)
 
 A step is one optimizer step: the LR schedule, logging, evaluation and checkpoints
 all count optimizer steps, never micro-batches. Losses are in nats per token.
@@ -44,10 +45,11 @@ from course import cli, open_todos
 from course.batches import BatchStream, block_dataset, document_datasets, fixed_eval_batches, limit_windows
 from course.checkpoints import RunFiles, capture_rng_state, load_weights, restore_rng_state, seed_everything
 from course.corpus import prepare, prepared_dir, read_meta
-from course.distributed import ProcessGroup, mean_over_processes, wrap_for_training
+from course.distributed import ProcessGroup, is_sharded, mean_over_processes, shard_model, wrap_for_training
 from course.errors import Interrupted
 from course.guards import StopRequests
 from course.logbook import Logbook
+from course.profiling import StepProfiler
 from course.run_folder import BEST_FILE
 from data_solution import BlockDataset, PretrainDataset, Tokenizer, tokenizer_from_meta
 from model import GPT, IGNORE_INDEX, GPTConfig
@@ -179,9 +181,11 @@ def accumulate_gradients(
 
     Under DistributedDataParallel every backward also averages gradients across
     processes; `no_sync` skips that for all but the last micro-batch, where it is
-    needed once. Because DDP divides by the number of processes, each one divides
-    its sums by the mean count of a process (not its own count): the average over
-    processes is then the sum over every real target of the step over their number.
+    needed once. (A model sharded with FSDP has a `no_sync` too: course.distributed
+    gives it one that turns FSDP's reduce-scatter off the same way.) Because DDP
+    divides by the number of processes, each one divides its sums by the mean count
+    of a process (not its own count): the average over processes is then the sum over
+    every real target of the step over their number.
     """
     # TODO 4: forward + backward over every micro-batch; return the step's mean loss (detached)
     #   Afterwards .grad holds the gradient of the mean loss over every real target of the
@@ -369,11 +373,10 @@ def load_data(
     or, with --dataset_mode documents, MiniMind's padded documents (PretrainDataset, TODO 7)."""
     data_path = Path(args.data_path) if args.data_path else None
     target = prepared_dir(data_path, args.tokenizer, Path(args.data_dir) if args.data_dir else None)
-    if group.is_main:
+    if group.is_local_main:  # one process per machine: each machine has its own disk
         prepare(args.tokenizer, data_path, target)  # tokenize once; later runs reuse the files
     group.barrier()  # the other processes wait until the data is on disk, then reuse it
-    prepared = prepare(args.tokenizer, data_path, target)
-    meta = read_meta(prepared)
+    meta = read_meta(target)
     tokenizer = tokenizer_from_meta(meta)
     cli.check_prompt(args.prompt, tokenizer)
     T = args.max_seq_len
@@ -381,8 +384,8 @@ def load_data(
         train_set, val_set = document_datasets(PretrainDataset, data_path, tokenizer, T)
     else:
         # The cpu preset trains on a spread-out subset of the windows (--max_train_tokens).
-        train_set = limit_windows(block_dataset(BlockDataset, prepared, "train", T), args.max_train_tokens)
-        val_set = block_dataset(BlockDataset, prepared, "val", T)
+        train_set = limit_windows(block_dataset(BlockDataset, target, "train", T), args.max_train_tokens)
+        val_set = block_dataset(BlockDataset, target, "val", T)
     # Each process draws its own share of every batch; page-locked (pinned) memory copies faster to a GPU.
     stream = BatchStream(
         train_set,
@@ -417,6 +420,7 @@ def build_model(args: argparse.Namespace, tokenizer: Tokenizer, device: torch.de
         tie_weights=bool(args.tie_weights),
     )
     model = GPT(config)
+    model.activation_checkpointing = bool(args.activation_checkpointing)  # memory for compute
     if args.from_weight != "none":
         load_weights(model, Path(args.from_weight), tokenizer.meta())
     return model.to(device)
@@ -432,7 +436,9 @@ def validate(
     run: RunFiles,
 ) -> float:
     """Evaluate [6], log it with a text sample, and keep the weights of the best
-    validation loss so far in best.pt (what nanoGPT keeps); returns the best loss."""
+    validation loss so far in best.pt (what nanoGPT keeps); returns the best loss.
+    Under FSDP every process runs this (each forward gathers the weights from all of
+    them) and gets the same loss; rank 0 writes."""
     result = open_todos.evaluate_or_none(evaluate, model, eval_batches, amp_ctx)
     if result is not None and result.loss < best_val_loss:
         best_val_loss = result.loss
@@ -461,19 +467,21 @@ def save_checkpoint(
 ) -> None:
     """model.pt (the weights, to sample from or start another run) and resume.pt (the
     checkpoint_state [8] that continues this run), each written atomically by rank 0.
-    Every process builds the state: the random generators of all of them go into it."""
+    Every process builds the state: the random generators of all of them go into it.
+    Under FSDP every process also writes its own shard of the weights and optimizer
+    state (course.checkpoints)."""
     state = open_todos.state_or_none(checkpoint_state, model, optimizer, scaler, step, stream, best_val_loss)
-    if group.is_main:
-        run.save_checkpoint(model, state)
+    run.save_checkpoint(model, optimizer, state, group)
 
 
 def train(args: argparse.Namespace) -> None:
     """Set up, then for every optimizer step: LR, batches, train_step, log, evaluate, save.
-    Under torchrun every process runs this; only rank 0 logs, evaluates and saves."""
+    Under torchrun every process runs this; only rank 0 logs and saves (and, under DDP, evaluates)."""
     group, device, dtype = cli.configure(args)  # device, number type, processes; options checked
     run = cli.claim_run_folder(args, group)  # this run's files; another run's are never touched
     checkpoint = run.load_resume() if args.from_resume else None
     saved_plan = cli.continue_plan(args, checkpoint, group)  # a resume: same schedule, same batches
+    cli.check_parallel(args, group, dtype)
     seed_everything(args.seed, group.rank)
 
     meta, tokenizer, stream, eval_batches = load_data(args, group, device)
@@ -481,6 +489,8 @@ def train(args: argparse.Namespace) -> None:
 
     model = build_model(args, tokenizer, device)
     run.check_free_space(model)  # room for a checkpoint, found before anything is written
+    if args.parallel == "fsdp":  # before the optimizer, so that its state is sharded too
+        shard_model(model, group, device, dtype)
     # Muon's LR as a multiple of the schedule's (set_lr applies it); 0: AdamW for everything.
     muon_lr_scale = args.muon_lr / args.learning_rate if args.optimizer == "muon" else 0.0
     optimizer = model.configure_optimizers(
@@ -493,6 +503,7 @@ def train(args: argparse.Namespace) -> None:
     start_step, best_val_loss = 0, float("inf")
     if checkpoint is not None:  # continue the stopped run exactly: same state, same next batch
         run.check_same_run(checkpoint)
+        run.read_shards(checkpoint, model, optimizer)  # FSDP: each process reads its own shards
         start_step, data_position, best_val_loss = restore_checkpoint(checkpoint, model, optimizer, scaler)
         stream.seek(**data_position)
     resumed_at = start_step if checkpoint is not None else None
@@ -500,10 +511,12 @@ def train(args: argparse.Namespace) -> None:
     train_model = wrap_for_training(model, group, device, args.use_compile, args.use_moe)
     logbook.print_setup(model, len(stream.dataset), schedule, start_step, stream.batches_per_epoch)
 
-    if start_step == 0 and group.is_main:  # the untrained model: loss ≈ ln(vocab size)
+    evaluates = group.is_main or is_sharded(model)  # under FSDP a forward pass needs every process
+    if start_step == 0 and evaluates:  # the untrained model: loss ≈ ln(vocab size)
         best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
     end_step = schedule.end_step
-    with StopRequests(announce=group.is_main) as signals, logbook.progress(start_step, end_step):
+    profiler = StepProfiler(args.profile, run.folder, device, group.is_main)  # --profile N
+    with StopRequests(announce=group.is_main) as signals, logbook.progress(start_step, end_step), profiler:
         for step in range(start_step, end_step):
             lr = open_todos.lr_or_constant(
                 get_lr, step, schedule.warmup_steps, schedule.total_steps, args.learning_rate, schedule.min_lr
@@ -514,6 +527,7 @@ def train(args: argparse.Namespace) -> None:
             ]
             stats = train_step(train_model, optimizer, scaler, micro_batches, lr, args.grad_clip, amp_ctx)
             logbook.step_done(stats.loss, stats.grad_norm)
+            profiler.step()
 
             done = step + 1  # optimizer steps completed
             # Read once, and agreed by every process: a Ctrl+C or SIGTERM stops them all after this step.
@@ -524,8 +538,8 @@ def train(args: argparse.Namespace) -> None:
             if at_log or at_eval or at_save:
                 logbook.check_finite(done)  # stop before a NaN is logged or saved over a good checkpoint
             if at_log:
-                logbook.log_train(done, lr, stats.grad_norm, model.flops_per_token())
-            if at_eval and group.is_main:
+                logbook.log_train(done, lr, model.flops_per_token())
+            if at_eval and evaluates:
                 best_val_loss = validate(done, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
             if at_save:
                 save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)

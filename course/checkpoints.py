@@ -7,6 +7,17 @@ A run's folder (`--save_dir`, default out/) holds
                 chapter's checkpoint_state, plus the configs and the data's identity)
     model.pt    the latest weights, with their model config and tokenizer
     best.pt     the weights with the lowest validation loss so far, in model.pt's format
+    resume-shards/stepN/   FSDP runs only: the weights and optimizer state of resume.pt,
+                one file per process (torch.distributed.checkpoint); resume.pt names
+                the folder and holds the rest
+
+Under FSDP no process holds the whole optimizer state, and gathering it on one would
+need the memory FSDP saves; so every process writes its own shard, with PyTorch's
+distributed checkpoint (DCP), in parallel. model.pt and best.pt are still gathered on
+rank 0 into single files: they are small next to the optimizer state, and every tool
+(sampling, --from_weight) reads them without torch.distributed. A sharded checkpoint
+is complete only once resume.pt names it: resume.pt is written last, atomically, so a
+run killed while writing shards resumes from the previous checkpoint.
 
 What goes into resume.pt is the lesson of TODO 8; how it gets onto the disk safely,
 and how a resume refuses a checkpoint of another model or corpus, is here. Which
@@ -18,15 +29,20 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
+from course.distributed import ProcessGroup, full_weights, is_sharded
 from course.errors import UsageError
 from course.run_folder import (
     RESUME_FILE,
+    SHARDS_DIR,
     WEIGHTS_FILE,
     RunFolder,
     UnclaimedFolder,
@@ -58,13 +74,16 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 def load_checkpoint(path: Path, option: str, needs: tuple[str, ...]) -> dict:
     """A checkpoint file this script saved, holding the keys `needs`; anything else
-    (a truncated file, a bare state_dict, model.pt given as resume.pt) in one line."""
+    (a truncated file, a bare state_dict, model.pt given as resume.pt) in one line.
+    A sharded (FSDP) resume.pt holds its weights in its shards, not under "model"."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say so in one line
         raise UsageError(
             f"{option}: cannot read checkpoint {path} ({type(err).__name__}); is it a file this script saved?"
         ) from None
+    if isinstance(checkpoint, dict) and "shards" in checkpoint and "step" in needs:
+        needs = tuple(key for key in needs if key != "model")
     missing = [key for key in needs if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:
         kind = (
@@ -170,11 +189,33 @@ class RunFiles:
     def __init__(self, folder: RunFolder) -> None:
         self.folder = folder
         self.save_dir = folder.save_dir
+        self.writes = not isinstance(folder, UnclaimedFolder)  # rank 0 writes the single files
         self.identity: dict = {}
 
     def load_resume(self) -> dict:
-        """The checkpoint that --from_resume 1 continues (RunFolder.claim made sure it is there)."""
+        """The checkpoint that --from_resume 1 continues (RunFolder.claim made sure it is there).
+        An FSDP run's resume.pt holds everything but the weights and the optimizer state,
+        which stay in its shards until read_shards."""
         return load_checkpoint(self.folder.final_path(RESUME_FILE), "--from_resume 1", RESUME_KEYS)
+
+    def read_shards(self, checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """An FSDP checkpoint: every process reads its shards of the weights and the
+        optimizer state into checkpoint["model"] and checkpoint["optimizer"], which
+        restore_checkpoint then loads as usual. DCP reads into tensors that exist, so they
+        are made first: the model's sharded state dict, and the optimizer's state, which
+        appears only at its first step (get_optimizer_state_dict makes it, with a step
+        at learning rate 0). The optimizer state is read in DCP's own form, keyed by
+        parameter names (see save_shards), loaded into the optimizer, and handed to
+        restore_checkpoint as the optimizer's state_dict(). Nothing to do for a
+        checkpoint that is not sharded."""
+        if "shards" not in checkpoint:
+            return
+        if not is_sharded(model):
+            raise UsageError("this checkpoint was saved by an FSDP run: resume it with --parallel fsdp")
+        state = {"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(state, checkpoint_id=self.save_dir / checkpoint["shards"])
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+        checkpoint.update(model=state["model"], optimizer=optimizer.state_dict())
 
     def describe(
         self, model_config: dict, tokenizer_meta: dict, data_meta: dict, options: dict, plan: dict
@@ -210,21 +251,73 @@ class RunFiles:
         check_free_space(self.save_dir, int(1.25 * 4 * n_numbers * 8) + 10**7, "one checkpoint")
 
     def save_weights(self, model: torch.nn.Module, name: str = WEIGHTS_FILE, **extra) -> None:
+        """model.pt or best.pt, written by rank 0. Under FSDP every process must call it
+        (the weights are gathered from all of them)."""
+        weights = full_weights(model)
+        if not self.writes:
+            return
         weights = {
-            "model": model.state_dict(),
+            "model": weights,
             "model_config": self.identity["model_config"],
             "tokenizer": self.identity["tokenizer"],
         }
         save_atomic({**weights, **extra}, self.folder.path(name))
 
-    def save_checkpoint(self, model: torch.nn.Module, state: dict | None) -> None:
+    def save_checkpoint(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict | None,
+        group: ProcessGroup,
+    ) -> None:
         """model.pt, and resume.pt (a checkpoint_state() dict with the run's identity, so a
         resume can refuse a mismatch) unless TODO 8 is open (state None). The first
-        checkpoint of a new run moves its staged files into the folder."""
+        checkpoint of a new run moves its staged files into the folder. Every process
+        calls it; under FSDP each writes its shards first (save_shards)."""
         self.save_weights(model)
+        if state is not None and is_sharded(model):
+            state = self.save_shards(state, model, optimizer, group)
+        if not self.writes:
+            return
         if state is not None:
             save_atomic({**state, **self.identity}, self.folder.path(RESUME_FILE))
+        if state is not None and "shards" in state:
+            remove_other_shards(self.folder.path(SHARDS_DIR), keep=Path(state["shards"]).name)
         self.folder.commit()
+
+    def save_shards(
+        self, state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup
+    ) -> dict:
+        """Every process writes its shards of the weights and the optimizer state (DCP)
+        into a folder of this step; returns the rest of the state, which names the folder
+        and goes into resume.pt. The folder is rank 0's (a new run's is still staged).
+
+        The weights are checkpoint_state's; the optimizer state is taken in DCP's own
+        form (get_optimizer_state_dict), which names each parameter instead of numbering
+        it as optimizer.state_dict() does, so that DCP can match every shard by name."""
+        name = f"step{state['step']}"
+        folder = Path(group.main_says(str(self.folder.path(SHARDS_DIR) / name) if self.writes else None))
+        if self.writes:
+            shutil.rmtree(folder, ignore_errors=True)  # left by a run killed while writing this step
+            folder.mkdir(parents=True)
+        group.barrier()
+        try:
+            sharded_state = {"model": state["model"], "optimizer": get_optimizer_state_dict(model, optimizer)}
+            dcp.save(sharded_state, checkpoint_id=folder)
+        except BaseException as err:
+            full = out_of_space(err)
+            if full is not None:
+                raise storage_error(folder, full) from None
+            raise
+        rest = {key: value for key, value in state.items() if key not in ("model", "optimizer")}
+        return {**rest, "shards": f"{SHARDS_DIR}/{name}"}
+
+
+def remove_other_shards(shards: Path, keep: str) -> None:
+    """After resume.pt names the newest shards, the older ones are no longer needed."""
+    for folder in shards.iterdir():
+        if folder.name != keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def data_identity(data_meta: dict) -> dict:

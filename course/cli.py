@@ -29,7 +29,7 @@ from course import corpus
 from course.checkpoints import RunFiles
 from course.corpus import TOKENIZERS
 from course.devices import enable_tf32, resolve_device, resolve_dtype
-from course.distributed import ProcessGroup, init_distributed, shut_down
+from course.distributed import PARALLEL_MODES, ProcessGroup, init_distributed, shut_down
 from course.errors import DataError, Interrupted, StopNow, StorageError, TrainingDiverged, UsageError
 from course.guards import STOP_SIGNALS, stop_at_once_on_sigterm
 from course.run_folder import RESUME_FILE, RunFolder, UnclaimedFolder, check_folder, out_of_space
@@ -267,6 +267,29 @@ def build_parser() -> argparse.ArgumentParser:
     system.add_argument(
         "--num_workers", type=int, help=preset_help("num_workers", "DataLoader worker processes")
     )
+    system.add_argument(
+        "--parallel",
+        default="ddp",
+        choices=PARALLEL_MODES,
+        help="under torchrun: ddp: a whole copy of the model per process; fsdp: shard weights, gradients "
+        "and optimizer state over the processes (FSDP2, for a model that outgrows one device)",
+    )
+    system.add_argument(
+        "--activation_checkpointing",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help="1: recompute each Block's activations in the backward pass instead of storing them "
+        "(less memory, about a third more compute)",
+    )
+    system.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N > 0: record N training steps with torch.profiler into save_dir/profile.pt.trace.json "
+        "(Perfetto, TensorBoard) and print where their time goes",
+    )
 
     out = p.add_argument_group("output")
     out.add_argument(
@@ -355,7 +378,7 @@ def check_options(args: argparse.Namespace) -> None:
         if value is not None and value <= 0:
             raise UsageError(f"--{name} must be positive, got {value}")
     for name in ["min_lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "max_train_tokens",
-                 "sample_tokens"]:  # fmt: skip
+                 "sample_tokens", "profile"]:  # fmt: skip
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UsageError(f"--{name} must not be negative, got {value}")
@@ -468,7 +491,7 @@ def plan_schedule(
 
 # The options that decide a run's plan: its LR schedule and the order of its batches.
 PLAN_OPTIONS = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumulation_steps", "seed",
-                "max_train_tokens", "optimizer", "muon_lr", "beta2")  # fmt: skip
+                "max_train_tokens", "optimizer", "muon_lr", "beta2", "parallel")  # fmt: skip
 
 
 def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) -> dict:
@@ -492,7 +515,7 @@ def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: Proc
     plan = checkpoint.get("plan") if checkpoint is not None else None
     if plan is None:
         return None
-    plan = {"optimizer": "adamw", **plan}  # saved before Muon existed: AdamW, the only optimizer then
+    plan = {"optimizer": "adamw", "parallel": "ddp", **plan}  # saved before Muon or FSDP existed
     if plan["world_size"] != group.world_size:
         raise UsageError(
             f"the saved run trained with {plan['world_size']} process(es), this one has {group.world_size}: "
@@ -519,6 +542,23 @@ def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: Proc
             "give --min_lr too"
         )
     return {**plan, "step": checkpoint["step"]}
+
+
+def check_parallel(args: argparse.Namespace, group: ProcessGroup, dtype: torch.dtype) -> None:
+    """--parallel fsdp needs processes to shard over, and a number type FSDP can scale
+    honestly. (Checked once a resume has taken the saved run's --parallel.)"""
+    if args.parallel != "fsdp":
+        return
+    if "RANK" not in os.environ:
+        raise UsageError(
+            "--parallel fsdp shards the model over the processes that torchrun starts: run "
+            "`torchrun --standalone --nproc_per_node=N train_solution.py --parallel fsdp ...`"
+        )
+    if dtype == torch.float16:
+        raise UsageError(
+            "--parallel fsdp with float16: the GradScaler would check only this process's shard of the "
+            "gradients for overflow; use --dtype bfloat16 (or float32), or --parallel ddp"
+        )
 
 
 def configure(args: argparse.Namespace) -> tuple[ProcessGroup, torch.device, torch.dtype]:
@@ -551,7 +591,35 @@ def claim_run_folder(args: argparse.Namespace, group: ProcessGroup) -> RunFiles:
     error = group.main_says(error)
     if error is not None:
         raise UsageError(error)
+    if group.nodes > 1:
+        check_shared_folder(save_dir, folder, group)
     return RunFiles(folder or UnclaimedFolder(save_dir))
+
+
+def check_shared_folder(save_dir: Path, folder: RunFolder | None, group: ProcessGroup) -> None:
+    """Several machines: every process reads resume.pt, and under FSDP writes its shards,
+    in --save_dir, so it must be one folder that all machines see (a shared file system,
+    such as NFS or Lustre). Checked by looking for a file that rank 0 writes there."""
+    probe = group.main_says(str(save_dir / f".shared-check-{os.getpid()}") if folder is not None else None)
+    if folder is not None:
+        Path(probe).touch()
+    group.barrier()
+    missing = not Path(probe).exists()
+    if group.any(missing):
+        where = (
+            f"this machine (rank {group.rank}) does not see" if missing else "another machine does not see"
+        )
+        error = UsageError(
+            f"--save_dir {save_dir}: {where} the files rank 0 writes there; with several machines give a "
+            "--save_dir on a file system that all of them share"
+        )
+    else:
+        error = None
+    group.barrier()
+    if folder is not None:
+        Path(probe).unlink(missing_ok=True)
+    if error is not None:
+        raise error
 
 
 def release_run_folders() -> None:

@@ -1,24 +1,41 @@
-"""One training process, or several started by torchrun (DistributedDataParallel).
+"""One training process, or several started by torchrun: DDP, or FSDP when the model
+outgrows one device.
 
     torchrun --standalone --nproc_per_node=4 train_solution.py               # 4 GPUs, NCCL
     torchrun --standalone --nproc_per_node=2 train_solution.py --device cpu  # 2 CPU processes, gloo
+    torchrun --standalone --nproc_per_node=2 train_solution.py --device cpu --parallel fsdp
 
-Each process holds a full copy of the model and trains on its own share of every
-batch (see `course.batches.BatchStream`); during backward, DDP averages the
-gradients of all processes, so every copy takes the same step. Rank 0 alone logs,
-evaluates, samples and saves.
+Every process trains on its own share of every batch (see `course.batches.BatchStream`).
+
+- DDP (`--parallel ddp`, the default): each process holds a full copy of the model, its
+  gradients and the optimizer's state; during backward DDP averages the gradients of
+  all processes, so every copy takes the same step. Memory per process: all of it.
+- FSDP (`--parallel fsdp`, PyTorch's FSDP2 `fully_shard`, ZeRO stage 3): each process
+  keeps 1/N of every parameter, gradient and optimizer moment. Before a Block computes,
+  its parameters are gathered from all processes (all-gather) and freed again after;
+  its gradients are summed and split back into shards (reduce-scatter). Memory per
+  process: about 1/N of the model's state, plus one Block's full parameters at a time.
+  Every process takes part in every forward pass, so under FSDP all of them evaluate
+  and sample (with the same results); rank 0 alone logs and writes the single files.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from course.errors import UsageError
+
+PARALLEL_MODES = ("ddp", "fsdp")
 
 
 @dataclass
@@ -28,10 +45,20 @@ class ProcessGroup:
     rank: int = 0
     world_size: int = 1
     cpu_group: object = None  # gloo, for small answers that must not wait for the GPUs (see `any`)
+    local_rank: int = 0  # the process's number on its own machine (node)
+    local_world_size: int = 1  # processes on this machine
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0  # rank 0 logs, evaluates, samples and saves
+
+    @property
+    def is_local_main(self) -> bool:
+        return self.local_rank == 0  # one process per machine: prepares the corpus on that machine
+
+    @property
+    def nodes(self) -> int:
+        return self.world_size // self.local_world_size
 
     def barrier(self) -> None:
         if self.world_size > 1:
@@ -86,13 +113,62 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
         torch.cuda.set_device(device)
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else None  # None: the gloo default
-    return ProcessGroup(dist.get_rank(), dist.get_world_size(), cpu_group), device
+    local = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
+    return ProcessGroup(dist.get_rank(), dist.get_world_size(), cpu_group, *local), device
 
 
 def shut_down() -> None:
     """Leave the process group, if this process joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard_model(
+    model: torch.nn.Module, group: ProcessGroup, device: torch.device, dtype: torch.dtype
+) -> None:
+    """FSDP2: shard every Block, then the rest (embeddings, final norm, lm_head), over
+    the processes. `fully_shard` changes `model` in place: its parameters become
+    DTensors that hold this process's shard, and the Blocks gather theirs just in time.
+    Call it before the optimizer is built, so that the optimizer's state is sharded too.
+
+    Sharding each Block on its own is what keeps the memory low: only the Block that is
+    computing is gathered at a time, and the gathering of the next one overlaps the
+    compute of this one. Mixed precision: the gathered parameters are cast to bfloat16
+    where the run computes in it; the gradients are summed across processes in float32.
+    The CPU needs an explicit CPU mesh (the default one would look for a GPU).
+    """
+    mesh = init_device_mesh(device.type, (group.world_size,))
+    param_dtype = torch.bfloat16 if dtype == torch.bfloat16 else None  # None: the parameters' own float32
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    for block in model.transformer.h:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    model.no_sync = lambda: gradient_sync_off(model)  # DDP's name, so the training step serves both
+
+
+@contextmanager
+def gradient_sync_off(model: FSDPModule) -> Iterator[None]:
+    """FSDP's equivalent of DDP's no_sync(): the micro-batches before the last keep
+    their gradients unsharded on each process and skip the reduce-scatter; the last
+    backward reduces the sum of them all once."""
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    return isinstance(model, FSDPModule)
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict as plain tensors on the CPU: under FSDP gathered from
+    every shard (every process must call it; rank 0 gets the whole dict, the others an
+    empty one), so model.pt and best.pt stay single files that load anywhere."""
+    if is_sharded(model):
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return model.state_dict()
 
 
 def wrap_for_training(
@@ -103,12 +179,14 @@ def wrap_for_training(
     torch.compile fuses the model's ops into faster kernels; DistributedDataParallel
     averages the gradients of all processes during backward. Both wrap `model`, which
     the caller keeps for evaluation and state_dicts, so checkpoint keys stay plain.
+    An FSDP model (shard_model) is already distributed: it is only compiled.
     """
+    if is_sharded(model) or group.world_size == 1:
+        return torch.compile(model) if compile else model
     train_model = torch.compile(model) if compile else model
-    if group.world_size > 1:
-        train_model = DistributedDataParallel(
-            train_model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=use_moe,  # an expert may get no token in a batch
-        )
+    train_model = DistributedDataParallel(
+        train_model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=use_moe,  # an expert may get no token in a batch
+    )
     return train_model

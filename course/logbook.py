@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from course.checkpoints import data_identity
@@ -130,6 +131,11 @@ def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: torc
     return tokenizer.decode(out[0, len(ids) :].tolist())
 
 
+def gpu_memory(device: torch.device) -> str:
+    """The most memory this process has held on its GPU so far (torch's allocator)."""
+    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB at most so far"
+
+
 class Logbook:
     """The reports of one run: created once the run is set up, fed by the training loop."""
 
@@ -203,6 +209,9 @@ class Logbook:
 
     def step_done(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         """Count one optimizer step, without waiting for the device."""
+        if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard, the same on each process
+            grad_norm = grad_norm.full_tensor()
+        self.last_grad_norm = grad_norm
         self.window_loss = self.window_loss.to(loss.device) + loss
         self.window_steps += 1
         self.timed_steps += 1
@@ -219,13 +228,14 @@ class Logbook:
         check_finite(self.window_loss, self.bad_grad_steps, self.last_checked + 1, step, self.what_is_kept())
         self.last_checked = step
 
-    def log_train(self, step: int, lr: float, grad_norm: torch.Tensor, flops_per_token: int) -> None:
-        """A log line: the mean training loss since the last one, the LR, the gradient norm, tokens/s."""
+    def log_train(self, step: int, lr: float, flops_per_token: int) -> None:
+        """A log line: the mean training loss since the last one, the LR, the last step's
+        gradient norm, tokens/s."""
         # .item() waits for the GPU to finish, so the clock is read after the work.
         loss = self.window_loss.item() / self.window_steps
         tokens_per_sec = self.timed_steps * self.tokens_per_step / (time.perf_counter() - self.timer_start)
         if self.group.is_main:
-            norm = grad_norm.item()
+            norm = self.last_grad_norm.item()
             record = {
                 "step": step,
                 "loss": loss,
@@ -237,6 +247,8 @@ class Logbook:
                 record["skipped_steps"] = self.skipped_steps
             if self.peak_flops:  # tokens_per_sec counts every process; the peak is one GPU's
                 record["mfu"] = flops_per_token * tokens_per_sec / (self.peak_flops * self.group.world_size)
+            if self.device.type == "cuda":  # the most this process's GPU has held so far
+                record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             self.records.append(record)
             append_metrics(self.folder.path(METRICS_FILE), record)
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
@@ -244,7 +256,8 @@ class Logbook:
         self.restart_clock()
 
     def log_eval(self, step: int, result, model: torch.nn.Module) -> None:
-        """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample."""
+        """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample.
+        Under FSDP every process calls it (the sample's forward passes need them all)."""
         summary = f"step {step}"
         if result is not None:
             # The training loss of this step was still finite, but the step itself may have
@@ -253,17 +266,22 @@ class Logbook:
             bpb = bits_per_byte(result.loss, *self.text_size)
             record = {"step": step, "val_loss": result.loss, "val_ppl": result.perplexity, "val_bpb": bpb}
             self.records.append(record)
-            append_metrics(self.folder.path(METRICS_FILE), record)
+            if self.group.is_main:
+                append_metrics(self.folder.path(METRICS_FILE), record)
             summary += (
                 f": val loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, {bpb:.3f} bits/byte"
             )
         args = self.args
-        if args.sample_tokens == 0:
-            tqdm.write(summary)
-        else:
+        sample = None
+        if args.sample_tokens > 0:
             sample = sample_text(
                 model, self.tokenizer, args.prompt, args.sample_tokens, self.device, args.seed
             )
+        if not self.group.is_main:
+            return
+        if sample is None:
+            tqdm.write(summary)
+        else:
             with open(self.folder.path(SAMPLES_FILE), "a") as f:
                 f.write(f"=== {summary} ===\n{sample}\n\n")
             tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
@@ -296,6 +314,8 @@ class Logbook:
                 f"note: the saved run's schedule ends at step {schedule.total_steps}; "
                 f"steps {first}-{schedule.end_step} continue at its min_lr {schedule.min_lr:g}"
             )
+        if self.device.type == "cuda":
+            self.print(f"GPU memory of the weights and the optimizer: {gpu_memory(self.device)}")
         if self.reference is not None:
             ref = self.reference
             self.print(

@@ -1,7 +1,8 @@
 """One run per folder: where a run writes in --save_dir, and when.
 
 A run's folder (`--save_dir`, default out/) holds the run's six files: resume.pt,
-model.pt, best.pt, metrics.jsonl, metrics.png and samples.txt. Three rules keep
+model.pt, best.pt, metrics.jsonl, metrics.png and samples.txt (and resume-shards/ for
+an FSDP run, profile.pt.trace.json with --profile). Three rules keep
 what a learner made safe:
 
 - A new run does not start in a folder that holds another run. It is refused, in one
@@ -45,7 +46,10 @@ BEST_FILE = "best.pt"  # the weights of the best validation loss
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
 SAMPLES_FILE = "samples.txt"
-RUN_FILES = (WEIGHTS_FILE, BEST_FILE, METRICS_FILE, PLOT_FILE, SAMPLES_FILE, RESUME_FILE)
+SHARDS_DIR = "resume-shards"  # an FSDP run's resume.pt keeps its weights and optimizer state here
+PROFILE_FILE = "profile.pt.trace.json"  # --profile N
+RUN_FILES = (WEIGHTS_FILE, BEST_FILE, METRICS_FILE, PLOT_FILE, SAMPLES_FILE, SHARDS_DIR, PROFILE_FILE,
+             RESUME_FILE)  # fmt: skip
 
 LOCK_FILE = ".lock"
 STAGING_PREFIX = ".staging-"
@@ -219,8 +223,10 @@ class RunFolder:
             staged = {path.name for path in self.staging.iterdir()}
             for name in RUN_FILES:
                 if name not in staged:
-                    (self.save_dir / name).unlink(missing_ok=True)
+                    remove(self.save_dir / name)
             for name in sorted(staged, key=lambda name: name == RESUME_FILE):  # resume.pt last
+                if (self.staging / name).is_dir():
+                    remove(self.save_dir / name)  # a folder cannot be renamed over another
                 os.replace(self.staging / name, self.save_dir / name)
             self.staging.rmdir()
             self.staging = None
@@ -232,6 +238,14 @@ class RunFolder:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
         self.lock.release()
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a folder of files, if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 class UnclaimedFolder(RunFolder):

@@ -121,7 +121,7 @@ def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
     book.peak_flops = 1e12  # as on a GPU of the table
     with book.progress(0, 1):
         book.step_done(torch.tensor(2.0), torch.tensor(1.0))
-        book.log_train(1, 1e-3, torch.tensor(1.0), flops_per_token=1000)
+        book.log_train(1, 1e-3, flops_per_token=1000)
     record = book.records[-1]
     assert record["mfu"] == pytest.approx(1000 * record["tokens_per_sec"] / (2 * 1e12)), (
         "with 2 processes, MFU = FLOPs per second of all processes / (2 × one GPU's peak)"
