@@ -419,7 +419,11 @@ def build_model(args: argparse.Namespace, tokenizer: Tokenizer, device: torch.de
         zero_init=bool(args.zero_init),
         tie_weights=bool(args.tie_weights),
     )
-    model = GPT(config)
+    # The same initial weights in every process, from --seed (not seed + rank): FSDP keeps
+    # each process's shard of its own copy (DDP would copy rank 0's to the others anyway).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        model = GPT(config)
     model.activation_checkpointing = bool(args.activation_checkpointing)  # memory for compute
     if args.from_weight != "none":
         load_weights(model, Path(args.from_weight), tokenizer.meta())

@@ -48,8 +48,9 @@ PLOT_FILE = "metrics.png"
 SAMPLES_FILE = "samples.txt"
 SHARDS_DIR = "resume-shards"  # an FSDP run's resume.pt keeps its weights and optimizer state here
 PROFILE_FILE = "profile.pt.trace.json"  # --profile N
-RUN_FILES = (WEIGHTS_FILE, BEST_FILE, METRICS_FILE, PLOT_FILE, SAMPLES_FILE, SHARDS_DIR, PROFILE_FILE,
-             RESUME_FILE)  # fmt: skip
+# What every run writes, and what some runs write too (FSDP, --profile).
+EVERY_RUN_FILES = (WEIGHTS_FILE, BEST_FILE, METRICS_FILE, PLOT_FILE, SAMPLES_FILE, RESUME_FILE)
+RUN_FILES = (*EVERY_RUN_FILES[:-1], SHARDS_DIR, PROFILE_FILE, RESUME_FILE)  # resume.pt last
 
 LOCK_FILE = ".lock"
 STAGING_PREFIX = ".staging-"

@@ -418,6 +418,11 @@ BAD_INPUTS = {
         lambda t: ["--from_resume", 1, "--max_steps", 2],
         "the checkpoint is at step 2, so --max_steps 2 leaves nothing to train",
     ),
+    "fsdp without torchrun": (
+        lambda t: ["--parallel", "fsdp"],
+        "--parallel fsdp shards the model over the processes that torchrun starts",
+    ),
+    "negative profile": (lambda t: ["--profile", -1], "--profile must not be negative, got -1"),
     "an abbreviated option": (lambda t: ["--max_step", 5], "unrecognized arguments: --max_step 5"),
     "another abbreviation": (lambda t: ["--learn", "0.01"], "unrecognized arguments: --learn 0.01"),
     "data path of a folder": (lambda t: ["--data_path", t], "is a folder; give a .txt or .jsonl file"),
@@ -463,6 +468,18 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     )
     assert message in lines[0]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before, f"{case}: earlier outputs were modified"
+
+
+def test_fsdp_refuses_float16_whose_overflow_check_would_see_one_shard(monkeypatch):
+    from course.cli import check_parallel
+    from course.distributed import ProcessGroup
+    from course.errors import UsageError
+
+    monkeypatch.setenv("RANK", "0")  # as under torchrun
+    args = train.cli.parse_args(["--parallel", "fsdp"])
+    with pytest.raises(UsageError, match="GradScaler would check only this process's shard"):
+        check_parallel(args, ProcessGroup(0, 2), torch.float16)
+    check_parallel(args, ProcessGroup(0, 2), torch.bfloat16)  # fine
 
 
 def test_a_seed_plus_the_highest_rank_must_fit_in_32_bits():
@@ -549,3 +566,18 @@ def test_use_moe_trains_on_cpu(corpus_txt, tmp_path, capsys):
         json.loads(x)["val_loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if "val_loss" in x
     ]
     assert val[-1] < val[0]
+
+
+def test_profile_writes_a_trace_and_prints_where_the_time_goes(corpus_txt, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _ = run(["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 5, "--profile", 2, *TINY])
+    printed = capsys.readouterr().out
+    assert code == 0
+    trace = json.loads((out / "profile.pt.trace.json").read_text())
+    steps = {e["name"] for e in trace["traceEvents"] if e.get("name", "").startswith("ProfilerStep")}
+    assert len(steps) == 2, f"the trace should hold the 2 profiled steps, has {sorted(steps)}"
+    assert any(e.get("name") == "aten::mm" for e in trace["traceEvents"]), "the matmuls are in the trace"
+    table = printed[printed.index("where a step's CPU time goes") :].splitlines()
+    rows = [line for line in table[2:] if line.startswith("  ") and "%" in line]
+    assert 3 <= len(rows) <= 12, f"a one-screen table of operations, got:\n{printed}"
+    assert f"trace of 2 steps in {out / 'profile.pt.trace.json'}" in printed

@@ -414,3 +414,53 @@ def test_muon_updates_same_shape_matrices_as_if_each_were_alone():
             opt.step()
     for a, b in zip(together, alone, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def saved_activation_bytes(model: GPT, x: torch.Tensor) -> tuple[int, dict[str, torch.Tensor]]:
+    """The bytes autograd keeps for the backward pass of one training forward, and the gradients."""
+    saved = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    model.zero_grad(set_to_none=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(x, targets=x)
+    loss.backward()
+    return sum(saved), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less():
+    """Recomputing each Block in backward (with dropout on: the masks must be drawn again
+    the same) changes no gradient, and autograd keeps far less for backward."""
+    model = tiny_gpt(dropout=0.1)
+    model.train()
+    x = torch.randint(0, 32, (4, 16), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    stored, stored_grads = saved_activation_bytes(model, x)
+    model.activation_checkpointing = True
+    torch.manual_seed(1)
+    recomputed, recomputed_grads = saved_activation_bytes(model, x)
+    for name, grad in stored_grads.items():
+        assert torch.allclose(grad, recomputed_grads[name], rtol=0, atol=1e-7), (
+            f"{name}: activation checkpointing changed the gradient"
+        )
+    assert recomputed < 0.6 * stored, (
+        f"with activation checkpointing autograd kept {recomputed:,} bytes, without {stored:,}: "
+        "the Blocks' activations should not be stored"
+    )
+
+
+def test_an_expert_that_gets_no_token_still_gets_a_zero_gradient():
+    """FSDP reduces every weight's gradient over the processes: none may be missing."""
+    from model import MoE
+
+    moe = MoE(GPTConfig(vocab_size=32, block_size=8, n_layer=1, n_head=2, n_embd=16, use_moe=True))
+    with torch.no_grad():  # a router that sends every (all-ones) token to experts 0 and 1
+        moe.router.weight.zero_()
+        moe.router.weight[:2] = 1.0
+    moe(torch.ones(1, 8, 16)).sum().backward()
+    for name, p in moe.experts[-1].named_parameters():
+        assert p.grad is not None, f"the unused expert's {name} got no gradient"
+        assert torch.count_nonzero(p.grad) == 0, f"the unused expert's {name} got a non-zero gradient"

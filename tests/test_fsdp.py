@@ -1,0 +1,168 @@
+"""FSDP2 (--parallel fsdp) on the CPU with gloo: two processes that each hold half of
+every weight, gradient and optimizer moment train like one process with the whole
+batch (packed blocks with activation checkpointing, padded documents, with
+accumulation, Muon's whole-matrix updates); a run killed with SIGKILL resumes
+bit-identically from its sharded (DCP) checkpoint; two "machines" of one process each
+train like one machine with two; and a checkpoint of two processes refuses one."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, VERSE, background_job, lower_priority, run_checked
+from test_ddp import (
+    ARGS,
+    assert_same_weights,
+    documents_args,
+    kill_after_step_4,
+    torchrun,
+    weights,
+    write_documents,
+)
+
+import train_solution as train
+
+FSDP = ["--parallel", "fsdp"]
+# float32: bfloat16 (the default on CPUs with bfloat16 instructions) rounds a batch of 8
+# and four micro-batches of 2 differently. Muon (the default optimizer) for the blocks.
+BLOCKS = [*ARGS, "--dtype", "float32", "--max_steps", "6"]
+DROPOUT = ["--dropout", "0.1", "--optimizer", "adamw"]  # AdamW's state through DCP (Muon's above)
+
+
+def blocks_args(workdir: Path, run: str, batch_size: int, accumulation_steps: int) -> list[str]:
+    return [*BLOCKS, "--data_path", str(workdir / "verse.txt"), "--data_dir", str(workdir / f"prepared_{run}"),
+            "--batch_size", str(batch_size), "--accumulation_steps", str(accumulation_steps),
+            "--save_dir", str(workdir / run)]  # fmt: skip
+
+
+def resume_args(workdir: Path, run: str) -> list[str]:
+    """8 steps of two processes with batch 4 each and dropout, a checkpoint every 4."""
+    return [*ARGS, *FSDP, *DROPOUT, "--batch_size", "4", "--data_path", str(workdir / "verse.txt"),
+            "--data_dir", str(workdir / f"prepared_{run}"), "--save_dir", str(workdir / run)]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_machines(args: list[str]) -> None:
+    """Two torchrun launchers of one process each, as two machines would start them
+    (--nnodes 2, --node_rank, a rendezvous endpoint), here both on this machine."""
+    port = free_port()
+    launchers = [
+        subprocess.Popen(
+            lower_priority(
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes",
+                    "2",
+                    "--node_rank",
+                    str(node),
+                    "--nproc_per_node",
+                    "1",
+                    "--master_addr",
+                    "127.0.0.1",
+                    "--master_port",
+                    str(port),
+                    "train_solution.py",
+                    *args,
+                ]
+            ),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for node in range(2)
+    ]
+    for launcher in launchers:
+        _, err = launcher.communicate()
+        assert launcher.returncode == 0, f"a two-machine run failed:\n{err[-3000:]}"
+
+
+@background_job("fsdp")
+def fsdp_runs(workdir: Path) -> None:
+    """Two FSDP processes with batch 2 and 2 micro-batches each, on blocks (activation
+    checkpointing on) and on padded documents; with dropout: straight to step 8 on two
+    'machines', and killed after the checkpoint of step 4 then resumed to step 8."""
+    (workdir / "verse.txt").write_text(VERSE * 60)
+    write_documents(workdir / "documents.jsonl")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        blocks = [*blocks_args(workdir, "fsdp_blocks", 2, 2), *FSDP, "--activation_checkpointing", "1"]
+        documents = [*documents_args(workdir / "documents.jsonl", workdir, "fsdp_documents", 2, 2), *FSDP]
+        jobs = [pool.submit(run_checked, torchrun(blocks), nice=True),
+                pool.submit(run_checked, torchrun(documents), nice=True)]  # fmt: skip
+        jobs.append(pool.submit(two_machines, resume_args(workdir, "fsdp_straight")))
+        kill_after_step_4(resume_args(workdir, "fsdp_resumed"), workdir)
+        run_checked(torchrun([*resume_args(workdir, "fsdp_resumed"), "--from_resume", "1"]), nice=True)
+        for job in jobs:
+            job.result()  # raise if a run failed
+
+
+@pytest.mark.background("fsdp")
+def test_two_fsdp_processes_train_like_one_with_the_whole_batch(background, tmp_path):
+    """Sharded weights, gradients reduce-scattered, Muon orthogonalising whole matrices,
+    gradient sync off for all but the last micro-batch, activation checkpointing: the
+    weights after 6 steps are those of one process with batch 8, on blocks and on padded
+    documents."""
+    one = blocks_args(tmp_path, "one", 8, 1)
+    (tmp_path / "verse.txt").write_text(VERSE * 60)
+    assert train.main(one) == 0
+    assert_same_weights(weights(tmp_path / "one"), weights(background / "fsdp_blocks"),
+                        "2 FSDP processes × batch 2 × 2 micro-batches (activation checkpointing on) should "
+                        "train like 1 process × batch 8", atol=1e-5)  # fmt: skip
+    documents = documents_args(background / "documents.jsonl", tmp_path, "one_documents", 8, 1)
+    assert train.main(documents) == 0
+    assert_same_weights(weights(tmp_path / "one_documents"), weights(background / "fsdp_documents"),
+                        "2 FSDP processes × batch 2 × 2 micro-batches should train like 1 process × "
+                        "batch 8 on padded documents", atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.background("fsdp")
+def test_a_killed_fsdp_run_resumes_bit_identically_from_its_shards(background):
+    """SIGKILLed after the checkpoint of step 4 and resumed, it ends with exactly the
+    weights of the straight run (which ran on two 'machines' of one process each)."""
+    resumed = background / "fsdp_resumed"
+    checkpoint = torch.load(resumed / "resume.pt", weights_only=True)
+    assert checkpoint["step"] == 8 and checkpoint["shards"] == "resume-shards/step8"
+    assert "model" not in checkpoint and "optimizer" not in checkpoint, "the shards hold those"
+    assert sorted(p.name for p in (resumed / "resume-shards").iterdir()) == ["step8"], "older shards go"
+    assert sorted(p.name for p in (resumed / "resume-shards" / "step8").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__1_0.distcp"], "one file per process, and DCP's index"  # fmt: skip
+    straight, after_resume = weights(background / "fsdp_straight"), weights(resumed)
+    assert straight.keys() == after_resume.keys()
+    for name in straight:
+        assert torch.equal(straight[name], after_resume[name]), f"{name} differs after the FSDP resume"
+
+
+@pytest.mark.background("fsdp")
+def test_model_pt_of_an_fsdp_run_is_one_plain_file(background):
+    """model.pt holds whole tensors gathered from both processes: it loads without
+    torch.distributed, into model.py's GPT, for sampling or --from_weight."""
+    from course.sample import load_model
+
+    model, _ = load_model(background / "fsdp_resumed" / "model.pt", torch.device("cpu"))
+    assert all(type(p) is torch.nn.Parameter for p in model.parameters())
+
+
+@pytest.mark.background("fsdp")
+def test_an_fsdp_checkpoint_of_two_processes_is_refused_by_one(background, capsys):
+    """Each process drew its own dropout masks and its own share of every batch: one
+    process cannot continue that run exactly, so it is refused in one line."""
+    code = train.main([*resume_args(background, "fsdp_resumed"), "--from_resume", "1", "--max_steps", "9"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip().splitlines()[-1] == (
+        "error: the saved run trained with 2 process(es), this one has 1: each process reads its own "
+        "share of every batch, so resume with the same number"
+    ), err
