@@ -137,8 +137,8 @@ def crash_after_checkpoint(monkeypatch, step: int) -> None:
     """The run raises Crash right after saving the checkpoint of `step`, as if killed there."""
     real_save = checkpoints.RunFiles.save_checkpoint
 
-    def save_then_crash(run, model, state):
-        real_save(run, model, state)
+    def save_then_crash(run, model, optimizer, state, group):
+        real_save(run, model, optimizer, state, group)
         if state["step"] == step:
             raise Crash(f"killed after the checkpoint at step {step}")
 

@@ -149,9 +149,9 @@ def test_a_new_run_is_staged_until_its_first_checkpoint(corpus_txt, tmp_path, ca
     seen = {}
     real_save = train.RunFiles.save_checkpoint
 
-    def look_then_save(run_files, model, state):
+    def look_then_save(run_files, model, optimizer, state, group):
         seen["before"] = sorted(p.name for p in out.iterdir())
-        real_save(run_files, model, state)
+        real_save(run_files, model, optimizer, state, group)
 
     monkeypatch.setattr(train.RunFiles, "save_checkpoint", look_then_save)
     assert run(["--data_path", corpus_txt, "--save_dir", out, *FAST, "--max_steps", 3], capsys)[0] == 0

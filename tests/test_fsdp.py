@@ -36,9 +36,9 @@ DROPOUT = ["--dropout", "0.1", "--optimizer", "adamw"]  # AdamW's state through 
 
 
 def blocks_args(workdir: Path, run: str, batch_size: int, accumulation_steps: int) -> list[str]:
-    return [*BLOCKS, "--data_path", str(workdir / "verse.txt"), "--data_dir", str(workdir / f"prepared_{run}"),
-            "--batch_size", str(batch_size), "--accumulation_steps", str(accumulation_steps),
-            "--save_dir", str(workdir / run)]  # fmt: skip
+    return [*BLOCKS, "--data_path", str(workdir / "verse.txt"),
+            "--data_dir", str(workdir / f"prepared_{run}"), "--save_dir", str(workdir / run),
+            "--batch_size", str(batch_size), "--accumulation_steps", str(accumulation_steps)]  # fmt: skip
 
 
 def resume_args(workdir: Path, run: str) -> list[str]:

@@ -792,8 +792,8 @@ def test_todo_8_resumed_run_matches_the_uninterrupted_run(learner, tmp_path):
 
     real_save = checkpoints.RunFiles.save_checkpoint
 
-    def save_then_crash(run, model, state):
-        real_save(run, model, state)
+    def save_then_crash(run, model, optimizer, state, group):
+        real_save(run, model, optimizer, state, group)
         if state is not None and state.get("step") == 3:
             raise Crash  # as if the run were killed right after the checkpoint of step 3
 

@@ -1,0 +1,163 @@
+"""Memory per process of DDP, FSDP and FSDP with activation checkpointing, measured
+next to the ZeRO arithmetic (Linux: it reads the processes' peak resident memory).
+
+    python tools/memory_per_process.py            # about 5 minutes on 2 CPU cores
+    python tools/memory_per_process.py --steps 2 --hidden_size 256
+
+Each setup trains the same model (25M parameters at the default size, float32, AdamW:
+every parameter costs 4 bytes of weight, 4 of gradient and 8 of Adam's two moments,
+16 bytes in all, as in mixed precision's 2 + 2 + 4 (master copy) + 8) for a few steps
+on the Shakespeare corpus, with the training script itself under torchrun. Each process
+reports how far its resident memory rose above what it held before the model was built
+(the peak, not the end: activations come and go every step). The ZeRO arithmetic
+(Rajbhandari et al., 2019) for N processes:
+
+    DDP (every process holds all of it)   16 · P bytes
+    ZeRO-1 (shard Adam's moments)         (4 + 4) · P + 8 · P / N
+    ZeRO-2 (shard the gradients too)      4 · P + 12 · P / N
+    ZeRO-3 = FSDP (shard the weights too) 16 · P / N
+
+plus, for each of them, the activations of the batch (the same for every setup: each
+process has a batch of its own), and for FSDP one Block's full weights and gradients at
+a time. Activation checkpointing trades the activations for a second forward pass per
+Block. The results go to tools/results/memory.json (the notebook draws them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from model import GPT, GPTConfig  # noqa: E402
+
+RESULTS = ROOT / "tools" / "results" / "memory.json"
+BYTES_PER_PARAMETER = 16  # float32 weight, gradient, two Adam moments
+
+# (name, processes, options)
+SETUPS = [
+    ("one process", 1, []),
+    ("DDP", 2, ["--parallel", "ddp"]),
+    ("FSDP", 2, ["--parallel", "fsdp"]),
+    ("FSDP", 4, ["--parallel", "fsdp"]),
+    ("FSDP + activation checkpointing", 2, ["--parallel", "fsdp", "--activation_checkpointing", "1"]),
+]
+
+# Runs as each training process: peak resident memory above the level before the model.
+DRIVER = """
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {root!r})
+import train_solution as train
+
+def status(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+    raise KeyError(field)
+
+before = {{}}
+build_model = train.build_model
+
+def measured_build_model(*args, **kwargs):
+    Path("/proc/self/clear_refs").write_text("5")  # restart the peak (VmHWM) from here
+    before["rss"] = status("VmRSS")
+    return build_model(*args, **kwargs)
+
+train.build_model = measured_build_model
+code = train.main()
+rank = int(os.environ.get("RANK", 0))
+Path({out!r}, f"rank{{rank}}.json").write_text(json.dumps({{"peak": status("VmHWM") - before["rss"]}}))
+sys.exit(code)
+"""
+
+
+def zero_arithmetic(params: int, processes: int) -> dict[str, float]:
+    """Bytes per process of the model's state (weights, gradients, Adam's moments) for each stage."""
+    p, n = params, processes
+    return {
+        "DDP": 16 * p,
+        "ZeRO-1": 8 * p + 8 * p / n,
+        "ZeRO-2": 4 * p + 12 * p / n,
+        "ZeRO-3 / FSDP": 16 * p / n,
+    }
+
+
+def measure(name: str, processes: int, options: list[str], args: argparse.Namespace, params: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        out = tmp_path / "reports"
+        out.mkdir()
+        driver = tmp_path / "driver.py"
+        driver.write_text(DRIVER.format(root=str(ROOT), out=str(out)))
+        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        launcher = [sys.executable, *(torchrun if processes > 1 else [])]
+        command = [*launcher, str(driver), "--device", "cpu", "--dtype", "float32", "--optimizer", "adamw",
+                   "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.layers),
+                   "--num_attention_heads", str(args.hidden_size // 64), "--max_seq_len", str(args.seq_len),
+                   "--batch_size", str(args.batch_size), "--max_steps", str(args.steps),
+                   "--warmup_steps", "0", "--eval_iters", "1", "--eval_interval", "1000",
+                   "--sample_tokens", "0", "--save_dir", str(tmp_path / "run"), *options]  # fmt: skip
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"{name} with {processes} processes failed:\n{result.stderr[-3000:]}")
+        peaks = [json.loads((out / f"rank{r}.json").read_text())["peak"] for r in range(processes)]
+    state = zero_arithmetic(params, processes)["DDP" if "fsdp" not in options else "ZeRO-3 / FSDP"]
+    return {"setup": name, "processes": processes, "peak_mb": sum(peaks) / len(peaks) / 1e6,
+            "peak_mb_each": [p / 1e6 for p in peaks], "state_mb": state / 1e6}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden_size", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--seq_len", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--no_save", action="store_true", help=f"do not write {RESULTS.name}")
+    args = parser.parse_args()
+    if not Path("/proc/self/clear_refs").exists():
+        sys.exit("this script reads Linux's /proc to measure each process's peak memory")
+    config = GPTConfig(vocab_size=65, block_size=args.seq_len, n_layer=args.layers,
+                       n_head=args.hidden_size // 64, n_embd=args.hidden_size)  # fmt: skip
+    params = sum(p.numel() for p in GPT(config).parameters())
+    print(f"{params / 1e6:.1f}M parameters, float32 + AdamW: {BYTES_PER_PARAMETER} bytes each = "
+          f"{BYTES_PER_PARAMETER * params / 1e6:,.0f} MB of state; batch {args.batch_size} × {args.seq_len} "
+          f"per process; {platform.processor() or platform.machine()}")  # fmt: skip
+    rows = []
+    for name, processes, options in SETUPS:
+        row = measure(name, processes, options, args, params)
+        rows.append(row)
+        print(f"  {name:<32} {processes} process(es): peak {row['peak_mb']:>7,.0f} MB per process "
+              f"(state by the arithmetic {row['state_mb']:>6,.0f} MB, the rest: activations and buffers "
+              f"{row['peak_mb'] - row['state_mb']:>6,.0f} MB)", flush=True)  # fmt: skip
+    by = {(r["setup"], r["processes"]): r["peak_mb"] for r in rows}
+    checks = {
+        "FSDP 2 → 4 processes saves (measured, predicted 4·P)": (
+            by[("FSDP", 2)] - by[("FSDP", 4)], 4 * params / 1e6),
+        "DDP → FSDP at 2 processes saves (measured, predicted 8·P)": (
+            by[("DDP", 2)] - by[("FSDP", 2)], 8 * params / 1e6),
+        "activation checkpointing saves at 2 FSDP processes (measured)": (
+            by[("FSDP", 2)] - by[("FSDP + activation checkpointing", 2)], None),
+    }  # fmt: skip
+    for what, (measured, predicted) in checks.items():
+        ratio = f" ({measured / predicted:.2f}× the prediction)" if predicted else ""
+        print(f"{what}: {measured:,.0f} MB{ratio}" + (f" vs {predicted:,.0f} MB" if predicted else ""))
+    if not args.no_save:
+        RESULTS.write_text(json.dumps({
+            "params": params, "bytes_per_parameter": BYTES_PER_PARAMETER, "options": vars(args),
+            "machine": f"{platform.processor() or platform.machine()}, Linux", "setups": rows,
+            "arithmetic_mb": {n: {k: v / 1e6 for k, v in zero_arithmetic(params, n).items()}
+                              for n in (1, 2, 4, 8)},
+        }, indent=1) + "\n")  # fmt: skip
+        print(f"wrote {RESULTS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
