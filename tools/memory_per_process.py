@@ -8,8 +8,9 @@ Each setup trains the same model (25M parameters at the default size, float32, A
 every parameter costs 4 bytes of weight, 4 of gradient and 8 of Adam's two moments,
 16 bytes in all, as in mixed precision's 2 + 2 + 4 (master copy) + 8) for a few steps
 on the Shakespeare corpus, with the training script itself under torchrun. Each process
-reports how far its resident memory rose above what it held before the model was built
-(the peak, not the end: activations come and go every step). The ZeRO arithmetic
+reports how far its resident memory rose above what it held before the model was built:
+the peak of the training steps (activations come and go every step), and the peak with
+the final checkpoint too (gathering model.pt on rank 0 and writing shards need more). The ZeRO arithmetic
 (Rajbhandari et al., 2019) for N processes:
 
     DDP (every process holds all of it)   16 · P bytes
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -70,10 +72,19 @@ def measured_build_model(*args, **kwargs):
     before["rss"] = status("VmRSS")
     return build_model(*args, **kwargs)
 
+save_checkpoint = train.save_checkpoint
+
+def measured_save_checkpoint(*args, **kwargs):
+    before.setdefault("training_peak", status("VmHWM"))  # the steps, before any checkpoint is written
+    return save_checkpoint(*args, **kwargs)
+
 train.build_model = measured_build_model
+train.save_checkpoint = measured_save_checkpoint
 code = train.main()
 rank = int(os.environ.get("RANK", 0))
-Path({out!r}, f"rank{{rank}}.json").write_text(json.dumps({{"peak": status("VmHWM") - before["rss"]}}))
+peak = status("VmHWM")
+report = {{"training": before["training_peak"] - before["rss"], "with_checkpoint": peak - before["rss"]}}
+Path({out!r}, f"rank{{rank}}.json").write_text(json.dumps(report))
 sys.exit(code)
 """
 
@@ -104,13 +115,20 @@ def measure(name: str, processes: int, options: list[str], args: argparse.Namesp
                    "--batch_size", str(args.batch_size), "--max_steps", str(args.steps),
                    "--warmup_steps", "0", "--eval_iters", "1", "--eval_interval", "1000",
                    "--sample_tokens", "0", "--save_dir", str(tmp_path / "run"), *options]  # fmt: skip
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        # A fixed threshold above which glibc's malloc maps memory for each allocation and
+        # returns it when it is freed: then a process's resident memory follows the tensors
+        # it holds (glibc would otherwise raise the threshold and keep freed memory).
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             sys.exit(f"{name} with {processes} processes failed:\n{result.stderr[-3000:]}")
-        peaks = [json.loads((out / f"rank{r}.json").read_text())["peak"] for r in range(processes)]
+        reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
     state = zero_arithmetic(params, processes)["DDP" if "fsdp" not in options else "ZeRO-3 / FSDP"]
-    return {"setup": name, "processes": processes, "peak_mb": sum(peaks) / len(peaks) / 1e6,
-            "peak_mb_each": [p / 1e6 for p in peaks], "state_mb": state / 1e6}  # fmt: skip
+    training = [report["training"] / 1e6 for report in reports]
+    with_checkpoint = [report["with_checkpoint"] / 1e6 for report in reports]
+    return {"setup": name, "processes": processes, "peak_mb": sum(training) / processes,
+            "peak_mb_each": training, "peak_with_checkpoint_mb_each": with_checkpoint,
+            "state_mb": state / 1e6}  # fmt: skip
 
 
 def main() -> None:
