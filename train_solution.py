@@ -512,7 +512,7 @@ def train(args: argparse.Namespace) -> None:
         stream.seek(**data_position)
     resumed_at = start_step if checkpoint is not None else None
     logbook = Logbook(args, group, device, dtype, tokenizer, meta, scaler, resumed_at, run.folder)
-    train_model = wrap_for_training(model, group, device, args.use_compile, args.use_moe)
+    train_model = wrap_for_training(model, group, device, args.use_compile)
     logbook.print_setup(model, len(stream.dataset), schedule, start_step, stream.batches_per_epoch)
 
     evaluates = group.is_main or is_sharded(model)  # under FSDP a forward pass needs every process

@@ -26,3 +26,34 @@ def test_the_readme_shows_the_committed_scaling_fit():
     assert f"C^{scaling['exponent']:.2f}" in README
     for n_opt in scaling["optimal_n"].values():
         assert f"{n_opt / 1000:.1f}K" in README, f"the README's scaling table lacks N_opt = {n_opt:,}"
+
+
+def memory_results() -> dict:
+    return json.loads((RESULTS / "memory.json").read_text())
+
+
+def memory_row(row: dict) -> str:
+    return f"| {row['setup']} | {row['processes']} | {row['peak_mb']:,.0f} | {row['state_mb']:,.0f} |"
+
+
+def test_the_readme_shows_every_committed_memory_figure():
+    for row in memory_results()["setups"]:
+        assert memory_row(row) in README, f"the results page lacks {row['setup']} × {row['processes']}"
+
+
+def test_fsdp_memory_falls_with_the_processes_as_the_zero_arithmetic_predicts():
+    """Going from 2 to 4 FSDP processes saves 16·P/2 - 16·P/4 = 4·P bytes per process, and
+    DDP → FSDP at 2 processes 16·P - 16·P/2 = 8·P; measured within 25% of that."""
+    results = memory_results()
+    params = results["params"]
+    peak = {(row["setup"], row["processes"]): row["peak_mb"] * 1e6 for row in results["setups"]}
+    for (more, fewer), predicted in [((("FSDP", 2), ("FSDP", 4)), 4 * params),
+                                     ((("DDP", 2), ("FSDP", 2)), 8 * params)]:  # fmt: skip
+        saved = peak[more] - peak[fewer]
+        assert abs(saved / predicted - 1) < 0.25, (
+            f"{more} → {fewer} saved {saved / 1e6:.0f} MB per process, the arithmetic says {predicted / 1e6:.0f}"
+        )
+    checkpointed = peak[("FSDP + activation checkpointing", 2)]
+    assert checkpointed < peak[("FSDP", 2)] - 0.5 * (peak[("FSDP", 2)] - 16 * params / 2), (
+        "activation checkpointing should save at least half of what is not the model's state"
+    )

@@ -39,7 +39,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 import train_solution as train
 
-def wrap(model, group, device, compile, use_moe):
+def wrap(model, group, device, compile):
     if {order!r} == "compile(DDP(model))":
         return torch.compile(DistributedDataParallel(model))
     return DistributedDataParallel(torch.compile(model))
