@@ -251,7 +251,8 @@ class Logbook:
                 record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             self.records.append(record)
             append_metrics(self.folder.path(METRICS_FILE), record)
-            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}")
+            memory = {"mem_gb": f"{record['max_memory_gb']:.1f}"} if "max_memory_gb" in record else {}
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", **memory)
         self.window_loss, self.window_steps = torch.zeros(()), 0
         self.restart_clock()
 

@@ -51,7 +51,7 @@ def test_fsdp_memory_falls_with_the_processes_as_the_zero_arithmetic_predicts():
                                      ((("DDP", 2), ("FSDP", 2)), 8 * params)]:  # fmt: skip
         saved = peak[more] - peak[fewer]
         assert abs(saved / predicted - 1) < 0.25, (
-            f"{more} → {fewer} saved {saved / 1e6:.0f} MB per process, the arithmetic says {predicted / 1e6:.0f}"
+            f"{more} → {fewer} saved {saved / 1e6:.0f} MB a process, the arithmetic {predicted / 1e6:.0f} MB"
         )
     checkpointed = peak[("FSDP + activation checkpointing", 2)]
     assert checkpointed < peak[("FSDP", 2)] - 0.5 * (peak[("FSDP", 2)] - 16 * params / 2), (
