@@ -1,9 +1,9 @@
 """FSDP2 (--parallel fsdp) on the CPU with gloo: two processes that each hold half of
 every weight, gradient and optimizer moment train like one process with the whole
-batch (packed blocks with activation checkpointing, padded documents, with
-accumulation, Muon's whole-matrix updates); a run killed with SIGKILL resumes
-bit-identically from its sharded (DCP) checkpoint; two "machines" of one process each
-train like one machine with two; and a checkpoint of two processes refuses one."""
+batch (packed blocks with activation checkpointing and Muon's whole-matrix updates, on
+two "machines" of one process each; padded documents with AdamW; with accumulation);
+a run killed with SIGKILL resumes bit-identically from its sharded (DCP) checkpoint;
+and one process refuses a checkpoint of two."""
 
 from __future__ import annotations
 
@@ -29,21 +29,27 @@ from test_ddp import (
 import train_solution as train
 
 FSDP = ["--parallel", "fsdp"]
-# float32: bfloat16 (the default on CPUs with bfloat16 instructions) rounds a batch of 8
-# and four micro-batches of 2 differently. Muon (the default optimizer) for the blocks.
-BLOCKS = [*ARGS, "--dtype", "float32", "--max_steps", "6"]
-DROPOUT = ["--dropout", "0.1", "--optimizer", "adamw"]  # AdamW's state through DCP (Muon's above)
+# Few evaluations and no samples: under FSDP every process takes part in each forward of
+# them, and these runs are about the training. float32: bfloat16 (the default on CPUs with
+# bfloat16 instructions) rounds a batch of 8 and four micro-batches of 2 differently.
+QUIET = ["--dtype", "float32", "--eval_interval", "100", "--sample_tokens", "0"]
+# Blocks, Muon (the default optimizer: whole-matrix updates), activation checkpointing.
+BLOCKS = [
+    *ARGS,
+    *QUIET,
+    *FSDP,
+    "--batch_size",
+    "2",
+    "--accumulation_steps",
+    "2",
+    "--activation_checkpointing",
+    "1",
+]
 
 
-def blocks_args(workdir: Path, run: str, batch_size: int, accumulation_steps: int) -> list[str]:
+def blocks_args(workdir: Path, run: str) -> list[str]:
+    """8 steps of two FSDP processes with 2 micro-batches of 2 each, a checkpoint every 4."""
     return [*BLOCKS, "--data_path", str(workdir / "verse.txt"),
-            "--data_dir", str(workdir / f"prepared_{run}"), "--save_dir", str(workdir / run),
-            "--batch_size", str(batch_size), "--accumulation_steps", str(accumulation_steps)]  # fmt: skip
-
-
-def resume_args(workdir: Path, run: str) -> list[str]:
-    """8 steps of two processes with batch 4 each and dropout, a checkpoint every 4."""
-    return [*ARGS, *FSDP, *DROPOUT, "--batch_size", "4", "--data_path", str(workdir / "verse.txt"),
             "--data_dir", str(workdir / f"prepared_{run}"), "--save_dir", str(workdir / run)]  # fmt: skip
 
 
@@ -92,37 +98,41 @@ def two_machines(args: list[str]) -> None:
 
 @background_job("fsdp")
 def fsdp_runs(workdir: Path) -> None:
-    """Two FSDP processes with batch 2 and 2 micro-batches each, on blocks (activation
-    checkpointing on) and on padded documents; with dropout: straight to step 8 on two
-    'machines', and killed after the checkpoint of step 4 then resumed to step 8."""
+    """Two FSDP processes on blocks: straight to step 8 on two 'machines' of one process
+    each, and on one machine killed after the checkpoint of step 4, then resumed to step
+    8; and on padded documents, with AdamW."""
     (workdir / "verse.txt").write_text(VERSE * 60)
     write_documents(workdir / "documents.jsonl")
+    documents = [*documents_args(workdir / "documents.jsonl", workdir, "fsdp_documents", 2, 2), *QUIET, *FSDP,
+                 "--optimizer", "adamw"]  # fmt: skip
     with ThreadPoolExecutor(max_workers=2) as pool:
-        blocks = [*blocks_args(workdir, "fsdp_blocks", 2, 2), *FSDP, "--activation_checkpointing", "1"]
-        documents = [*documents_args(workdir / "documents.jsonl", workdir, "fsdp_documents", 2, 2), *FSDP]
-        jobs = [pool.submit(run_checked, torchrun(blocks), nice=True),
+        jobs = [pool.submit(two_machines, blocks_args(workdir, "fsdp_straight")),
                 pool.submit(run_checked, torchrun(documents), nice=True)]  # fmt: skip
-        jobs.append(pool.submit(two_machines, resume_args(workdir, "fsdp_straight")))
-        kill_after_step_4(resume_args(workdir, "fsdp_resumed"), workdir)
-        run_checked(torchrun([*resume_args(workdir, "fsdp_resumed"), "--from_resume", "1"]), nice=True)
+        kill_after_step_4(blocks_args(workdir, "fsdp_resumed"), workdir)
+        run_checked(torchrun([*blocks_args(workdir, "fsdp_resumed"), "--from_resume", "1"]), nice=True)
         for job in jobs:
             job.result()  # raise if a run failed
+
+
+def one_process(args: list[str]) -> list[str]:
+    """The same run in one process with the whole batch: no FSDP, no accumulation (the
+    options given last win)."""
+    return [*(a for a in args if a not in FSDP), "--batch_size", "8", "--accumulation_steps", "1"]
 
 
 @pytest.mark.background("fsdp")
 def test_two_fsdp_processes_train_like_one_with_the_whole_batch(background, tmp_path):
     """Sharded weights, gradients reduce-scattered, Muon orthogonalising whole matrices,
     gradient sync off for all but the last micro-batch, activation checkpointing: the
-    weights after 6 steps are those of one process with batch 8, on blocks and on padded
-    documents."""
-    one = blocks_args(tmp_path, "one", 8, 1)
+    weights after 8 steps on blocks (6 on padded documents) are those of one process
+    with batch 8."""
     (tmp_path / "verse.txt").write_text(VERSE * 60)
-    assert train.main(one) == 0
-    assert_same_weights(weights(tmp_path / "one"), weights(background / "fsdp_blocks"),
-                        "2 FSDP processes × batch 2 × 2 micro-batches (activation checkpointing on) should "
-                        "train like 1 process × batch 8", atol=1e-5)  # fmt: skip
+    assert train.main(one_process(blocks_args(tmp_path, "one"))) == 0
+    assert_same_weights(weights(tmp_path / "one"), weights(background / "fsdp_straight"),
+                        "2 FSDP processes (on two machines) × batch 2 × 2 micro-batches, activation "
+                        "checkpointing on, should train like 1 process × batch 8", atol=1e-5)  # fmt: skip
     documents = documents_args(background / "documents.jsonl", tmp_path, "one_documents", 8, 1)
-    assert train.main(documents) == 0
+    assert train.main([*documents, *QUIET, "--optimizer", "adamw"]) == 0
     assert_same_weights(weights(tmp_path / "one_documents"), weights(background / "fsdp_documents"),
                         "2 FSDP processes × batch 2 × 2 micro-batches should train like 1 process × "
                         "batch 8 on padded documents", atol=1e-5)  # fmt: skip
@@ -131,7 +141,8 @@ def test_two_fsdp_processes_train_like_one_with_the_whole_batch(background, tmp_
 @pytest.mark.background("fsdp")
 def test_a_killed_fsdp_run_resumes_bit_identically_from_its_shards(background):
     """SIGKILLed after the checkpoint of step 4 and resumed, it ends with exactly the
-    weights of the straight run (which ran on two 'machines' of one process each)."""
+    weights of the straight run (which ran on two 'machines' of one process each).
+    (DDP's resume test has dropout on; the random states are saved the same way here.)"""
     resumed = background / "fsdp_resumed"
     checkpoint = torch.load(resumed / "resume.pt", weights_only=True)
     assert checkpoint["step"] == 8 and checkpoint["shards"] == "resume-shards/step8"
@@ -159,7 +170,7 @@ def test_model_pt_of_an_fsdp_run_is_one_plain_file(background):
 def test_an_fsdp_checkpoint_of_two_processes_is_refused_by_one(background, capsys):
     """Each process drew its own dropout masks and its own share of every batch: one
     process cannot continue that run exactly, so it is refused in one line."""
-    code = train.main([*resume_args(background, "fsdp_resumed"), "--from_resume", "1", "--max_steps", "9"])
+    code = train.main([*blocks_args(background, "fsdp_resumed"), "--from_resume", "1", "--max_steps", "9"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.strip().splitlines()[-1] == (
