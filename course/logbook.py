@@ -316,7 +316,7 @@ class Logbook:
                 f"steps {first}-{schedule.end_step} continue at its min_lr {schedule.min_lr:g}"
             )
         if self.device.type == "cuda":
-            self.print(f"GPU memory of the weights and the optimizer: {gpu_memory(self.device)}")
+            self.print(f"GPU memory before the first step (the weights): {gpu_memory(self.device)}")
         if self.reference is not None:
             ref = self.reference
             self.print(
