@@ -15,9 +15,10 @@ The block is GPT-2's (2019, as in nanoGPT). What replaced its pieces since is he
 too, one switch each in GPTConfig: rotary position embeddings, RMSNorm, squared ReLU
 and SwiGLU, QK-norm, zero-initialised projections, an untied lm_head; and the Muon
 optimizer for the blocks' matrices. Measured at equal wall time at this course's
-scale (tools/ablation.py; tools/results/README.md has the table), Muon pays off by far and is the
-default; each block change costs time per step and loses within the main job's
-budget on a CPU, so the defaults stay GPT-2's.
+scale (tools/ablation.py; the README has the table), the block changes cost time per
+step and lose within the main job's budget on a CPU, so the defaults stay GPT-2's.
+What updates the weights (AdamW, and Muon for the blocks' matrices, the default) is
+in optim.py.
 
 Shapes in comments: B = batch size, T = sequence length, C = embedding size (n_embd),
 V = vocabulary size.
@@ -25,14 +26,12 @@ V = vocabulary size.
 
 from __future__ import annotations
 
-import inspect
 import math
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor, Replicate
 from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = -100  # label value the loss skips (padding); PyTorch's own default
@@ -383,47 +382,6 @@ class GPT(nn.Module):
             n_active -= self.config.n_layer * idle * expert
         return 6 * n_active + 12 * self.config.n_layer * T * self.config.n_embd
 
-    def configure_optimizers(
-        self,
-        weight_decay: float,
-        learning_rate: float,
-        betas: tuple[float, float],
-        device_type: str,
-        muon_lr_scale: float = 0.0,
-        amp_dtype: torch.dtype = torch.float32,
-    ) -> torch.optim.Optimizer:
-        """AdamW with weight decay on the matrices only; with muon_lr_scale > 0, Muon for
-        the blocks' weight matrices (at learning_rate × muon_lr_scale) and AdamW for the
-        embedding, lm_head and the gains. Muon's Newton–Schulz matmuls run in bfloat16
-        when the run does (amp_dtype), else in float32.
-
-        Decay pulls weights toward zero, a regulariser that makes sense for the 2-D
-        weight matrices and embeddings; on biases and norm gains (1-D) it would
-        only fight the scale the model needs, so they get none.
-        """
-        params = [p for p in self.parameters() if p.requires_grad]  # a tied matrix appears once
-        matrices = [p for p in params if p.dim() >= 2]
-        vectors = [p for p in params if p.dim() < 2]
-        if muon_lr_scale > 0:
-            in_blocks = {id(p) for p in self.transformer.h.parameters()}
-            hidden = [p for p in matrices if id(p) in in_blocks]
-            others = [p for p in matrices if id(p) not in in_blocks]  # embeddings, lm_head
-            groups = [
-                dict(params=hidden, use_muon=True, lr_scale=muon_lr_scale, weight_decay=weight_decay),
-                dict(params=others, use_muon=False, weight_decay=weight_decay),
-                dict(params=vectors, use_muon=False, weight_decay=0.0),
-            ]
-            ns_dtype = torch.bfloat16 if amp_dtype == torch.bfloat16 else torch.float32
-            return Muon(groups, lr=learning_rate, betas=betas, ns_dtype=ns_dtype)
-        groups = [
-            {"params": matrices, "weight_decay": weight_decay},
-            {"params": vectors, "weight_decay": 0.0},
-        ]
-        # The fused CUDA kernel updates all parameters in one launch instead of many.
-        use_fused = device_type == "cuda" and "fused" in inspect.signature(torch.optim.AdamW).parameters
-        extra = {"fused": True} if use_fused else {}
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **extra)
-
     @torch.no_grad()
     def generate(
         self,
@@ -455,120 +413,6 @@ class GPT(nn.Module):
                 next_token = torch.multinomial(probs, num_samples=1)
             idx = torch.cat((idx, next_token), dim=1)
         return idx
-
-
-def orthogonalize(G: torch.Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Approximately U Vᵀ for G = U S Vᵀ: G with every singular value set to about 1.
-
-    A quintic Newton–Schulz iteration: each step maps every singular value s to
-    a·s + b·s³ + c·s⁵. Keller Jordan's coefficients lift them fast rather than exactly:
-    after five steps they lie roughly between 0.5 and 1.5 (only the very smallest stay
-    below), which trains as well as the exact U Vᵀ and is far cheaper than an SVD.
-    Only matmuls, in `dtype`: bfloat16 where the run computes in it (fast on GPUs and
-    CPUs with bfloat16 units), else float32 (torch.optim.Muon always uses bfloat16,
-    which a CPU without bfloat16 units emulates, many times slower). G may hold a stack
-    of matrices (..., rows, cols): one batched matmul for all of them is faster than one
-    small matmul each.
-    """
-    a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.to(dtype).reshape(-1, *G.shape[-2:])  # a batch of matrices, even of one
-    tall = X.size(-2) > X.size(-1)
-    if tall:  # iterate on the wide side, where X Xᵀ is the smaller matrix
-        X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # every singular value ≤ 1: converges
-    for _ in range(steps):
-        A = X @ X.mT
-        # X ← a·X + (b·A + c·A²)·X; baddbmm(M, P, Q, beta, alpha) = beta·M + alpha·P@Q in one pass
-        B = torch.baddbmm(A, A, A, beta=b, alpha=c)
-        X = torch.baddbmm(X, B, X, beta=a)
-    return (X.mT if tall else X).reshape(G.shape).to(G.dtype)
-
-
-class Muon(torch.optim.Optimizer):
-    """Muon (Keller Jordan, 2024) for the hidden weight matrices, AdamW for the rest.
-
-    Muon: keep a Nesterov momentum of the gradient, then replace it by the nearest
-    orthogonal matrix (orthogonalize) before the step. The gradient of a weight matrix
-    is dominated by a few directions; orthogonalising gives every direction the same
-    step size, so the rare ones learn too. It only makes sense for matrices that map
-    hidden vectors to hidden vectors: the embedding (a lookup), lm_head and the 1-D
-    gains keep AdamW, as its authors recommend. Each parameter group says which it
-    gets (use_muon); set_lr gives each group lr × its lr_scale.
-
-    Measured on this course's main job (tools/ablation.py, tools/results/README.md): 0.23 bits per byte
-    better than AdamW in the same wall time on a CPU, although each step costs about
-    15–20% more there.
-    """
-
-    def __init__(self, param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.95),
-                 momentum: float = 0.95, eps: float = 1e-8,
-                 ns_dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
-        defaults = dict(lr=lr, lr_scale=1.0, betas=betas, momentum=momentum, eps=eps, weight_decay=0.0)
-        super().__init__(param_groups, defaults)
-        self.ns_dtype = ns_dtype  # the number type of the Newton–Schulz matmuls
-
-    @torch.no_grad()
-    def step(self, closure=None) -> None:
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay, as in AdamW
-            if group["use_muon"]:
-                self._muon_step(params, group)
-            else:
-                for p in params:
-                    self._adamw_step(p, group)
-
-    def _muon_step(self, params: list[torch.Tensor], group: dict) -> None:
-        updates = {}
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["momentum"] = torch.zeros_like(p)
-            state["momentum"].lerp_(p.grad, 1 - group["momentum"])  # m ← β·m + (1 - β)·g
-            # Nesterov: g + β·(m - g); under FSDP the whole matrix (see whole_matrix)
-            updates[p] = whole_matrix(p.grad.lerp(state["momentum"], group["momentum"]))
-        # Matrices of one shape (the same layer in every block) are orthogonalised together.
-        for shape in {p.shape for p in params}:
-            same = [p for p in params if p.shape == shape]
-            orthogonal = orthogonalize(torch.stack([updates[p] for p in same]), dtype=self.ns_dtype)
-            # An orthogonal update of a tall matrix has smaller entries: scale them back up.
-            scale = max(1.0, shape[0] / shape[1]) ** 0.5
-            for p, update in zip(same, orthogonal, strict=True):
-                p.add_(shard_like(p, update), alpha=-group["lr"] * scale)
-
-    def _adamw_step(self, p: torch.Tensor, group: dict) -> None:
-        """Adam's update, as torch.optim.AdamW computes it (weight decay applied above)."""
-        state = self.state[p]
-        if not state:
-            state["step"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-        beta1, beta2 = group["betas"]
-        state["step"] += 1
-        state["exp_avg"].lerp_(p.grad, 1 - beta1)  # mean of the gradients
-        state["exp_avg_sq"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)  # mean of their squares
-        # Both averages start at zero; dividing by 1 - beta^step removes that bias.
-        denominator = (state["exp_avg_sq"] / (1 - beta2 ** state["step"])).sqrt_().add_(group["eps"])
-        p.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / (1 - beta1 ** state["step"]))
-
-
-def whole_matrix(t: torch.Tensor) -> torch.Tensor:
-    """The full matrix behind `t`: under FSDP each process holds some rows of every
-    weight (a DTensor shard), but orthogonalisation needs all of them. So every process
-    gathers each update (an all-gather) and orthogonalises it whole, which gives exactly
-    the single-process result. (nanochat and modded-nanogpt instead give each process its
-    own share of the matrices to orthogonalise, then exchange the results: less
-    repeated work, more code.) A plain tensor is already whole."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def shard_like(p: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-    """The part of a whole-matrix `update` that this process's shard of `p` holds
-    (the inverse of whole_matrix: a local slice, no communication)."""
-    if not isinstance(p, DTensor):
-        return update
-    return DTensor.from_local(update, p.device_mesh, [Replicate()] * p.device_mesh.ndim).redistribute(
-        p.device_mesh, p.placements
-    )
 
 
 def filter_top_k_top_p(

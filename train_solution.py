@@ -53,6 +53,7 @@ from course.profiling import StepProfiler
 from course.run_folder import BEST_FILE
 from data_solution import BlockDataset, PretrainDataset, Tokenizer, tokenizer_from_meta
 from model import GPT, IGNORE_INDEX, GPTConfig
+from optim import configure_optimizers
 
 NO_AUTOCAST = nullcontext()  # float32 everywhere: the context that changes nothing
 
@@ -497,8 +498,8 @@ def train(args: argparse.Namespace) -> None:
         shard_model(model, group, device, dtype)
     # Muon's LR as a multiple of the schedule's (set_lr applies it); 0: AdamW for everything.
     muon_lr_scale = args.muon_lr / args.learning_rate if args.optimizer == "muon" else 0.0
-    optimizer = model.configure_optimizers(
-        args.weight_decay, args.learning_rate, (0.9, args.beta2), device.type, muon_lr_scale, dtype
+    optimizer = configure_optimizers(
+        model, args.weight_decay, args.learning_rate, (0.9, args.beta2), device.type, muon_lr_scale, dtype
     )
     amp_ctx, scaler = open_todos.precision_or_float32(autocast_context, make_grad_scaler, device, dtype)
     run.describe(

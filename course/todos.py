@@ -76,7 +76,7 @@ HINTS: dict[str, tuple[str, str, str]] = {
         "return min_lr + 0.5 * (max_lr - min_lr) * (1 + cos(pi * progress))",
     ),
     "3a": (
-        "An optimizer does not read one global learning rate: each parameter group (model.py "
+        "An optimizer does not read one global learning rate: each parameter group (optim.py "
         "makes one with weight decay and one without, and one for Muon) carries its own "
         "settings. Muon's group needs a larger LR, so it carries a scale for the schedule's LR.",
         "optimizer.param_groups is a list of dicts; the key 'lr' is the learning rate of that "

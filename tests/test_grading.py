@@ -176,8 +176,8 @@ def test_open_core_todo_stops_training_with_its_message(todo, corpus_txt, tmp_pa
 # --- a learner's checkout: "done" is done ---------------------------------------------------
 
 FILLED = {"finished": set(TODOS), "half-finished": {"1", "2a", "2b", "3a", "3b", "3c"}}
-COURSE_FILES = ["course", "tests", "tools", "data/gpt2.tiktoken", "model.py", "data_solution.py",
-                "train_solution.py", "pyproject.toml", "tutorial.ipynb"]  # fmt: skip
+COURSE_FILES = ["course", "tests", "tools", "data/gpt2.tiktoken", "model.py", "optim.py",
+                "data_solution.py", "train_solution.py", "pyproject.toml", "tutorial.ipynb"]  # fmt: skip
 
 
 CHECKOUT = """

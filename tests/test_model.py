@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import tiny_gpt
 
 from model import GPT, GPTConfig, filter_top_k_top_p
+from optim import configure_optimizers
 
 
 def test_forward_shapes_and_loss_is_cross_entropy():
@@ -69,7 +70,7 @@ def test_sequence_longer_than_block_size_is_refused():
 
 def test_optimizer_decays_only_matrices():
     model = tiny_gpt()
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    opt = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), "cpu")
     decay, no_decay = opt.param_groups
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"])
@@ -229,7 +230,7 @@ def test_a_modern_model_is_causal_and_learns(changes):
     assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6), "a token must not change the logits before it"
     assert not torch.allclose(a[:, 10:], b[:, 10:])
     model.train()
-    optimizer = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), "cpu", muon_lr_scale=10.0)
+    optimizer = configure_optimizers(model, 0.0, 3e-3, (0.9, 0.95), "cpu", muon_lr_scale=10.0)
     batch = torch.randint(0, 32, (4, 17))
     x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
     losses = []
@@ -309,7 +310,7 @@ def test_zero_init_blocks_start_as_the_identity_and_untied_heads_are_their_own()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(32, 96), (128, 32)], ids=["wide", "tall"])
 def test_orthogonalize_sets_every_singular_value_near_one(shape, dtype):
-    from model import orthogonalize
+    from optim import orthogonalize
 
     torch.manual_seed(0)
     G = torch.randn(shape) @ torch.diag(torch.logspace(-1, 1, shape[1]))  # singular values 100x apart
@@ -323,23 +324,23 @@ def test_orthogonalize_sets_every_singular_value_near_one(shape, dtype):
 
 def test_muon_groups_hidden_matrices_and_its_adamw_half_matches_torch():
     model = recipe_gpt(**MODERN)
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", muon_lr_scale=20.0)
+    opt = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), "cpu", muon_lr_scale=20.0)
     muon, others, vectors = opt.param_groups
     hidden = {id(p) for block in model.transformer.h for p in block.parameters() if p.dim() == 2}
     assert {id(p) for p in muon["params"]} == hidden and muon["lr_scale"] == 20.0
     assert {id(p) for p in others["params"]} == {id(model.transformer.wte.weight), id(model.lm_head.weight)}
     assert all(p.dim() < 2 for p in vectors["params"]) and vectors["weight_decay"] == 0.0
     assert opt.ns_dtype == torch.float32, "a float32 run orthogonalises in float32"
-    bf16_run = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", 20.0, amp_dtype=torch.bfloat16)
+    bf16_run = configure_optimizers(model, 0.1, 1e-3, (0.9, 0.95), "cpu", 20.0, amp_dtype=torch.bfloat16)
     assert bf16_run.ns_dtype == torch.bfloat16, "a bfloat16 run orthogonalises in bfloat16, where it is fast"
 
 
 def test_the_adamw_half_of_muon_matches_torch_adamw():
-    from model import Muon
+    from optim import MuonAdamW
 
     ours, theirs = torch.nn.Parameter(torch.randn(6, 5)), torch.nn.Parameter(torch.randn(6, 5))
     theirs.data.copy_(ours.data)
-    muon = Muon([{"params": [ours], "use_muon": False, "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.95))
+    muon = MuonAdamW([{"params": [ours], "use_muon": False, "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.95))
     adamw = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     for _ in range(5):
         grad = torch.randn(6, 5)
@@ -350,10 +351,10 @@ def test_the_adamw_half_of_muon_matches_torch_adamw():
 
 
 def test_muon_steps_along_the_orthogonalised_nesterov_momentum():
-    from model import Muon, orthogonalize
+    from optim import MuonAdamW, orthogonalize
 
     weight = torch.nn.Parameter(torch.randn(8, 16))
-    opt = Muon([{"params": [weight], "use_muon": True}], lr=0.1)
+    opt = MuonAdamW([{"params": [weight], "use_muon": True}], lr=0.1)
     grads = [torch.randn(8, 16) for _ in range(2)]
     momentum = torch.zeros(8, 16)
     expected = weight.detach().clone()
@@ -386,7 +387,7 @@ def test_bfloat16_autocast_on_cpu_gives_the_float32_loss():
 
 
 def test_orthogonalize_treats_a_stack_as_separate_matrices():
-    from model import orthogonalize
+    from optim import orthogonalize
 
     torch.manual_seed(0)
     stack = torch.randn(3, 16, 48)
@@ -397,14 +398,14 @@ def test_orthogonalize_treats_a_stack_as_separate_matrices():
 
 
 def test_muon_updates_same_shape_matrices_as_if_each_were_alone():
-    from model import Muon
+    from optim import MuonAdamW
 
     torch.manual_seed(0)
     shapes = [(12, 4), (12, 4), (4, 4)]
     together = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
     alone = [torch.nn.Parameter(p.detach().clone()) for p in together]
-    opt_together = Muon([{"params": together, "use_muon": True}], lr=0.1)
-    opts_alone = [Muon([{"params": [p], "use_muon": True}], lr=0.1) for p in alone]
+    opt_together = MuonAdamW([{"params": together, "use_muon": True}], lr=0.1)
+    opts_alone = [MuonAdamW([{"params": [p], "use_muon": True}], lr=0.1) for p in alone]
     for _ in range(3):
         for a, b in zip(together, alone, strict=True):
             a.grad = torch.randn_like(a)

@@ -17,6 +17,7 @@ from conftest import tiny_gpt
 
 from course import checkpoints
 from model import GPT, IGNORE_INDEX, GPTConfig
+from optim import configure_optimizers
 
 MAX_LR, MIN_LR = 6e-4, 6e-5
 
@@ -100,7 +101,7 @@ def test_todo_2b_cosine_decay(learner, warmup, total):
 
 @pytest.mark.todo("3a")
 def test_todo_3a_set_lr_on_every_param_group(learner):
-    optimizer = tiny_gpt().configure_optimizers(0.1, 1.0, (0.9, 0.95), "cpu")
+    optimizer = configure_optimizers(tiny_gpt(), 0.1, 1.0, (0.9, 0.95), "cpu")
     try:
         learner.train.set_lr(optimizer, 0.0123)
     except KeyError as err:
@@ -120,7 +121,7 @@ def test_todo_3a_set_lr_on_every_param_group(learner):
 
 @pytest.mark.todo("3a")
 def test_todo_3a_a_group_with_an_lr_scale_gets_lr_times_its_scale(learner):
-    optimizer = tiny_gpt().configure_optimizers(0.1, 1.0, (0.9, 0.95), "cpu", muon_lr_scale=20.0)
+    optimizer = configure_optimizers(tiny_gpt(), 0.1, 1.0, (0.9, 0.95), "cpu", muon_lr_scale=20.0)
     learner.train.set_lr(optimizer, 0.001)
     lrs = [group["lr"] for group in optimizer.param_groups]
     assert lrs == pytest.approx([0.02, 0.001, 0.001]), (

@@ -16,6 +16,7 @@ from course.errors import TrainingDiverged
 from course.guards import check_finite
 from course.logbook import bits_per_byte
 from data_solution import BlockDataset
+from optim import configure_optimizers
 
 
 def random_batch(batch_size, seed, vocab_size=32, block_size=16):
@@ -29,7 +30,7 @@ def test_a_few_steps_lower_the_loss():
     pattern = np.tile(np.arange(10, dtype=np.uint16), 200)
     dataset = BlockDataset(pattern, 16, stride=3)
     model = tiny_gpt()
-    optimizer = model.configure_optimizers(0.1, 3e-3, (0.9, 0.95), "cpu")
+    optimizer = configure_optimizers(model, 0.1, 3e-3, (0.9, 0.95), "cpu")
     scaler = train.make_grad_scaler(torch.device("cpu"), torch.float32)
     stream = BatchStream(dataset, batch_size=8, seed=0)
     batches = [next(stream) for _ in range(40)]

@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_solution as train  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from optim import configure_optimizers  # noqa: E402
 
 BF16 = torch.bfloat16
 CPU_PRESET = dict(vocab_size=85, block_size=64, n_layer=4, n_head=4, n_embd=128)
@@ -37,9 +38,9 @@ def step_times(steps: int, threads: int, optimizer: str = "adamw", fused: bool =
     torch.manual_seed(0)
     model = GPT(GPTConfig(**CPU_PRESET))
     if optimizer == "muon":
-        opt = model.configure_optimizers(0.1, 2e-3, (0.9, 0.95), "cpu", muon_lr_scale=10.0, amp_dtype=dtype)
+        opt = configure_optimizers(model, 0.1, 2e-3, (0.9, 0.95), "cpu", muon_lr_scale=10.0, amp_dtype=dtype)
     else:
-        groups = model.configure_optimizers(0.1, 2e-3, (0.9, 0.95), "cpu").param_groups
+        groups = configure_optimizers(model, 0.1, 2e-3, (0.9, 0.95), "cpu").param_groups
         opt = torch.optim.AdamW(groups, lr=2e-3, betas=(0.9, 0.95), fused=fused)
     train_model = torch.compile(model) if compile else model
     scaler = torch.amp.GradScaler("cpu", enabled=False)

@@ -34,6 +34,7 @@ from course.devices import resolve_dtype  # noqa: E402
 from course.logbook import plot_metrics, sample_text  # noqa: E402
 from data_solution import BlockDataset, tokenizer_from_meta  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from optim import configure_optimizers  # noqa: E402
 
 PHASES = ("data", "forward", "backward", "clip + optimizer")
 MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm"}
@@ -77,7 +78,7 @@ def main() -> int:
     model = GPT(config)
     muon_lr_scale = 0.02 / preset["learning_rate"]
     lr = preset["learning_rate"]
-    optimizer = model.configure_optimizers(0.1, lr, (0.9, 0.95), "cpu", muon_lr_scale, dtype)
+    optimizer = configure_optimizers(model, 0.1, lr, (0.9, 0.95), "cpu", muon_lr_scale, dtype)
     amp_ctx = train.autocast_context(device, dtype)
     scaler = train.make_grad_scaler(device, dtype)
 

@@ -40,6 +40,7 @@ from course.devices import resolve_dtype  # noqa: E402
 from course.logbook import bits_per_byte  # noqa: E402
 from data_solution import BlockDataset  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from optim import configure_optimizers  # noqa: E402
 
 BLOCK, BATCH, LAYERS = 64, 32, 3
 TOKENS_PER_STEP = BLOCK * BATCH
@@ -67,7 +68,9 @@ def train_one(width: int, steps: int, prepared: Path, seed: int = 0) -> GPT:
     model = make_model(width, meta["vocab_size"])
     device = torch.device("cpu")
     dtype = resolve_dtype("auto", device)
-    optimizer = model.configure_optimizers(0.1, 2e-3, (0.9, 0.95), "cpu", muon_lr_scale=10.0, amp_dtype=dtype)
+    optimizer = configure_optimizers(
+        model, 0.1, 2e-3, (0.9, 0.95), "cpu", muon_lr_scale=10.0, amp_dtype=dtype
+    )
     scaler = train.make_grad_scaler(device, dtype)
     amp = train.autocast_context(device, dtype)
     # Every window (stride 1) of the whole training split, so the longest runs (about 2.7
