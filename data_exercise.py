@@ -43,7 +43,7 @@ import torch
 from tiktoken.load import load_tiktoken_bpe
 from torch.utils.data import Dataset
 
-from course.corpus import check_data_path
+from course.data_files import check_data_path
 from course.errors import DataError
 from model import IGNORE_INDEX
 
@@ -290,6 +290,6 @@ class PretrainDataset(Dataset):
 
 if __name__ == "__main__":
     # `python data_exercise.py` grades the TODOs of this file; `--hint 1` gives a hint.
-    from course.cli import data_main
+    from course.grading import data_main
 
     sys.exit(data_main(sys.argv[1:], Path(__file__)))

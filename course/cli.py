@@ -30,10 +30,19 @@ from course.checkpoints import RunFiles
 from course.corpus import TOKENIZERS
 from course.devices import enable_tf32, resolve_device, resolve_dtype
 from course.distributed import PARALLEL_MODES, ProcessGroup, init_distributed, shut_down
-from course.errors import DataError, Interrupted, StopNow, StorageError, TrainingDiverged, UsageError
+from course.errors import (
+    DataError,
+    Interrupted,
+    OneLineErrorParser,
+    StopNow,
+    StorageError,
+    TrainingDiverged,
+    UsageError,
+)
+from course.grading import show_hint
 from course.guards import STOP_SIGNALS, stop_at_once_on_sigterm
 from course.run_folder import RESUME_FILE, RunFolder, UnclaimedFolder, check_folder, out_of_space
-from course.todos import TODOS, next_hint
+from course.todos import TODOS
 from model import CHOICES, GPTConfig
 
 HINT_HELP = "print the next hint for a TODO: first the idea, then the API names, pseudocode last"
@@ -76,17 +85,6 @@ PRESETS = {
 MAX_STEPS = 10**9  # more optimizer steps than any run here could take: a typo (--epochs 1e300)
 MAX_SAMPLE_TOKENS = 10_000  # a sample at every evaluation; longer ones would stall the run
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; each process seeds with seed + rank
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Errors in one line, and no abbreviations: argparse would take --max_step 5 for
-    --max_steps and --learn for --learning_rate without a word."""
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(allow_abbrev=False, **kwargs)
-
-    def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -712,33 +710,3 @@ def grade_despite_a_broken_chapter(exc_type, exc, tb) -> None:
 
 if "--test" in sys.argv[1:]:  # only when grading: see grade_despite_a_broken_chapter
     sys.excepthook = grade_despite_a_broken_chapter
-
-
-def show_hint(todo_id: str, script: Path) -> int:
-    """`--hint 2b`: the next hint of a TODO of this file (course/todos.py has them all)."""
-    module, _, impl = script.stem.partition("_")
-    if todo_id not in TODOS:
-        print(f"error: there is no TODO {todo_id!r}; the TODOs are {', '.join(TODOS)}", file=sys.stderr)
-        return 2
-    if TODOS[todo_id].module != module:
-        other = f"{TODOS[todo_id].module}_{impl}.py"
-        print(f"error: TODO {todo_id} is in {other}: `python {other} --hint {todo_id}`", file=sys.stderr)
-        return 2
-    print(next_hint(todo_id))
-    return 0
-
-
-def data_main(argv: list[str] | None, script: Path) -> int:
-    """`python data_exercise.py`: grade the TODOs of the data chapter; `--hint 1`: a hint."""
-    parser = OneLineErrorParser(description="Grade the TODOs of this file and print a scoreboard.")
-    parser.add_argument(
-        "--hint",
-        metavar="TODO",
-        help="print the next hint for a TODO: the idea, then the API, then pseudocode",
-    )
-    args = parser.parse_args(argv)
-    if args.hint:
-        return show_hint(args.hint, script)
-    from tests.scoreboard import grade  # the graded tests live in tests/
-
-    return grade(script)

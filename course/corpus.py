@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from course.data_files import check_data_path, corpus_format
 from course.errors import DataError
 from course.run_folder import FileLock
 
@@ -165,22 +166,6 @@ def decode_line(raw: bytes, path: Path, line_number: int) -> str:
 
 
 BYTE_ORDER_MARK = "\ufeff"
-
-
-def corpus_format(path: Path) -> str:
-    """'txt' or 'jsonl', from the file's extension in any case (notes.TXT is text)."""
-    return path.suffix.lower().removeprefix(".")
-
-
-def check_data_path(path: Path) -> None:
-    if path.is_dir():
-        raise DataError(f"--data_path {path} is a folder; give a .txt or .jsonl file")
-    if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
-    if corpus_format(path) not in ("txt", "jsonl"):
-        raise DataError(f"data file {path} must be a .txt or .jsonl file")
-    if path.stat().st_size == 0:
-        raise DataError(f"data file {path} is empty")
 
 
 def iter_corpus(data_path: Path | None, hasher: hashlib._Hash | None = None) -> Iterator[tuple[str, bool]]:

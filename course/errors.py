@@ -6,6 +6,19 @@ anything is written), 1 for a training run that diverged or a disk that filled u
 130 for Ctrl+C and 143 for SIGTERM (128 + the signal's number, as a shell reports it).
 """
 
+import argparse
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Errors in one line, and no abbreviations: argparse would take --max_step 5 for
+    --max_steps and --learn for --learning_rate without a word."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"error: {message} (see --help)\n")
+
 
 class UsageError(Exception):
     """A bad option or combination of options, explained in one line."""

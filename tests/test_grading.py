@@ -185,7 +185,7 @@ import contextlib, io, json, sys
 from pathlib import Path
 import pytest
 import train_exercise
-from course.cli import data_main
+from course.grading import data_main
 
 def run(call):
     out = io.StringIO()

@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT, make_exercises
 from todos import CATALOG, TODOS
 
-from course import cli, todos
+from course import grading, todos
 from tests import scoreboard
 
 
@@ -24,7 +24,7 @@ def test_hint_gives_the_idea_then_the_concepts_then_pseudocode(todo, hints_file,
     script = ROOT / f"{todo.module}_exercise.py"
     shown = []
     for _ in range(4):
-        assert cli.show_hint(todo.id, script) == 0
+        assert grading.show_hint(todo.id, script) == 0
         shown.append(capsys.readouterr().out)
     for layer, (text, name) in enumerate(zip(shown, todos.LAYERS, strict=False), start=1):
         assert f"TODO {todo.id}, hint {layer}/3 ({name})" in text
@@ -35,16 +35,16 @@ def test_hint_gives_the_idea_then_the_concepts_then_pseudocode(todo, hints_file,
 
 
 def test_hint_for_a_todo_of_the_other_file_says_where_it_is(hints_file, capsys):
-    assert cli.show_hint("1", ROOT / "train_exercise.py") == 2
+    assert grading.show_hint("1", ROOT / "train_exercise.py") == 2
     assert "TODO 1 is in data_exercise.py: `python data_exercise.py --hint 1`" in capsys.readouterr().err
-    assert cli.show_hint("9z", ROOT / "train_exercise.py") == 2
+    assert grading.show_hint("9z", ROOT / "train_exercise.py") == 2
     assert "there is no TODO '9z'" in capsys.readouterr().err
     assert not hints_file.exists(), "a refused hint is not counted"
 
 
 def test_the_scoreboard_shows_how_many_hints_were_used(hints_file, capsys):
-    cli.show_hint("2b", ROOT / "train_exercise.py")
-    cli.show_hint("2b", ROOT / "train_exercise.py")
+    grading.show_hint("2b", ROOT / "train_exercise.py")
+    grading.show_hint("2b", ROOT / "train_exercise.py")
     board = scoreboard.Scoreboard()
     board.status = {"2a": scoreboard.PASSED, "2b": scoreboard.FAILED}
     board.reason = {"2b": "the cosine ..."}
