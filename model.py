@@ -151,9 +151,9 @@ def explicit_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropou
     """softmax(q kᵀ / sqrt(head_size)) v with the upper triangle masked out, written out.
 
     F.scaled_dot_product_attention computes the same in one fused kernel, but PyTorch's
-    CPU kernel is slow in bfloat16 (its backward took 10.7 ms per layer instead of 1.5 ms
-    in float32 on the course's 2-core machine), while these two matmuls run on the CPU's
-    bfloat16 matrix units. The T×T matrix it builds is small at a CPU's context lengths.
+    CPU kernel is slow in bfloat16, its backward above all (tools/results/README.md has
+    the figures), while these two matmuls run on the CPU's bfloat16 matrix units. The
+    T×T matrix it builds is small at a CPU's context lengths.
     """
     T = q.size(-2)
     scores = (q @ k.transpose(-2, -1)) * q.size(-1) ** -0.5  # (B, n_head, T, T)

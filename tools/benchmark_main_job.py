@@ -23,8 +23,8 @@ caps the instructions PyTorch's matmuls use (and ATEN_CPU_CAPABILITY=avx2 its ot
 kernels), so a CPU of a higher class stands in for the lower ones. A stand-in is its own
 chip with fewer instructions: an Intel core capped at AVX512_BF16 is an Intel Cooper Lake
 (bfloat16 dot products no faster than float32 FMAs, so `auto` keeps float32 there; run
---float32 to see it), not an AMD Zen 4/5, whose bfloat16 dot products run about 4× faster
-than float32.
+--float32 to see it), not an AMD Zen 4/5, whose bfloat16 dot products run well ahead of
+float32 (tools/results/README.md has the figures).
 """
 
 from __future__ import annotations
