@@ -45,6 +45,7 @@ from course import cli, open_todos
 from course.batches import BatchStream, block_dataset, document_datasets, fixed_eval_batches, limit_windows
 from course.checkpoints import RunFiles, capture_rng_state, load_weights, restore_rng_state, seed_everything
 from course.corpus import prepare, prepared_dir, read_meta
+from course.devices import forked_rng
 from course.distributed import ProcessGroup, is_sharded, mean_over_processes, shard_model, wrap_for_training
 from course.errors import Interrupted
 from course.guards import StopRequests
@@ -422,7 +423,8 @@ def build_model(args: argparse.Namespace, tokenizer: Tokenizer, device: torch.de
     )
     # The same initial weights in every process, from --seed (not seed + rank): FSDP keeps
     # each process's shard of its own copy (DDP would copy rank 0's to the others anyway).
-    with torch.random.fork_rng(devices=[]):
+    # Forked, so that the dropout masks still come from seed + rank, on the device too.
+    with forked_rng(device):
         torch.manual_seed(args.seed)
         model = GPT(config)
     model.activation_checkpointing = bool(args.activation_checkpointing)  # memory for compute

@@ -110,6 +110,7 @@ def this_process_rng_state() -> dict:
         "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this process's GPU
+        "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # Apple silicon
     }
 
 
@@ -132,6 +133,8 @@ def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(mine["torch"])
     if mine["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(mine["cuda"])
+    if mine.get("mps") is not None and torch.backends.mps.is_available():  # .get: saved before MPS's was
+        torch.mps.set_rng_state(mine["mps"])
 
 
 def check_same(what: str, saved: dict, current: dict) -> None:

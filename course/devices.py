@@ -26,6 +26,7 @@ utilisation (MFU): the share of the GPU's peak the training actually uses.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -138,6 +139,21 @@ def describe_dtype(name: str, device: torch.device, dtype: torch.dtype) -> str:
         native = dtype == torch.bfloat16
         return f"{chosen}: native on this GPU" if native else f"{chosen}: no native bfloat16 on this GPU"
     return f"{chosen}: the default on {device.type}"
+
+
+def forked_rng(device: torch.device) -> contextlib.AbstractContextManager:
+    """A block whose random draws leave the run's generators as they were: the CPU's
+    and the run's device's (CUDA or MPS). torch.manual_seed inside it seeds every
+    device's generator, so forking the CPU's alone would let a seed meant for one
+    sample or one initialisation restart the device's dropout masks."""
+    if device.type == "cpu":
+        return torch.random.fork_rng(devices=[])
+    index = (
+        device.index
+        if device.index is not None
+        else (torch.cuda.current_device() if device.type == "cuda" else 0)
+    )
+    return torch.random.fork_rng(devices=[index], device_type=device.type)
 
 
 def enable_tf32(device: torch.device) -> None:

@@ -27,7 +27,7 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from course.checkpoints import data_identity
-from course.devices import describe_dtype, gpu_peak_flops
+from course.devices import describe_dtype, forked_rng, gpu_peak_flops
 from course.distributed import ProcessGroup
 from course.guards import check_finite
 from course.reference import final_validation, find_reference, recipe, verdict
@@ -124,7 +124,7 @@ def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: torc
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     was_training = model.training
     model.eval()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         torch.manual_seed(seed)
         out = model.generate(idx, max_new_tokens, temperature=0.8, top_k=200)
     model.train(was_training)

@@ -155,3 +155,42 @@ def test_tf32_is_enabled_for_float32_matmuls_on_cuda_only():
         assert torch.get_float32_matmul_precision() == "high", "CUDA float32 matmuls may use TF32"
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+# --- the MPS generator, stood in for where there is no Apple GPU -------------------------
+
+
+@pytest.fixture
+def fake_mps(monkeypatch):
+    """An MPS generator whose state is one number: torch.manual_seed seeds it, and the
+    functions PyTorch uses to read and write it read and write that number."""
+
+    class Generator:
+        state = 12345
+
+    generator = Generator()
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "manual_seed", lambda seed: setattr(generator, "state", seed))
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda device="mps": torch.tensor([generator.state]))
+    monkeypatch.setattr(
+        torch.mps, "set_rng_state", lambda state, device="mps": setattr(generator, "state", int(state[0]))
+    )
+    return generator
+
+
+def test_a_forked_block_leaves_the_mps_generator_as_it_was(fake_mps):
+    """Sampling at each evaluation seeds itself; on MPS that seed must not restart the
+    dropout masks of the training that follows."""
+    with devices.forked_rng(torch.device("mps")):
+        torch.manual_seed(0)
+        assert fake_mps.state == 0, "the stand-in is not seeded by torch.manual_seed"
+    assert fake_mps.state == 12345, "the MPS generator was not forked: the block's seed outlived it"
+
+
+def test_a_checkpoint_keeps_the_mps_generator(fake_mps):
+    from course.checkpoints import capture_rng_state, restore_rng_state
+
+    saved = capture_rng_state()
+    fake_mps.state = 999  # the run goes on, then stops; a resume restores the saved state
+    restore_rng_state(saved)
+    assert fake_mps.state == 12345, "the MPS generator's state is not in the checkpoint"
