@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -219,9 +220,10 @@ class MoE(nn.Module):
     parameters, about the same compute per token. Left alone, a router tends to send
     everything to a few experts; the load-balancing loss of the Switch Transformer,
     n_experts · Σ_e f_e · P_e (f_e: share of routing slots given to expert e, P_e: its
-    mean router probability), is smallest (1) when routing is uniform, and is added
-    to the LM loss during training, as MiniMind's train_pretrain.py does
-    (loss = res.loss + res.aux_loss).
+    mean router probability), is smallest (1) when routing is uniform. The model returns
+    it beside the LM loss, and training adds the two, as MiniMind's train_pretrain.py
+    does (loss = res.loss + res.aux_loss). Only real tokens count: padding is routed
+    too, but balancing it would teach the router nothing about text.
     """
 
     def __init__(self, config: GPTConfig) -> None:
@@ -231,7 +233,8 @@ class MoE(nn.Module):
         self.experts = nn.ModuleList([make_mlp(config) for _ in range(config.n_experts)])
         self.aux_loss = torch.zeros(())  # set by every forward
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, T, C). real: (B, T), True where a position has a real target (None: all)."""
         B, T, C = x.size()
         tokens = x.view(-1, C)  # (N, C), N = B·T
         probs = F.softmax(self.router(tokens), dim=-1)  # (N, n_experts)
@@ -246,6 +249,8 @@ class MoE(nn.Module):
             expert_out = expert(tokens[token_idx]) * weights[token_idx, slot, None]
             # Under autocast the expert computes in 16 bits; the residual stream stays float32.
             out.index_add_(0, token_idx, expert_out.to(out.dtype))
+        if real is not None:  # the statistics of real tokens only
+            probs, chosen = probs[real.view(-1)], chosen[real.view(-1)]
         n_experts = len(self.experts)
         share = torch.bincount(chosen.flatten(), minlength=n_experts).to(probs.dtype) / chosen.numel()
         self.aux_loss = n_experts * (share * probs.mean(dim=0)).sum()
@@ -262,12 +267,22 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MoE(config) if config.use_moe else make_mlp(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+        """real: where the targets are real (not padding), for a router's statistics."""
         # Pre-norm residual: the residual stream x is never normalised itself, which
         # keeps gradients flowing straight through deep stacks.
         x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
+        h = self.ln_2(x)
+        x = x + (self.mlp(h, real) if isinstance(self.mlp, MoE) else self.mlp(h))
         return x
+
+
+class GPTOutput(NamedTuple):
+    """What GPT.forward returns; it unpacks like a tuple: logits, loss, aux_loss = model(x, y)."""
+
+    logits: torch.Tensor  # (B, T, vocab_size): a score for every possible next token
+    loss: torch.Tensor | None  # the LM loss, mean cross-entropy per real target (nats); None without targets
+    aux_loss: torch.Tensor  # the routers' load-balancing loss, already weighted; 0 without MoE
 
 
 class GPT(nn.Module):
@@ -314,15 +329,16 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
         """Score every possible next token at every position.
 
         idx: (B, T) token ids. targets: (B, T) the next token at each position, or
         IGNORE_INDEX (-100) where no loss should be taken (padding).
-        Returns logits (B, T, V) and, when targets are given, the mean cross-entropy
-        -log P(target | prefix) over the counted positions, in nats per token.
+        Returns the logits (B, T, V); when targets are given, the language-model loss:
+        the mean cross-entropy -log P(target | prefix) over the counted positions, in
+        nats per token, the number evaluation reports; and, with mixture-of-experts
+        MLPs, the routers' load-balancing loss (weighted by aux_loss_weight; a zero
+        otherwise), which training adds to the LM loss and evaluation leaves out.
         """
         B, T = idx.size()
         if self.config.block_size < T:
@@ -331,15 +347,16 @@ class GPT(nn.Module):
         if "wpe" in self.transformer:
             x = x + self.transformer.wpe(torch.arange(T, device=idx.device))  # (T, C), broadcast
         x = self.transformer.drop(x)
+        real = None if targets is None else targets != IGNORE_INDEX  # padding is not text
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training:
                 # Activation checkpointing: keep only the Block's input; backward runs the
                 # Block again to get what it needs (same dropout masks: the RNG state is
                 # saved). About one more forward pass of compute for a Block's worth of
                 # activations per layer less memory.
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, real, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, real)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
 
@@ -348,10 +365,10 @@ class GPT(nn.Module):
             loss = F.cross_entropy(
                 logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=IGNORE_INDEX
             )
-            if self.config.use_moe and self.training:  # evaluation reports the LM loss alone
-                aux = sum(block.mlp.aux_loss for block in self.transformer.h)
-                loss = loss + self.config.aux_loss_weight * aux
-        return logits, loss
+        aux_loss = torch.zeros((), device=idx.device)
+        if self.config.use_moe:
+            aux_loss = self.config.aux_loss_weight * sum(block.mlp.aux_loss for block in self.transformer.h)
+        return GPTOutput(logits, loss, aux_loss)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count. The embedding tables are left out by default: they are
@@ -403,7 +420,7 @@ class GPT(nn.Module):
             raise ValueError(f"temperature must be 0 (greedy) or positive, got {temperature}")
         for _ in range(max_new_tokens):
             context = idx[:, -self.config.block_size :]  # the model cannot see further back
-            logits, _ = self(context)
+            logits = self(context).logits
             logits = logits[:, -1, :]  # (B, V): only the last position predicts new text
             if temperature == 0:
                 next_token = logits.argmax(dim=-1, keepdim=True)

@@ -103,7 +103,9 @@ def get_lr(step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr
 
 @dataclass
 class StepStats:
-    loss: torch.Tensor  # mean loss per real target of the step (detached, still on the device)
+    loss: torch.Tensor  # the LM loss: mean per real target of the step (detached, on the device)
+    aux_loss: torch.Tensor  # the routers' load-balancing loss, weighted the same way (0 without MoE)
+    targets: torch.Tensor  # this process's count of real targets in the step
     grad_norm: torch.Tensor  # gradient norm before clipping
 
 
@@ -123,15 +125,23 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     # END TODO 3a
 
 
-def compute_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The forward pass: the model scores every next token and returns the mean
-    cross-entropy against the targets y (x shifted by one), in nats per token."""
-    # TODO 3b: the forward pass: the mean cross-entropy of predicting y from x
-    #   Returns a scalar tensor in nats per token, still attached to the autograd graph
-    #   (backward follows). The model in model.py can compute it for you.
-    #   Stuck? python train_exercise.py --hint 3b
-    _, loss = model(x, targets=y)
-    return loss
+def compute_loss(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward pass: the model scores every next token; returns the two losses.
+
+    The language-model loss is the mean cross-entropy against the targets y (x shifted
+    by one), in nats per token: what evaluation reports. With mixture-of-experts MLPs
+    (--use_moe 1) training also minimises the routers' load-balancing loss, added to it
+    (MiniMind: loss = res.loss + res.aux_loss); kept apart, each is logged as itself.
+    """
+    # TODO 3b: the forward pass: (the LM loss of predicting y from x, the auxiliary loss)
+    #   Returns two scalar tensors, still attached to the autograd graph (backward
+    #   follows): the mean cross-entropy in nats per real target, and the routers'
+    #   load-balancing loss (a zero without mixture-of-experts). The model in model.py
+    #   can compute both for you. Stuck? python train_exercise.py --hint 3b
+    _, lm_loss, aux_loss = model(x, targets=y)
+    return lm_loss, aux_loss
     # END TODO 3b
 
 
@@ -168,8 +178,8 @@ def accumulate_gradients(
     scaler: torch.amp.GradScaler,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     amp_ctx=NO_AUTOCAST,
-) -> torch.Tensor:
-    """Forward and backward over k micro-batches; returns the step's mean loss (detached).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and backward over k micro-batches; returns the step's mean losses (detached).
 
     backward() adds into .grad, so k micro-batches give the gradient of one batch k
     times larger, in the memory of one micro-batch, if each loss gets the right
@@ -179,7 +189,8 @@ def accumulate_gradients(
     differ, and dividing by k would make a token of a mostly-padding micro-batch
     weigh more than a token of a full one (Hugging Face transformers fixed this bug
     in October 2024). So each micro-batch backwards its sum of losses (mean × count)
-    divided by the count of the whole step.
+    divided by the count of the whole step. What it backwards is the training
+    objective, the LM loss plus the auxiliary loss (compute_loss).
 
     Under DistributedDataParallel every backward also averages gradients across
     processes; `no_sync` skips that for all but the last micro-batch, where it is
@@ -189,26 +200,28 @@ def accumulate_gradients(
     of a process (not its own count): the average over processes is then the sum over
     every real target of the step over their number.
     """
-    # TODO 4: forward + backward over every micro-batch; return the step's mean loss (detached)
-    #   Afterwards .grad holds the gradient of the mean loss over every real target of the
-    #   step (targets equal to IGNORE_INDEX are padding), as one batch k times larger would
-    #   give, also when micro-batches hold different numbers of real targets. Under DDP only
-    #   the last backward averages gradients across processes, and the count that divides
-    #   is the mean count of a process (mean_over_processes, imported at the top). Forwards
-    #   run under amp_ctx, backwards go through the scaler. Returns this process's mean loss
-    #   per real target. Stuck? python train_exercise.py --hint 4
+    # TODO 4: forward + backward over every micro-batch; return the step's mean losses (detached)
+    #   Afterwards .grad holds the gradient of the training objective (LM loss + auxiliary
+    #   loss) averaged over every real target of the step (targets equal to IGNORE_INDEX
+    #   are padding), as one batch k times larger would give, also when micro-batches hold
+    #   different numbers of real targets. Under DDP only the last backward averages
+    #   gradients across processes, and the count that divides is the mean count of a
+    #   process (mean_over_processes, imported at the top). Forwards run under amp_ctx,
+    #   backwards go through the scaler. Returns this process's (LM loss, auxiliary loss),
+    #   each a mean per real target of the step. Stuck? python train_exercise.py --hint 4
     counts = [(y != IGNORE_INDEX).sum() for _, y in micro_batches]  # real targets per micro-batch
     targets_per_process = mean_over_processes(sum(counts))  # one all-reduce under DDP, before any backward
-    loss_sum = 0.0
+    lm_sum = aux_sum = 0.0
     for i, ((x, y), count) in enumerate(zip(micro_batches, counts, strict=True)):
         is_last = i == len(micro_batches) - 1
         sync_ctx = nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
         with sync_ctx:
             with amp_ctx:
-                loss = compute_loss(model, x, y)  # mean over this micro-batch's real targets
-            scaler.scale(loss * count / targets_per_process).backward()
-        loss_sum = loss_sum + loss.detach() * count
-    return loss_sum / sum(counts)
+                lm_loss, aux_loss = compute_loss(model, x, y)  # means over this micro-batch
+            scaler.scale((lm_loss + aux_loss) * count / targets_per_process).backward()
+        lm_sum = lm_sum + lm_loss.detach() * count
+        aux_sum = aux_sum + aux_loss.detach() * count
+    return lm_sum / sum(counts), aux_sum / sum(counts)
     # END TODO 4
 
 
@@ -225,9 +238,10 @@ def train_step(
     clip and update. A disabled GradScaler (anything but float16) passes every call
     straight through, so the same code serves float32, bfloat16 and float16."""
     set_lr(optimizer, lr)
-    loss = accumulate_gradients(model, scaler, micro_batches, amp_ctx)
+    lm_loss, aux_loss = accumulate_gradients(model, scaler, micro_batches, amp_ctx)
     grad_norm = clip_and_step(model, optimizer, scaler, grad_clip)
-    return StepStats(loss=loss, grad_norm=grad_norm)
+    targets = sum((y != IGNORE_INDEX).sum() for _, y in micro_batches)
+    return StepStats(loss=lm_loss, aux_loss=aux_loss, targets=targets, grad_norm=grad_norm)
 
 
 # ---------------------------------------------------------------------------
@@ -295,7 +309,8 @@ def evaluate(
     #   afterwards. Stuck? python train_exercise.py --hint 6
     model.eval()
     with torch.no_grad(), amp_ctx:
-        losses = torch.stack([compute_loss(model, x, y).float() for x, y in batches])  # a mean each
+        # [0]: the LM loss alone (the auxiliary loss is a training aid), a mean per batch
+        losses = torch.stack([compute_loss(model, x, y)[0].float() for x, y in batches])
     model.train()
     counts = torch.stack([(y != IGNORE_INDEX).sum() for _, y in batches])  # real targets per batch
     loss = ((losses * counts).sum() / counts.sum()).item()  # every real target weighs the same
@@ -533,7 +548,7 @@ def train(args: argparse.Namespace) -> None:
                 for x, y in (next(stream) for _ in range(args.accumulation_steps))
             ]
             stats = train_step(train_model, optimizer, scaler, micro_batches, lr, args.grad_clip, amp_ctx)
-            logbook.step_done(stats.loss, stats.grad_norm)
+            logbook.step_done(stats)
             profiler.step()
 
             done = step + 1  # optimizer steps completed
@@ -543,14 +558,17 @@ def train(args: argparse.Namespace) -> None:
             at_eval = evaluation_due(done, args.eval_interval, end_step)
             at_save = done % args.save_interval == 0 or done == end_step or stop
             if at_log or at_eval or at_save:
-                logbook.check_finite(done)  # stop before a NaN is logged or saved over a good checkpoint
+                # The losses and real targets since the last log line, summed over the processes;
+                # checked before a NaN is logged or saved over a good checkpoint.
+                window = group.sum(logbook.window)
+                logbook.check_finite(done, window)
             if at_log:
-                logbook.log_train(done, lr, model.flops_per_token())
+                logbook.log_train(done, lr, model.flops_per_token(), window)
             if at_eval and evaluates:
                 best_val_loss = validate(done, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
             if at_save:
                 save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)
-            if (at_eval or at_save) and group.is_main:
+            if at_eval or at_save:
                 logbook.restart_clock()  # tokens/s counts training steps only
             if stop:
                 raise Interrupted(f"checkpoint of step {done} saved in {run.save_dir}", signals.signum())

@@ -68,6 +68,14 @@ class ProcessGroup:
         """The average of `value` over all processes (an all-reduce)."""
         return mean_over_processes(value)
 
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum of `value` over all processes (an all-reduce every process must call)."""
+        if self.world_size == 1:
+            return value
+        total = value.detach().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return total
+
     def any(self, flag: bool) -> bool:
         """True on every process if `flag` is True on any: how the processes agree to stop
         after the same step when a signal reached some of them. A CPU all-reduce (gloo),

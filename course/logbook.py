@@ -1,16 +1,20 @@
 """What a run reports: the progress bar, metrics.jsonl, metrics.png, samples.txt.
 
     metrics.jsonl  one JSON object per log line (step, loss, lr, grad_norm,
-                   tokens_per_sec, and mfu on a known GPU, skipped_steps with float16)
-                   and per evaluation (step, val_loss, val_ppl, val_bpb)
+                   tokens_per_sec, and mfu on a known GPU, skipped_steps with float16,
+                   aux_loss with MoE) and per evaluation (step, val_loss, val_ppl, val_bpb)
     metrics.png    the loss curves (train and validation, on a log scale) above the LR
                    schedule, with the reference run's curves where the course has one
     samples.txt    the text sample of every evaluation, from the same seed
 
-The training loss is summed on the device between log lines and read once per
-line: reading it every step would make the CPU wait for the GPU every step.
-Throughput counts training steps only, not evaluation or saving. With several
-processes, only rank 0 writes; the logged loss is the average over processes.
+The logged loss is the language-model loss alone, the number the validation loss
+is compared with; the auxiliary loss that mixture-of-experts routers also train with
+is logged apart. Both are summed on the device between log lines, as sums over real
+targets, and read once per line: reading them every step would make the CPU wait
+for the GPU every step. At a log line the training loop adds up every process's sums
+(one all-reduce), so the logged loss weighs every real target of every step and
+process the same, also with padded documents; tokens/s counts real targets too, in
+training steps only, not evaluation or saving. Only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -116,6 +120,13 @@ def loss_ticks(limits: tuple[float, float]) -> tuple[list[float], list[str]]:
     return ticks, [f"{t:g}" for t in ticks]
 
 
+# What Logbook.window sums, step by step, until the next log line: the LM and auxiliary
+# losses times the count of real targets, that count, and the count since the clock last
+# restarted (for tokens/s). Sums, not means, so that the mean over processes and steps
+# weighs every real target the same when documents are padded.
+WINDOW = ("lm_sum", "aux_sum", "targets", "timed_targets")
+
+
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: torch.device, seed: int) -> str:
     """Text the model writes after `prompt` (or after an end-of-text token when the
     prompt is empty: the start of a new document). The same seed at every
@@ -193,7 +204,7 @@ class Logbook:
             unit="step",
             disable=not self.group.is_main,
         )
-        self.window_loss, self.window_steps = torch.zeros(()), 0  # train loss summed over a log interval
+        self.window = torch.zeros(len(WINDOW))  # this process's sums since the last log line
         self.skipped_steps = 0  # float16 steps the GradScaler skipped because of inf/NaN gradients
         self.bad_grad_steps = torch.zeros((), dtype=torch.int)  # inf/NaN gradient norms, without a scaler
         self.last_checked = start_step
@@ -205,16 +216,18 @@ class Logbook:
 
     def restart_clock(self) -> None:
         """Throughput counts training steps only: the clock restarts after an evaluation or a save."""
-        self.timed_steps, self.timer_start = 0, time.perf_counter()
+        self.window[WINDOW.index("timed_targets")] = 0
+        self.timer_start = time.perf_counter()
 
-    def step_done(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
-        """Count one optimizer step, without waiting for the device."""
+    def step_done(self, stats) -> None:
+        """Count one optimizer step (a StepStats), without waiting for the device."""
+        grad_norm = stats.grad_norm
         if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard, the same on each process
             grad_norm = grad_norm.full_tensor()
         self.last_grad_norm = grad_norm
-        self.window_loss = self.window_loss.to(loss.device) + loss
-        self.window_steps += 1
-        self.timed_steps += 1
+        targets = stats.targets.float()
+        step = torch.stack([stats.loss * targets, stats.aux_loss * targets, targets, targets])  # as WINDOW
+        self.window = self.window.to(step.device) + step
         grad_is_bad = ~torch.isfinite(grad_norm)
         if self.scaler.is_enabled():  # float16 overflows now and then: the scaler skips those steps
             self.skipped_steps += int(grad_is_bad)  # a GPU sync, but scaler.step() just made one anyway
@@ -222,18 +235,22 @@ class Logbook:
             self.bad_grad_steps = self.bad_grad_steps.to(grad_is_bad.device) + grad_is_bad.int()
         self.bar.update(1)
 
-    def check_finite(self, step: int) -> None:
-        """The NaN guard (course.guards), on the loss averaged over all processes."""
-        self.window_loss = self.group.mean(self.window_loss)
-        check_finite(self.window_loss, self.bad_grad_steps, self.last_checked + 1, step, self.what_is_kept())
+    def check_finite(self, step: int, window: torch.Tensor) -> None:
+        """The NaN guard (course.guards), on the losses of every process since the last
+        log line (`window`: this logbook's window summed over the processes)."""
+        losses = window[WINDOW.index("lm_sum")] + window[WINDOW.index("aux_sum")]
+        check_finite(losses, self.bad_grad_steps, self.last_checked + 1, step, self.what_is_kept())
         self.last_checked = step
 
-    def log_train(self, step: int, lr: float, flops_per_token: int) -> None:
-        """A log line: the mean training loss since the last one, the LR, the last step's
-        gradient norm, tokens/s."""
-        # .item() waits for the GPU to finish, so the clock is read after the work.
-        loss = self.window_loss.item() / self.window_steps
-        tokens_per_sec = self.timed_steps * self.tokens_per_step / (time.perf_counter() - self.timer_start)
+    def log_train(self, step: int, lr: float, flops_per_token: int, window: torch.Tensor) -> None:
+        """A log line: the mean LM loss per real target since the last one, over every
+        process (and the auxiliary loss, with MoE), the LR, the last step's gradient norm,
+        and real targets per second (padding is not text). `window`: this logbook's
+        window summed over the processes."""
+        # .tolist() waits for the GPU to finish, so the clock is read after the work.
+        lm_sum, aux_sum, targets, timed_targets = window.tolist()
+        loss = lm_sum / targets
+        tokens_per_sec = timed_targets / (time.perf_counter() - self.timer_start)
         if self.group.is_main:
             norm = self.last_grad_norm.item()
             record = {
@@ -243,6 +260,8 @@ class Logbook:
                 "grad_norm": norm if math.isfinite(norm) else None,
                 "tokens_per_sec": tokens_per_sec,
             }
+            if self.args.use_moe:
+                record["aux_loss"] = aux_sum / targets
             if self.scaler.is_enabled():
                 record["skipped_steps"] = self.skipped_steps
             if self.peak_flops:  # tokens_per_sec counts every process; the peak is one GPU's
@@ -253,7 +272,7 @@ class Logbook:
             append_metrics(self.folder.path(METRICS_FILE), record)
             memory = {"mem_gb": f"{record['max_memory_gb']:.1f}"} if "max_memory_gb" in record else {}
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", **memory)
-        self.window_loss, self.window_steps = torch.zeros(()), 0
+        self.window = torch.zeros_like(self.window)
         self.restart_clock()
 
     def log_eval(self, step: int, result, model: torch.nn.Module) -> None:

@@ -84,10 +84,13 @@ HINTS: dict[str, tuple[str, str, str]] = {
         "for each group in optimizer.param_groups: set group['lr'] to lr × the group's lr_scale",
     ),
     "3b": (
-        "The model computes the loss itself when you give it the targets; you only call it.",
-        "GPT.forward(idx, targets=None) in model.py returns (logits, loss); the loss is the "
-        "mean cross-entropy over every position, in nats per token.",
-        "logits, loss = model(x, targets=y); return loss",
+        "The model computes its losses itself when you give it the targets; you only call it. "
+        "There are two: the language-model loss, which evaluation reports, and the auxiliary "
+        "loss that only mixture-of-experts routers train with.",
+        "GPT.forward(idx, targets=None) in model.py returns a GPTOutput (logits, loss, aux_loss) "
+        "that unpacks like a tuple; loss is the mean cross-entropy over the real targets, in nats "
+        "per token; aux_loss is a zero tensor without MoE.",
+        "logits, lm_loss, aux_loss = model(x, targets=y); return lm_loss, aux_loss",
     ),
     "3c": (
         "Order matters. The gradients must be in true units before you measure and clip them "
@@ -110,17 +113,18 @@ HINTS: dict[str, tuple[str, str, str]] = {
         "(y != IGNORE_INDEX).sum() counts the real targets; loss * count is a micro-batch's sum "
         "of losses. DDP averages the processes' gradients, so divide by "
         "mean_over_processes(the step's count), the mean count of a process, not by your own "
-        "count. Forward under `with amp_ctx:`; scaler.scale(...).backward(); under DDP "
-        "(hasattr(model, 'no_sync')) wrap every micro-batch but the last in `with "
-        "model.no_sync():`; the returned loss is detached.",
+        "count. The objective is lm_loss + aux_loss (compute_loss gives both). Forward under "
+        "`with amp_ctx:`; scaler.scale(...).backward(); under DDP (hasattr(model, 'no_sync')) "
+        "wrap every micro-batch but the last in `with model.no_sync():`; the returned losses "
+        "are detached.",
         "counts = [real targets of y for each micro-batch]\n"
         "per_process = mean_over_processes(sum(counts))\n"
         "for i, ((x, y), count) in enumerate(zip(micro_batches, counts)):\n"
         "    with (model.no_sync() if DDP and not the last else nullcontext()):\n"
-        "        with amp_ctx: loss = compute_loss(model, x, y)\n"
-        "        scaler.scale(loss * count / per_process).backward()\n"
-        "    add loss.detach() * count to a running sum\n"
-        "return the running sum / sum(counts)",
+        "        with amp_ctx: lm_loss, aux_loss = compute_loss(model, x, y)\n"
+        "        scaler.scale((lm_loss + aux_loss) * count / per_process).backward()\n"
+        "    add lm_loss.detach() * count and aux_loss.detach() * count to two running sums\n"
+        "return each running sum / sum(counts)",
     ),
     "5": (
         "Autocast runs the matmuls in a 16-bit type and keeps the sensitive ops in float32. "
@@ -138,10 +142,11 @@ HINTS: dict[str, tuple[str, str, str]] = {
         "loss is a mean over every real target: with padded documents a batch with few real "
         "targets must not count as much as a full one.",
         "model.eval() and model.train(); `with torch.no_grad(), amp_ctx:`; compute_loss gives "
-        "each batch's mean; (y != IGNORE_INDEX).sum() counts a batch's real targets; .item() "
-        "turns a one-element tensor into a Python float; math.exp.",
+        "each batch's mean LM loss first (the auxiliary loss is a training aid, not reported); "
+        "(y != IGNORE_INDEX).sum() counts a batch's real targets; .item() turns a one-element "
+        "tensor into a Python float; math.exp.",
         "model.eval()\n"
-        "with no_grad and amp_ctx: losses = [compute_loss(model, x, y) for each batch]\n"
+        "with no_grad and amp_ctx: losses = [the LM loss of compute_loss(model, x, y) for each batch]\n"
         "model.train()\n"
         "counts = [real targets of y for each batch]\n"
         "loss = sum(loss * count) / sum(counts) as a float; return EvalResult(loss, math.exp(loss))",

@@ -79,6 +79,26 @@ def tiny_gpt(vocab_size: int = 32, block_size: int = 16, dropout: float = 0.0, s
     )
 
 
+def load_balancing_reference(model, x, y):
+    """The model's output, and the Switch Transformer's load-balancing loss computed here
+    from the routers' scores (caught by hooks) over the positions with a real target."""
+    scores = []
+    hooks = [block.mlp.router.register_forward_hook(lambda m, i, out: scores.append(out))
+             for block in model.transformer.h]  # fmt: skip
+    out = model(x, targets=y)
+    for hook in hooks:
+        hook.remove()
+    real = (y != -100).view(-1)  # -100: IGNORE_INDEX, padding
+    total = 0.0
+    for layer_scores in scores:
+        probs = layer_scores.softmax(dim=-1)[real]  # (real positions, experts)
+        n_experts = probs.size(-1)
+        chosen = probs.topk(model.config.experts_per_token, dim=-1).indices
+        share = torch.stack([(chosen == e).sum() for e in range(n_experts)]) / chosen.numel()
+        total = total + n_experts * (share * probs.mean(dim=0)).sum()
+    return out, model.config.aux_loss_weight * total
+
+
 @pytest.fixture(autouse=True)
 def isolated_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Prepared corpora go to a temporary folder, never into the repository's data/."""

@@ -274,13 +274,14 @@ def test_a_half_finished_checkout_passes_pytest_and_its_graders_name_the_open_to
 # open, and (file, text, what goes before it) for each; every other TODO holds its solution.
 LOOP = "        while True:\n            pass\n"
 OPEN_2A = '        raise NotImplementedError(\n            "TODO 2a'
+OPEN_3B = '    raise NotImplementedError(\n        "TODO 3b'
 BROKEN = {
     "endless loop": ({"2a"}, [("train_exercise.py", OPEN_2A, LOOP)]),
     # One checkout for three faults, one grader run: it must get past all of them. TODOs
     # 4-8 stay open too: their graded tests (real training runs) would add nothing here.
     "os._exit, sys.exit and a syntax error in the other chapter": ({"3a", "3b", "4", "5", "6", "8"}, [
         ("train_exercise.py", '    raise NotImplementedError("TODO 3a', '    __import__("os")._exit(0)\n'),
-        ("train_exercise.py", '    raise NotImplementedError("TODO 3b', "    raise SystemExit(3)\n"),
+        ("train_exercise.py", OPEN_3B, "    raise SystemExit(3)\n"),
         ("data_exercise.py", "class BlockDataset", "(:\n"),
     ]),
 }  # fmt: skip

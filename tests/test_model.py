@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_gpt
+from conftest import load_balancing_reference, tiny_gpt
 
-from model import GPT, GPTConfig, filter_top_k_top_p
+from model import GPT, IGNORE_INDEX, GPTConfig, filter_top_k_top_p
 from optim import configure_optimizers
 
 
@@ -15,18 +15,18 @@ def test_forward_shapes_and_loss_is_cross_entropy():
     model = tiny_gpt()
     idx = torch.randint(0, 32, (3, 16))
     targets = torch.randint(0, 32, (3, 16))
-    logits, loss = model(idx, targets=targets)
+    logits, loss, _ = model(idx, targets=targets)
     assert logits.shape == (3, 16, 32)
     expected = F.cross_entropy(logits.reshape(-1, 32), targets.reshape(-1))
     assert torch.allclose(loss, expected)
-    assert model(idx)[1] is None, "without targets there is no loss"
+    assert model(idx).loss is None, "without targets there is no loss"
 
 
 def test_untrained_loss_is_about_ln_vocab_size():
     """Small init ⇒ near-uniform predictions ⇒ loss ≈ ln(V): the number a first log line should show."""
     model = tiny_gpt(vocab_size=1000)
     idx = torch.randint(0, 1000, (8, 16))
-    _, loss = model(idx, targets=torch.randint(0, 1000, (8, 16)))
+    loss = model(idx, targets=torch.randint(0, 1000, (8, 16))).loss
     assert abs(loss.item() - math.log(1000)) < 0.1
 
 
@@ -36,8 +36,8 @@ def test_attention_is_causal():
     idx = torch.randint(0, 32, (1, 16))
     changed = idx.clone()
     changed[0, 10] = (idx[0, 10] + 1) % 32
-    a, _ = model(idx)
-    b, _ = model(changed)
+    a = model(idx).logits
+    b = model(changed).logits
     assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6)
     assert not torch.allclose(a[:, 10:], b[:, 10:])
 
@@ -48,7 +48,7 @@ def test_padding_labels_are_ignored():
     targets = torch.randint(0, 32, (2, 16))
     padded = targets.clone()
     padded[:, 8:] = -100
-    logits, loss = model(idx, targets=padded)
+    logits, loss, _ = model(idx, targets=padded)
     expected = F.cross_entropy(logits[:, :8].reshape(-1, 32), targets[:, :8].reshape(-1))
     assert torch.allclose(loss, expected)
 
@@ -99,7 +99,7 @@ def test_generate_extends_by_max_new_tokens():
 def test_top_k_sampling_only_picks_the_k_most_likely_tokens():
     model = tiny_gpt().eval()
     context = torch.randint(0, 32, (1, 5))
-    logits, _ = model(context)
+    logits = model(context).logits
     allowed = set(torch.topk(logits[0, -1], 3).indices.tolist())
     torch.manual_seed(0)
     out = model.generate(context.repeat(500, 1), max_new_tokens=1, top_k=3)
@@ -155,25 +155,40 @@ def test_moe_mixes_the_chosen_experts_by_router_weight():
     torch.testing.assert_close(moe(x)[0], expected, atol=1e-6, rtol=1e-5)
 
 
-def test_moe_adds_the_aux_loss_in_training_only_and_learns():
+def test_moe_returns_the_lm_loss_and_the_aux_loss_apart_and_learns():
     model = moe_gpt()
     x = torch.randint(0, 32, (8, 16))
     y = torch.roll(x, -1, dims=1)
-    train_loss = model(x, targets=y)[1]
+    out, aux = load_balancing_reference(model, x, y)
+    torch.testing.assert_close(out.aux_loss, aux)
     model.eval()
-    eval_loss = model(x, targets=y)[1]
-    aux = sum(block.mlp.aux_loss for block in model.transformer.h)
-    assert train_loss.item() == pytest.approx(eval_loss.item() + 0.01 * aux.item(), rel=1e-4)
+    assert model(x, targets=y).loss.item() == pytest.approx(out.loss.item(), rel=1e-6), (
+        "the LM loss is the same in training and evaluation mode: the auxiliary loss is apart"
+    )
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     first = None
     for _ in range(30):
-        _, loss = model(x, targets=y)
+        _, loss, aux_loss = model(x, targets=y)
         first = first or loss.item()
-        loss.backward()
+        (loss + aux_loss).backward()
         optimizer.step()
         optimizer.zero_grad()
     assert loss.item() < first - 1.0, f"MoE training should lower the loss ({first:.2f} → {loss.item():.2f})"
+
+
+def test_moe_routing_statistics_skip_padding():
+    """In documents mode most positions of a short document are padding: balancing them
+    would teach the router nothing about text."""
+    model = moe_gpt()
+    x = torch.randint(0, 32, (4, 16))
+    y = torch.roll(x, -1, dims=1)
+    y[:3, 5:] = IGNORE_INDEX
+    out, aux = load_balancing_reference(model, x, y)
+    torch.testing.assert_close(out.aux_loss, aux)
+    assert out.aux_loss.item() != pytest.approx(model(x, targets=torch.roll(x, -1, dims=1)).aux_loss.item())
+    assert model(x).aux_loss.item() > 0, "without targets every position counts"
+    assert tiny_gpt()(x).aux_loss.item() == 0.0, "a model without MoE has no auxiliary loss"
 
 
 def test_moe_flops_count_only_the_experts_a_token_uses():
@@ -226,7 +241,7 @@ def test_a_modern_model_is_causal_and_learns(changes):
     idx = torch.randint(0, 32, (1, 16))
     changed = idx.clone()
     changed[0, 10] = (idx[0, 10] + 1) % 32
-    a, b = model(idx)[0], model(changed)[0]
+    a, b = model(idx).logits, model(changed).logits
     assert torch.allclose(a[:, :10], b[:, :10], atol=1e-6), "a token must not change the logits before it"
     assert not torch.allclose(a[:, 10:], b[:, 10:])
     model.train()
@@ -235,7 +250,7 @@ def test_a_modern_model_is_causal_and_learns(changes):
     x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
     losses = []
     for _ in range(30):
-        _, loss = model(x, targets=y)
+        loss = model(x, targets=y).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -271,11 +286,11 @@ def test_rope_models_have_no_position_table_and_rms_norms():
 def test_qk_norm_makes_attention_blind_to_the_scale_of_queries_and_keys():
     model = recipe_gpt(qk_norm=True).eval()
     idx = torch.randint(0, 32, (2, 16))
-    before = model(idx)[0]
+    before = model(idx).logits
     with torch.no_grad():
         for block in model.transformer.h:
             block.attn.c_attn.weight[:64] *= 7.0  # the query and key rows (n_embd = 32 each)
-    assert torch.allclose(model(idx)[0], before, atol=1e-4)
+    assert torch.allclose(model(idx).logits, before, atol=1e-4)
 
 
 def test_relu2_and_swiglu_compute_what_they_say():
@@ -299,7 +314,9 @@ def test_zero_init_blocks_start_as_the_identity_and_untied_heads_are_their_own()
     idx = torch.randint(0, 32, (2, 16))
     tr = model.transformer
     skip_blocks = model.lm_head(tr.ln_f(tr.wte(idx) + tr.wpe(torch.arange(16))))
-    assert torch.allclose(model(idx)[0], skip_blocks, atol=1e-6), "every block adds zero at initialisation"
+    assert torch.allclose(model(idx).logits, skip_blocks, atol=1e-6), (
+        "every block adds zero at initialisation"
+    )
     assert model.lm_head.weight is not tr.wte.weight
     matmul_weights = (
         sum(p.numel() for p in model.parameters()) - tr.wte.weight.numel() - tr.wpe.weight.numel()
@@ -380,9 +397,9 @@ def test_explicit_attention_equals_the_fused_kernel():
 def test_bfloat16_autocast_on_cpu_gives_the_float32_loss():
     model = tiny_gpt()
     idx = torch.randint(0, model.config.vocab_size, (4, 16))
-    _, loss32 = model(idx, idx)
+    loss32 = model(idx, idx).loss
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        _, loss16 = model(idx, idx)
+        loss16 = model(idx, idx).loss
     assert abs(loss16.item() - loss32.item()) < 0.01 * loss32.item(), (loss16.item(), loss32.item())
 
 
@@ -427,7 +444,7 @@ def saved_activation_bytes(model: GPT, x: torch.Tensor) -> tuple[int, dict[str, 
 
     model.zero_grad(set_to_none=True)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _, loss = model(x, targets=x)
+        loss = model(x, targets=x).loss
     loss.backward()
     return sum(saved), {name: p.grad.clone() for name, p in model.named_parameters()}
 

@@ -138,15 +138,15 @@ MISTAKES = {
     ),
     "loss not divided by the accumulation steps": (
         "train_solution.py",
-        "            scaler.scale(loss * count / targets_per_process).backward()\n",
-        "            scaler.scale(loss).backward()\n",
+        "            scaler.scale((lm_loss + aux_loss) * count / targets_per_process).backward()\n",
+        "            scaler.scale(lm_loss + aux_loss).backward()\n",
         lambda lr, tmp: test_todo_train.test_todo_4_accumulated_gradient_equals_the_big_batch_gradient(lr),
         "divide each micro-batch loss",
     ),
     "padded micro-batches divided by k instead of weighted by their targets": (
         "train_solution.py",
-        "            scaler.scale(loss * count / targets_per_process).backward()\n",
-        "            scaler.scale(loss / len(micro_batches)).backward()\n",
+        "            scaler.scale((lm_loss + aux_loss) * count / targets_per_process).backward()\n",
+        "            scaler.scale((lm_loss + aux_loss) / len(micro_batches)).backward()\n",
         lambda lr, tmp: test_todo_train.test_todo_4_padded_micro_batches_weigh_every_real_target_the_same(lr),
         "not by 1/k",
     ),
@@ -177,8 +177,8 @@ MISTAKES = {
     ),
     "returned loss divided by the mean count of a process": (
         "train_solution.py",
-        "    return loss_sum / sum(counts)\n",
-        "    return loss_sum / targets_per_process\n",
+        "    return lm_sum / sum(counts), aux_sum / sum(counts)\n",
+        "    return lm_sum / targets_per_process, aux_sum / targets_per_process\n",
         lambda lr, tmp: test_todo_train.test_todo_4_ddp_processes_divide_by_the_mean_count(
             lr, pytest.MonkeyPatch()
         ),
@@ -186,11 +186,26 @@ MISTAKES = {
     ),
     "hand-written cross-entropy drops the MoE load-balancing loss": (
         "train_solution.py",
-        "    _, loss = model(x, targets=y)\n    return loss\n",
-        "    logits, _ = model(x)\n    cross_entropy = torch.nn.functional.cross_entropy\n"
-        "    return cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)\n",
+        "    _, lm_loss, aux_loss = model(x, targets=y)\n    return lm_loss, aux_loss\n",
+        "    logits = model(x).logits\n    cross_entropy = torch.nn.functional.cross_entropy\n"
+        "    lm_loss = cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)\n"
+        "    return lm_loss, 0 * lm_loss\n",
         lambda lr, tmp: test_todo_train.test_todo_3b_the_loss_keeps_every_term_the_model_trains_with(lr),
         "load-balancing term",
+    ),
+    "auxiliary loss added into the LM loss": (
+        "train_solution.py",
+        "    return lm_loss, aux_loss\n",
+        "    return lm_loss + aux_loss, aux_loss\n",
+        lambda lr, tmp: test_todo_train.test_todo_3b_the_loss_keeps_every_term_the_model_trains_with(lr),
+        "keep the two apart",
+    ),
+    "auxiliary loss left out of the backward": (
+        "train_solution.py",
+        "            scaler.scale((lm_loss + aux_loss) * count / targets_per_process).backward()\n",
+        "            scaler.scale(lm_loss * count / targets_per_process).backward()\n",
+        lambda lr, tmp: test_todo_train.test_todo_4_the_objective_holds_the_auxiliary_loss(lr),
+        "the objective is the LM loss plus the auxiliary loss",
     ),
     "GradScaler's state not restored": (
         "train_solution.py",
@@ -231,8 +246,8 @@ MISTAKES = {
     ),
     "evaluation without no_grad": (
         "train_solution.py",
-        "    with torch.no_grad(), amp_ctx:\n        losses",
-        "    with amp_ctx:\n        losses",
+        "    with torch.no_grad(), amp_ctx:\n",
+        "    with amp_ctx:\n",
         lambda lr, tmp: test_todo_train.test_todo_6_no_graph_and_amp_context(lr),
         "the evaluation built an autograd graph",
     ),

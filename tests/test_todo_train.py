@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_gpt
+from conftest import load_balancing_reference, tiny_gpt
 
 from course import checkpoints
 from model import GPT, IGNORE_INDEX, GPTConfig
@@ -138,41 +138,90 @@ def test_todo_3b_loss_is_the_models_cross_entropy(learner):
     model = tiny_gpt()
     x = torch.randint(0, 32, (3, 16))
     y = torch.randint(0, 32, (3, 16))
-    loss = learner.train.compute_loss(model, x, y)
-    assert isinstance(loss, torch.Tensor) and loss.dim() == 0, (
-        "compute_loss must return the loss (a scalar tensor), not the logits or a tuple"
-    )
-    logits, _ = model(x)
+    loss, aux_loss = two_losses(learner.train.compute_loss(model, x, y))
+    logits = model(x).logits
     expected = F.cross_entropy(logits.view(-1, 32), y.view(-1))
     assert torch.allclose(loss, expected, atol=1e-6), (
-        "the loss must be the model's cross-entropy against the targets y: read GPT.forward in model.py "
-        "to see what it returns when it is given the targets"
+        "the LM loss must be the model's cross-entropy against the targets y: read GPT.forward in "
+        "model.py to see what it returns when it is given the targets"
     )
     assert loss.requires_grad, "the loss must be differentiable: do not detach it or call .item()"
+    assert aux_loss.item() == 0.0, "a model without mixture-of-experts MLPs has no auxiliary loss (0)"
+
+
+def two_losses(returned):
+    """compute_loss's answer, checked to be (LM loss, auxiliary loss): two scalar tensors."""
+    assert isinstance(returned, tuple) and len(returned) == 2, (
+        f"compute_loss must return two losses, (the LM loss, the auxiliary loss), got "
+        f"{type(returned).__name__}{f' of {len(returned)}' if isinstance(returned, tuple) else ''}"
+    )
+    for what, loss in zip(("LM loss", "auxiliary loss"), returned, strict=True):
+        assert isinstance(loss, torch.Tensor) and loss.dim() == 0, (
+            f"the {what} must be a scalar tensor, got {type(loss).__name__}"
+            f"{f' of shape {tuple(loss.shape)}' if isinstance(loss, torch.Tensor) else ''}"
+        )
+    return returned
 
 
 @pytest.mark.todo("3b")
 def test_todo_3b_the_loss_keeps_every_term_the_model_trains_with(learner):
-    """With --use_moe 1 the model's training loss is the cross-entropy plus the routers'
-    load-balancing term; a cross-entropy computed from the logits alone would drop it."""
+    """With --use_moe 1 training also minimises the routers' load-balancing loss; a
+    cross-entropy computed from the logits alone would drop it, and it must stay apart
+    from the LM loss, which evaluation reports."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, use_moe=True))
     x = torch.randint(0, 32, (3, 16))
     y = torch.randint(0, 32, (3, 16))
     y[0, 10:] = IGNORE_INDEX  # padding
-    loss = learner.train.compute_loss(model, x, y)
-    logits, _ = model(x)
+    loss, aux_loss = (t.detach() for t in two_losses(learner.train.compute_loss(model, x, y)))
+    out, aux = load_balancing_reference(model, x, y)  # the routers' scores of the same batch
+    aux = aux.detach()
     real = y != IGNORE_INDEX
-    cross_entropy = F.cross_entropy(logits[real], y[real])
-    aux = sum(block.mlp.aux_loss for block in model.transformer.h).detach()
-    expected = (cross_entropy + model.config.aux_loss_weight * aux).detach()
-    cross_entropy, loss = cross_entropy.detach(), loss.detach()
-    assert torch.allclose(loss, expected, atol=1e-6), (
-        f"with mixture-of-experts MLPs the training loss also holds the routers' load-balancing term "
-        f"({model.config.aux_loss_weight} × {float(aux):.4f}); got {float(loss):.6f}, expected "
-        f"{float(expected):.6f} (the cross-entropy alone: {float(cross_entropy):.6f}). Let the model "
-        "compute the loss: it knows every term it trains with, and which targets are padding"
+    cross_entropy = F.cross_entropy(out.logits[real], y[real]).detach()
+    assert torch.allclose(aux_loss, aux, atol=1e-6), (
+        f"with mixture-of-experts MLPs the auxiliary loss is the routers' load-balancing term, "
+        f"{float(aux):.6f} here; got {float(aux_loss):.6f}. Let the model compute it: it knows "
+        "every term it trains with, and which targets are padding"
     )
+    added = abs(float(loss - cross_entropy - aux)) < 1e-5
+    assert torch.allclose(loss, cross_entropy, atol=1e-6), (
+        f"the LM loss is the cross-entropy over the real targets alone, {float(cross_entropy):.6f}; got "
+        f"{float(loss):.6f}" + (": the auxiliary loss was added to it; keep the two apart" if added else "")
+    )
+
+
+@pytest.mark.todo("4")
+def test_todo_4_the_objective_holds_the_auxiliary_loss(learner):
+    """With --use_moe 1 each micro-batch backwards its LM loss plus its routers'
+    load-balancing loss, both weighted by its share of the step's real targets."""
+    batches = padded_micro_batches(seed=9, lengths=[[16, 12], [3, 1]])
+    counts = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
+    reference = moe_gpt()
+    aux_sum = 0.0
+    for x, y in batches:
+        out, aux = load_balancing_reference(reference, x, y)
+        (((out.loss + aux) * (y != IGNORE_INDEX).sum()) / sum(counts)).backward()
+        aux_sum += aux.item() * int((y != IGNORE_INDEX).sum())
+    model = moe_gpt()
+    returned = learner.train.accumulate_gradients(model, torch.amp.GradScaler("cpu", enabled=False), batches)
+    assert isinstance(returned, tuple) and len(returned) == 2, (
+        "accumulate_gradients returns the step's two mean losses, (LM loss, auxiliary loss)"
+    )
+    assert_same_gradients(
+        [p.grad for p in model.parameters()],
+        [p.grad for p in reference.parameters()],
+        "with mixture-of-experts MLPs the objective is the LM loss plus the auxiliary loss: backward "
+        "their sum, weighted by the micro-batch's count of real targets over the step's",
+    )
+    assert float(returned[1]) == pytest.approx(aux_sum / sum(counts), rel=1e-5), (
+        f"the returned auxiliary loss is its mean per real target of the step, {aux_sum / sum(counts):.6f} "
+        f"(weighted like the LM loss); got {float(returned[1]):.6f}"
+    )
+
+
+def moe_gpt():
+    torch.manual_seed(3)
+    return GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, use_moe=True))
 
 
 # --- Reference training loop, written independently of train_solution.py ------------------
@@ -192,7 +241,7 @@ def reference_training(model, steps, lrs, grad_clip, scaler, amp_ctx):
             group["lr"] = lr
         for x, y in step_batches:
             with amp_ctx:
-                _, loss = model(x, targets=y)
+                loss = model(x, targets=y).loss
             scaler.scale(loss / len(step_batches)).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -243,7 +292,7 @@ def gradients_ready(scale=None, seed=0):
     model = tiny_gpt(seed=seed)
     scaler = torch.amp.GradScaler("cpu", init_scale=scale or 1.0, enabled=scale is not None)
     (x, y) = micro_batches(seed, 1, batch=4)[0]
-    _, loss = model(x, targets=y)
+    loss = model(x, targets=y).loss
     scaler.scale(loss).backward()
     return model, scaler
 
@@ -362,11 +411,15 @@ class CountingContext:
 def accumulated_grads(learner, model, batches, scaler=None, amp_ctx=None):
     scaler = scaler or torch.amp.GradScaler("cpu", enabled=False)
     kwargs = {} if amp_ctx is None else {"amp_ctx": amp_ctx}
-    loss = learner.train.accumulate_gradients(model, scaler, batches, **kwargs)
+    returned = learner.train.accumulate_gradients(model, scaler, batches, **kwargs)
     assert all(p.grad is not None for p in model.parameters()), (
         "no gradients after accumulate_gradients: every micro-batch's loss needs a backward pass"
     )
-    return loss, [p.grad.detach().clone() for p in model.parameters()]
+    assert isinstance(returned, tuple) and len(returned) == 2, (
+        "accumulate_gradients returns the step's two mean losses, (LM loss, auxiliary loss), got "
+        f"{type(returned).__name__}"
+    )
+    return returned[0], [p.grad.detach().clone() for p in model.parameters()]
 
 
 def padded_micro_batches(seed, lengths):
@@ -391,7 +444,7 @@ def big_batch_loss(model, batches):
     """The mean cross-entropy over every real target of all the batches, as one batch."""
     x = torch.cat([x for x, _ in batches])
     y = torch.cat([y for _, y in batches])
-    logits, _ = model(x)
+    logits = model(x).logits
     real = y != -100
     return F.cross_entropy(logits[real], y[real])
 
@@ -652,7 +705,7 @@ def test_todo_6_mean_loss_and_perplexity(learner):
     result = learner.train.evaluate(model, batches)
     with torch.no_grad():
         model.eval()
-        expected = sum(model(x, targets=y)[1].item() for x, y in batches) / len(batches)
+        expected = sum(model(x, targets=y).loss.item() for x, y in batches) / len(batches)
     assert isinstance(result.loss, float), (
         f"EvalResult.loss must be a Python float, got {type(result.loss).__name__}: "
         "turn the 0-d tensor into a Python number"
@@ -673,7 +726,7 @@ def test_todo_6_padded_batches_weigh_every_real_target_the_same(learner):
     model.eval()
     with torch.no_grad():
         expected = big_batch_loss(model, batches).item()
-        mean_of_means = sum(model(x, targets=y)[1].item() for x, y in batches) / len(batches)
+        mean_of_means = sum(model(x, targets=y).loss.item() for x, y in batches) / len(batches)
     assert result.loss == pytest.approx(expected, rel=1e-5), (
         f"with padded documents the batches hold {real_targets(batches[:1])} and "
         f"{real_targets(batches[1:])} real targets: the loss must be the mean over all of them, "

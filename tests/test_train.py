@@ -4,6 +4,7 @@ clip_and_step, accumulate_gradients, the AMP helpers, evaluate) are tested by th
 graded tests in test_todo_train.py, which run on the solution by default."""
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -114,18 +115,56 @@ def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
     from course.run_folder import RunFolder
 
     args = argparse.Namespace(save_dir=str(tmp_path), batch_size=4, accumulation_steps=1, max_seq_len=8,
-                              dataset_mode="blocks")  # fmt: skip
+                              dataset_mode="blocks", use_moe=0)  # fmt: skip
     meta, scaler = {"val_tokens": 1, "val_bytes": 1}, torch.amp.GradScaler("cpu", enabled=False)
     group = ProcessGroup(rank=0, world_size=2)
     folder = RunFolder.claim(tmp_path / "out", resume=False, overwrite=False)
     book = Logbook(args, group, torch.device("cpu"), torch.float32, None, meta, scaler, None, folder)
     book.peak_flops = 1e12  # as on a GPU of the table
     with book.progress(0, 1):
-        book.step_done(torch.tensor(2.0), torch.tensor(1.0))
-        book.log_train(1, 1e-3, flops_per_token=1000)
+        book.step_done(step_stats(loss=2.0, targets=32))
+        book.log_train(1, 1e-3, flops_per_token=1000, window=book.window * 2)  # two equal processes
     record = book.records[-1]
     assert record["mfu"] == pytest.approx(1000 * record["tokens_per_sec"] / (2 * 1e12)), (
         "with 2 processes, MFU = FLOPs per second of all processes / (2 × one GPU's peak)"
+    )
+    folder.release()
+
+
+def step_stats(loss: float, targets: int, aux_loss: float = 0.0):
+    return train.StepStats(loss=torch.tensor(loss), aux_loss=torch.tensor(aux_loss),
+                           targets=torch.tensor(targets), grad_norm=torch.tensor(1.0))  # fmt: skip
+
+
+def test_the_logged_loss_weighs_every_real_target_of_every_step_and_process(tmp_path, monkeypatch):
+    """With padded documents steps and processes hold different numbers of real targets:
+    the logged loss is the mean over all of them, and tokens/s counts them, not padding."""
+    import argparse
+
+    from course.distributed import ProcessGroup
+    from course.logbook import Logbook
+    from course.run_folder import RunFolder
+
+    args = argparse.Namespace(save_dir=str(tmp_path), batch_size=4, accumulation_steps=1, max_seq_len=8,
+                              dataset_mode="documents", use_moe=1)  # fmt: skip
+    meta = {"val_tokens": 1, "val_bytes": 1, "train_tokens": 1, "train_bytes": 1}
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    folder = RunFolder.claim(tmp_path / "out", resume=False, overwrite=False)
+    book = Logbook(args, ProcessGroup(rank=0, world_size=2), torch.device("cpu"), torch.float32, None, meta,
+                   scaler, None, folder)  # fmt: skip
+    other_process = torch.tensor([6.0 * 50, 0.5 * 50, 50, 50])  # its window: a loss of 6 over 50 targets
+    now = [100.0]  # a clock that moves only when told to
+    monkeypatch.setattr("course.logbook.time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    with book.progress(0, 2):
+        book.step_done(step_stats(loss=2.0, targets=10, aux_loss=0.1))
+        book.step_done(step_stats(loss=4.0, targets=30, aux_loss=0.3))
+        now[0] += 2.0
+        book.log_train(2, 1e-3, flops_per_token=1000, window=book.window + other_process)
+    record = book.records[-1]
+    assert record["loss"] == pytest.approx((2 * 10 + 4 * 30 + 6 * 50) / 90)
+    assert record["aux_loss"] == pytest.approx((0.1 * 10 + 0.3 * 30 + 0.5 * 50) / 90)
+    assert record["tokens_per_sec"] == pytest.approx(90 / 2.0), (
+        "90 real targets in 2 s (padding does not count)"
     )
     folder.release()
 

@@ -139,7 +139,7 @@ def score_model(model: GPT, prepared: Path) -> float:
     y = tokens[1 : n * SCORE_WINDOW + 1].view(n, SCORE_WINDOW)
     total = 0.0
     for i in range(0, n, 256):
-        logits, _ = model(x[i : i + 256])
+        logits = model(x[i : i + 256]).logits
         total += F.cross_entropy(logits.flatten(0, 1), y[i : i + 256].flatten(), reduction="sum").item()
     return total / (n * SCORE_WINDOW)
 

@@ -86,9 +86,9 @@ def main() -> int:
         with record_function("data"):
             x, y = next(stream)
         with record_function("forward"), amp_ctx:
-            loss = train.compute_loss(model, x, y)
+            lm_loss, aux_loss = train.compute_loss(model, x, y)
         with record_function("backward"):
-            loss.backward()
+            (lm_loss + aux_loss).backward()
         with record_function("clip + optimizer"):
             train.clip_and_step(model, optimizer, scaler, 1.0)
 
