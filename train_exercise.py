@@ -45,7 +45,14 @@ import torch
 
 from course import cli, open_todos
 from course.batches import BatchStream, block_dataset, document_datasets, fixed_eval_batches, limit_windows
-from course.checkpoints import RunFiles, capture_rng_state, load_weights, restore_rng_state, seed_everything
+from course.checkpoints import (
+    RunFiles,
+    capture_rng_state,
+    fit_scaler_state,
+    load_weights,
+    restore_rng_state,
+    seed_everything,
+)
 from course.corpus import prepare, prepared_dir, read_meta
 from course.devices import forked_rng
 from course.distributed import ProcessGroup, is_sharded, mean_over_processes, shard_model, wrap_for_training
@@ -496,6 +503,7 @@ def train(args: argparse.Namespace) -> None:
     if checkpoint is not None:  # continue the stopped run exactly: same state, same next batch
         run.check_same_run(checkpoint)
         run.read_shards(checkpoint, model, optimizer)  # FSDP: each process reads its own shards
+        checkpoint = fit_scaler_state(checkpoint, scaler)  # --dtype float16 on a run saved without it
         start_step, data_position, best_val_loss = restore_checkpoint(checkpoint, model, optimizer, scaler)
         stream.seek(**data_position)
     resumed_at = start_step if checkpoint is not None else None

@@ -137,6 +137,17 @@ def restore_rng_state(state: dict) -> None:
         torch.mps.set_rng_state(mine["mps"])
 
 
+def fit_scaler_state(checkpoint: dict, scaler: torch.amp.GradScaler) -> dict:
+    """The checkpoint, with a GradScaler state that this run's scaler can load. A run
+    saved in bfloat16 or float32 has no scaler state ({}); resumed in float16 (moved to
+    an older GPU) its scaler starts fresh, as a new float16 run's does, with a note. The
+    other way round, a disabled scaler ignores the saved state."""
+    if scaler.is_enabled() and not checkpoint.get("scaler"):
+        print("note: the saved run did not train in float16: its GradScaler starts at the initial scale")
+        return {**checkpoint, "scaler": scaler.state_dict()}
+    return checkpoint
+
+
 def check_same(what: str, saved: dict, current: dict) -> None:
     """Refuse to resume into a different model or data, naming the first difference."""
     for key in sorted(set(saved) | set(current)):

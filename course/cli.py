@@ -487,9 +487,11 @@ def plan_schedule(
     return Schedule(total_steps, warmup_steps, min_lr, total_steps)
 
 
-# The options that decide a run's plan: its LR schedule and the order of its batches.
+# The options that decide a run's plan: its LR schedule, the order of its batches, and
+# the optimizer's settings (which load_state_dict would otherwise quietly restore).
 PLAN_OPTIONS = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumulation_steps", "seed",
-                "max_train_tokens", "optimizer", "muon_lr", "beta2", "parallel")  # fmt: skip
+                "max_train_tokens", "dataset_mode", "optimizer", "muon_lr", "beta2", "weight_decay",
+                "parallel")  # fmt: skip
 
 
 def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) -> dict:
@@ -503,6 +505,33 @@ def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) 
 # shape (warmup, cosine, total steps) at the new learning rates; lowering the LR after
 # the loss diverged is the usual fix.
 RESUME_MAY_CHANGE = ("learning_rate", "min_lr")
+
+# What each option does to a run continued with --from_resume 1 (README: "Stop and
+# resume"). tests/test_cli.py walks every option of --help through a resume.
+PLAN = "refused when changed: part of the saved plan"
+MODEL = "refused when it changes the saved model's config"
+DATA = "refused when it changes the saved run's data (tokenizer or content)"
+NEW_LR = "applied: the rest of the schedule keeps its shape at the new learning rate (a note says so)"
+LENGTH = "applied: the run trains on to the new length; the schedule keeps the saved shape"
+FROM_HERE = "applied from the resume on: read at every step, evaluation or save, never saved in the state"
+HOW_IT_STARTS = "where the run is and how it starts"
+NO_RUN = "no run: grades the TODOs or prints a hint"
+ON_RESUME = {
+    **dict.fromkeys((name for name in PLAN_OPTIONS if name not in RESUME_MAY_CHANGE), PLAN), **dict.fromkeys(
+        ("hidden_size", "num_hidden_layers", "num_attention_heads", "max_seq_len", "dropout", "use_moe",
+         "position", "norm", "mlp", "qk_norm", "zero_init", "tie_weights", "preset"), MODEL),
+    "data_path": DATA, "tokenizer": DATA,
+    "learning_rate": NEW_LR, "min_lr": NEW_LR,
+    "epochs": LENGTH, "max_steps": LENGTH,
+    # dtype: a run saved without float16 and resumed in it (on an older GPU) gets a fresh
+    # GradScaler; eval_iters changes which validation batches later evaluations read.
+    **dict.fromkeys(
+        ("grad_clip", "device", "dtype", "use_compile", "num_workers", "activation_checkpointing",
+         "profile", "log_interval", "eval_interval", "eval_iters", "save_interval", "prompt",
+         "sample_tokens"), FROM_HERE),
+    **dict.fromkeys(("save_dir", "data_dir", "from_resume", "overwrite", "from_weight"), HOW_IT_STARTS),
+    "test": NO_RUN, "hint": NO_RUN,
+}  # fmt: skip
 
 
 def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: ProcessGroup) -> dict | None:

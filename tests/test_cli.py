@@ -581,3 +581,113 @@ def test_profile_writes_a_trace_and_prints_where_the_time_goes(corpus_txt, tmp_p
     rows = [line for line in table[2:] if line.startswith("  ") and "%" in line]
     assert 3 <= len(rows) <= 12, f"a one-screen table of operations, got:\n{printed}"
     assert f"trace of 2 steps in {out / 'profile.pt.trace.json'}" in printed
+
+
+# --- every option through a resume ---------------------------------------------------------
+
+# Another value than the finished run's for every option a resume refuses, and what the
+# one-line refusal names. The run: muon, blocks, seed 1337, batch 4, the tiny model.
+REFUSED_ON_RESUME = {
+    "warmup_steps": (1, "(warmup_steps=0)"),
+    "batch_size": (8, "--batch_size 8 would change the saved run (batch_size=4)"),
+    "accumulation_steps": (2, "(accumulation_steps=1)"),
+    "seed": (7, "(seed=1337)"),
+    "max_train_tokens": (500, "(max_train_tokens=0)"),
+    "dataset_mode": ("documents", "--dataset_mode documents"),
+    "optimizer": ("adamw", "(optimizer='muon')"),
+    "muon_lr": (0.05, "(muon_lr=0.02)"),
+    "beta2": (0.99, "(beta2=0.95)"),
+    "weight_decay": (0.5, "--weight_decay 0.5 would change the saved run (weight_decay=0.1)"),
+    "parallel": ("fsdp", "--parallel fsdp"),
+    "hidden_size": (48, "model config"),
+    "num_hidden_layers": (3, "model config"),
+    "num_attention_heads": (4, "model config"),
+    "max_seq_len": (32, "model config"),
+    "dropout": (0.1, "model config"),
+    "use_moe": (1, "model config"),
+    "position": ("rope", "model config"),
+    "norm": ("rms", "model config"),
+    "mlp": ("swiglu", "model config"),
+    "qk_norm": (1, "model config"),
+    "zero_init": (1, "model config"),
+    "tie_weights": (0, "model config"),
+    "preset": ("gpu", "model config"),  # the gpu preset's model is larger
+    "tokenizer": ("gpt2", "vocab_size=32 in the checkpoint"),  # the model's vocabulary tells first
+    "data_path": (None, "data"),  # another text: set in the test
+}
+# The options that apply from the resume on, all changed at once in one resume. Left at
+# the saved value, with the reason: device (this machine has only the CPU; tested in
+# test_devices.py), use_compile (20 s of compilation; its order with DDP is in
+# test_ddp.py) and dtype float16 (a GPU's: its fresh GradScaler is tested below).
+APPLIED_ON_RESUME = {
+    "learning_rate": 1e-3, "min_lr": 1e-4, "max_steps": 4, "grad_clip": 0.5, "dtype": "float32",
+    "num_workers": 1, "activation_checkpointing": 1, "profile": 1, "log_interval": 2, "eval_interval": 2,
+    "eval_iters": 1, "save_interval": 3, "prompt": "a", "sample_tokens": 3,
+}  # fmt: skip
+NOT_CHANGED_IN_THE_WALK = {"device", "use_compile", "epochs"}  # epochs: max_steps wins over it
+# How the run starts, and the graders: each has its own tests (the resume cases above,
+# test_grading.py, test_hints.py).
+ELSEWHERE = {"save_dir", "data_dir", "from_resume", "overwrite", "from_weight", "test", "hint"}
+
+
+def test_every_option_has_a_stated_effect_on_a_resume_and_the_walk_covers_it():
+    from course.cli import FROM_HERE, LENGTH, NEW_LR, ON_RESUME, build_parser
+
+    options = {action.dest for action in build_parser()._actions if action.dest != "help"}
+    assert set(ON_RESUME) == options, (
+        f"options without a stated effect on a resume: {options ^ set(ON_RESUME)}"
+    )
+    walked = set(REFUSED_ON_RESUME) | set(APPLIED_ON_RESUME) | NOT_CHANGED_IN_THE_WALK | ELSEWHERE
+    assert walked == options, f"options the resume walk misses: {options - walked}"
+    for name in APPLIED_ON_RESUME:
+        assert ON_RESUME[name] in (FROM_HERE, NEW_LR, LENGTH), f"--{name} is applied on a resume"
+    for name in REFUSED_ON_RESUME:
+        assert ON_RESUME[name] not in (FROM_HERE, NEW_LR, LENGTH), f"--{name} is refused on a resume"
+
+
+@pytest.mark.parametrize("option", REFUSED_ON_RESUME)
+def test_a_resume_refuses_an_option_that_changes_the_run(option, finished_run, tmp_path, capsys):
+    out = shutil.copytree(finished_run, tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    value, message = REFUSED_ON_RESUME[option]
+    if option == "data_path":
+        value = write(tmp_path, "other.txt", (VERSE[::-1] * 40).encode())
+    data = [] if option == "data_path" else ["--data_path", finished_run.parent / "verse.txt"]
+    argv = [*data, "--data_dir", finished_run.parent / "prepared", "--save_dir", out, "--max_steps", 4, *TINY]
+    code, err = run([*argv, "--from_resume", 1, f"--{option}", value], capsys)
+    lines = [line for line in err.strip().splitlines() if not line.startswith("tokenizing")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], f"--{option} {value}: {code}, {err!r}"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "a refused resume changed the run"
+
+
+def test_a_resume_applies_every_option_that_may_change(finished_run, tmp_path, capsys):
+    out = shutil.copytree(finished_run, tmp_path / "out")
+    argv = ["--data_path", finished_run.parent / "verse.txt", "--data_dir", finished_run.parent / "prepared",
+            "--save_dir", out, *TINY, "--from_resume", 1]  # fmt: skip
+    for name, value in APPLIED_ON_RESUME.items():
+        argv += [f"--{name}", value]
+    code, err = run(argv, capsys)
+    assert code == 0, err
+    checkpoint = torch.load(out / "resume.pt", weights_only=False)
+    assert checkpoint["step"] == 4, "--max_steps 4: the run trains on to step 4"
+    saved = checkpoint["train_args"]
+    for name, value in APPLIED_ON_RESUME.items():
+        assert saved[name] == value, f"--{name} {value} was not applied (the run recorded {saved[name]!r})"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r and r["step"] > 2] == [4], (
+        "--log_interval 2 from step 2"
+    )
+    assert [r["step"] for r in records if "val_loss" in r and r["step"] > 2] == [4], "--eval_interval 2"
+    assert max(r["lr"] for r in records if "lr" in r and r["step"] > 2) <= 1e-3, "the new learning rate"
+    assert (out / "profile").exists() or any(out.glob("*trace*")), "--profile 1 wrote no trace"
+
+
+def test_a_float16_resume_of_a_run_saved_without_it_starts_a_fresh_grad_scaler(capsys):
+    """Moving a bfloat16 run to an older GPU: its checkpoint has no GradScaler state."""
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)  # enabled, as for float16
+    fitted = checkpoints.fit_scaler_state({"scaler": {}, "step": 3}, scaler)
+    scaler.load_state_dict(fitted["scaler"])  # would raise on the saved {}
+    assert scaler.get_scale() == 2.0**10 and fitted["step"] == 3
+    assert "GradScaler starts at the initial scale" in capsys.readouterr().out
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    assert checkpoints.fit_scaler_state({"scaler": {}}, disabled) == {"scaler": {}}
