@@ -495,6 +495,10 @@ def train(args: argparse.Namespace) -> None:
     optimizer = configure_optimizers(
         model, args.weight_decay, args.learning_rate, (0.9, args.beta2), device.type, muon_lr_scale, dtype
     )
+    # While TODO 2 or 5 is open, a stand-in (course.open_todos), decided here once.
+    lr_at = open_todos.schedule_or_constant(
+        get_lr, schedule.warmup_steps, schedule.total_steps, args.learning_rate, schedule.min_lr
+    )
     amp_ctx, scaler = open_todos.precision_or_float32(autocast_context, make_grad_scaler, device, dtype)
     run.describe(
         model.config.to_dict(), tokenizer.meta(), meta, vars(args), cli.run_plan(args, schedule, group)
@@ -518,9 +522,7 @@ def train(args: argparse.Namespace) -> None:
     profiler = StepProfiler(args.profile, run.folder, device, group.is_main)  # --profile N
     with StopRequests(announce=group.is_main) as signals, logbook.progress(start_step, end_step), profiler:
         for step in range(start_step, end_step):
-            lr = open_todos.lr_or_constant(
-                get_lr, step, schedule.warmup_steps, schedule.total_steps, args.learning_rate, schedule.min_lr
-            )
+            lr = lr_at(step)
             micro_batches = [
                 (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                 for x, y in (next(stream) for _ in range(args.accumulation_steps))

@@ -1,10 +1,11 @@
 """Running an exercise file before every TODO is done.
 
 An open TODO raises NotImplementedError("TODO <id>: ..."). Where a sensible stand-in
-exists, the training loop calls the learner's function through one of the helpers
+exists, the training script calls the learner's function through one of the helpers
 below, which uses the stand-in and says so once: a constant learning rate while
-TODO 2 is open, float32 while TODO 5 is open, no validation loss while TODO 6 is
-open, no resume checkpoint while TODO 8 is open. Any other open TODO (1, 3, 4) stops
+TODO 2 is open and float32 while TODO 5 is open (both decided once, before the
+training loop), no validation loss while TODO 6 is open, no resume checkpoint while
+TODO 8 is open. Any other open TODO (1, 3, 4) stops
 the run with its own message (see `course.cli.main`).
 """
 
@@ -30,18 +31,34 @@ def open_todo(error: NotImplementedError) -> str:
     return str(error).split(":", 1)[0]
 
 
-def lr_or_constant(
-    get_lr: Callable[..., float], step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr: float
-) -> float:
-    """get_lr(...), or a constant max_lr while TODO 2a or 2b is open."""
-    try:
+def schedule_or_constant(
+    get_lr: Callable[..., float], warmup_steps: int, total_steps: int, max_lr: float, min_lr: float
+) -> Callable[[int], float]:
+    """The learning rate at each step: get_lr(step, ...), with a constant max_lr for the
+    part of the schedule whose TODO is open (2a: the warmup steps, 2b: the steps after
+    them). Decided once, before the training loop, by trying get_lr at the first step
+    of each part."""
+
+    def is_open(step: int) -> bool:
+        try:
+            get_lr(step, warmup_steps, total_steps, max_lr, min_lr)
+            return False
+        except NotImplementedError as todo:
+            steps = "warmup steps" if step < warmup_steps else "steps after warmup"
+            note_once(
+                f"{open_todo(todo)} is not done yet, so the learning rate stays at {max_lr} for the {steps}."
+            )
+            return True
+
+    warmup_is_open = warmup_steps > 0 and is_open(0)
+    decay_is_open = is_open(warmup_steps)
+
+    def lr_at(step: int) -> float:
+        if warmup_is_open if step < warmup_steps else decay_is_open:
+            return max_lr
         return get_lr(step, warmup_steps, total_steps, max_lr, min_lr)
-    except NotImplementedError as todo:
-        steps = "warmup steps" if open_todo(todo) == "TODO 2a" else "steps after warmup"
-        note_once(
-            f"{open_todo(todo)} is not done yet, so the learning rate stays at {max_lr} for the {steps}."
-        )
-        return max_lr
+
+    return lr_at
 
 
 def precision_or_float32(

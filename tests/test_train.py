@@ -188,3 +188,22 @@ def test_a_token_file_dataset_pickles_as_a_path_and_loads_in_spawned_workers(tmp
         (x, y), (x_ref, y_ref) = next(stream), next(in_process)
         assert torch.equal(x, x_ref) and torch.equal(y, y_ref), "a spawned worker serves the same batches"
     assert stream.loader.persistent_workers, "workers stay alive from one epoch to the next"
+
+
+def test_an_open_half_of_the_lr_schedule_is_decided_once_before_the_loop():
+    """TODO 2b open, 2a done: the warmup follows the learner's ramp, the rest stays at max_lr,
+    and the open half is never called again once the loop runs."""
+    from course import open_todos
+
+    calls = []
+
+    def get_lr(step, warmup_steps, total_steps, max_lr, min_lr):
+        calls.append(step)
+        if step >= warmup_steps:
+            raise NotImplementedError("TODO 2b: cosine decay")
+        return max_lr * (step + 1) / warmup_steps
+
+    lr_at = open_todos.schedule_or_constant(get_lr, 4, 10, 1.0, 0.1)
+    assert calls == [0, 4], "each half is tried once, at its first step"
+    assert [lr_at(step) for step in range(10)] == [0.25, 0.5, 0.75, 1.0] + [1.0] * 6
+    assert calls == [0, 4, 0, 1, 2, 3], "the open half is not called inside the loop"
