@@ -55,7 +55,13 @@ from course.checkpoints import (
 )
 from course.corpus import prepare, prepared_dir, read_meta
 from course.devices import forked_rng
-from course.distributed import ProcessGroup, is_sharded, mean_over_processes, shard_model, wrap_for_training
+from course.distributed import (
+    ProcessGroup,
+    mean_over_processes,
+    shard_model,
+    sum_over_processes,
+    wrap_for_training,
+)
 from course.errors import Interrupted
 from course.guards import StopRequests
 from course.logbook import Logbook
@@ -289,20 +295,25 @@ class EvalResult:
 def evaluate(
     model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], amp_ctx=NO_AUTOCAST
 ) -> EvalResult:
-    """Mean loss per real target over a fixed list of validation batches.
+    """Mean loss per real target over the fixed validation windows, shared out over the
+    processes: `batches` are this process's share (course.batches.fixed_eval_batches).
 
-    Fixed batches (not random ones) make evaluations comparable between steps and
+    Fixed windows (not random ones) make evaluations comparable between steps and
     between runs: a change in val loss is a change in the model, not in the sample.
-    eval() turns dropout off; no_grad() skips building the backward graph.
+    Each process adds up its losses and its real targets, and one all-reduce adds up
+    the processes: every real target of every window weighs the same, whatever the
+    batch size or the number of processes. eval() turns dropout off; no_grad() skips
+    building the backward graph.
     """
-    # TODO 6: eval mode, no gradients, mean loss over every real target, back to train mode
-    #   Returns an EvalResult: the mean loss over every real target of the batches (targets
-    #   equal to IGNORE_INDEX are padding; with padded documents, batches hold different
-    #   numbers of real targets) as a Python float, and its exponential. Forwards run under
-    #   amp_ctx, with dropout off and no autograd graph; the model is back in training mode
-    #   afterwards. Stuck? python train_exercise.py --hint 6
+    # TODO 6: eval mode, no gradients, mean loss over every real target of every process
+    #   Returns an EvalResult: the mean loss over every real target of every process's
+    #   batches (targets equal to IGNORE_INDEX are padding; with padded documents, batches
+    #   hold different numbers of real targets) as a Python float, and its exponential. The
+    #   sums over processes come from sum_over_processes (imported at the top), which every
+    #   process calls. Forwards run under amp_ctx, with dropout off and no autograd graph;
+    #   the model is back in training mode afterwards. Stuck? python train_exercise.py --hint 6
     raise NotImplementedError(
-        "TODO 6: eval mode, no gradients, mean loss over every real target, back to train mode"
+        "TODO 6: eval mode, no gradients, mean loss over every real target of every process"
     )
     # END TODO 6
 
@@ -390,9 +401,9 @@ def load_data(
         num_workers=args.num_workers,
         pin_memory=device.type == "cuda",
     )
-    eval_batches = [
-        (x.to(device), y.to(device)) for x, y in fixed_eval_batches(val_set, args.batch_size, args.eval_iters)
-    ]
+    # This process's share of the validation windows: the same windows for any batch size or process count.
+    share = fixed_eval_batches(val_set, args.eval_tokens, args.batch_size, group.rank, group.world_size)
+    eval_batches = [(x.to(device), y.to(device)) for x, y in share]
     return meta, tokenizer, stream, eval_batches
 
 
@@ -436,8 +447,8 @@ def validate(
 ) -> float:
     """Evaluate [6], log it with a text sample, and keep the weights of the best
     validation loss so far in best.pt (what nanoGPT keeps); returns the best loss.
-    Under FSDP every process runs this (each forward gathers the weights from all of
-    them) and gets the same loss; rank 0 writes."""
+    Every process runs this on its share of the validation windows, and gets the
+    loss over all of them; rank 0 writes."""
     result = open_todos.evaluate_or_none(evaluate, model, eval_batches, amp_ctx)
     if result is not None and result.loss < best_val_loss:
         best_val_loss = result.loss
@@ -475,11 +486,12 @@ def save_checkpoint(
 
 def train(args: argparse.Namespace) -> None:
     """Set up, then for every optimizer step: LR, batches, train_step, log, evaluate, save.
-    Under torchrun every process runs this; only rank 0 logs and saves (and, under DDP, evaluates)."""
+    Under torchrun every process runs this; only rank 0 logs and saves."""
     group, device, dtype = cli.configure(args)  # device, number type, processes; options checked
     run = cli.claim_run_folder(args, group)  # this run's files; another run's are never touched
     checkpoint = run.load_resume() if args.from_resume else None
     saved_plan = cli.continue_plan(args, checkpoint, group)  # a resume: same schedule, same batches
+    cli.settle_eval_tokens(args)
     cli.check_parallel(args, group, dtype)
     seed_everything(args.seed, group.rank)
 
@@ -515,8 +527,7 @@ def train(args: argparse.Namespace) -> None:
     train_model = wrap_for_training(model, group, device, args.use_compile)
     logbook.print_setup(model, len(stream.dataset), schedule, start_step, stream.batches_per_epoch)
 
-    evaluates = group.is_main or is_sharded(model)  # under FSDP a forward pass needs every process
-    if start_step == 0 and evaluates:  # the untrained model: loss ≈ ln(vocab size)
+    if start_step == 0:  # the untrained model: loss ≈ ln(vocab size)
         best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
     end_step = schedule.end_step
     profiler = StepProfiler(args.profile, run.folder, device, group.is_main)  # --profile N
@@ -544,7 +555,7 @@ def train(args: argparse.Namespace) -> None:
                 logbook.check_finite(done, window)
             if at_log:
                 logbook.log_train(done, lr, model.flops_per_token(), window)
-            if at_eval and evaluates:
+            if at_eval:  # every process evaluates its share of the windows (one all-reduce)
                 best_val_loss = validate(done, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
             if at_save:
                 save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)

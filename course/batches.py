@@ -4,10 +4,14 @@
 checkpoint can reproduce exactly: (epoch, position) is all it needs, so a resumed run
 sees precisely the batches the stopped run would have seen next. Under DDP it gives
 each process its own share of every global batch.
+
+`fixed_eval_batches` serves the validation batches: the same windows at every
+evaluation of every run with the same --eval_tokens, shared out over the processes.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -53,17 +57,38 @@ def document_datasets(
     )
 
 
-def fixed_eval_batches(dataset: Dataset, batch_size: int, n_batches: int) -> list:
-    """n_batches batches of windows spread evenly over the whole validation split.
+def validation_windows(n_windows: int, window_tokens: int, eval_tokens: int) -> list[int]:
+    """The windows an evaluation reads: eval_tokens worth of them (0: every window),
+    spread evenly over the whole validation split. They depend on the budget alone,
+    never on the batch size or the number of processes, so the validation loss of one
+    set of weights reads the same in every run: a change in it is a change in the
+    model, not in the sample."""
+    wanted = max(1, eval_tokens // window_tokens) if eval_tokens else n_windows
+    return np.linspace(0, n_windows - 1, min(wanted, n_windows)).round().astype(int).tolist()
 
-    Fixed batches (not random ones) make evaluations comparable between steps and
-    between runs: a change in val loss is a change in the model, not in the sample."""
-    n_windows = min(len(dataset), batch_size * n_batches)
-    picks = np.linspace(0, len(dataset) - 1, n_windows).round().astype(int)
-    windows = [dataset[int(i)] for i in picks]
+
+def fixed_eval_batches(
+    dataset: Dataset, eval_tokens: int, batch_size: int, rank: int = 0, world_size: int = 1
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's share of the validation windows (validation_windows), in batches of
+    at most about batch_size: every world_size-th window, from the rank-th on, so that the
+    processes together read each window once and their loss sums add up to the whole.
+
+    Every process gets the same number of batches: under FSDP each forward pass gathers
+    the weights from all the processes, so they must all make as many."""
+    window_tokens = len(dataset[0][1])
+    windows = validation_windows(len(dataset), window_tokens, eval_tokens)
+    if len(windows) < world_size:
+        raise DataError(
+            f"an evaluation of {len(windows)} validation window(s) cannot be shared by {world_size} "
+            f"processes: raise --eval_tokens to at least {world_size * window_tokens}"
+        )
+    share = windows[rank::world_size]
+    smallest_share = len(windows) // world_size
+    n_batches = min(math.ceil(math.ceil(len(windows) / world_size) / batch_size), smallest_share)
     return [
-        (torch.stack([x for x, _ in chunk]), torch.stack([y for _, y in chunk]))
-        for chunk in (windows[i : i + batch_size] for i in range(0, n_windows, batch_size))
+        (torch.stack([dataset[i][0] for i in chunk]), torch.stack([dataset[i][1] for i in chunk]))
+        for chunk in np.array_split(np.array(share), n_batches)
     ]
 
 

@@ -85,6 +85,9 @@ PRESETS = {
 MAX_STEPS = 10**9  # more optimizer steps than any run here could take: a typo (--epochs 1e300)
 MAX_SAMPLE_TOKENS = 10_000  # a sample at every evaluation; longer ones would stall the run
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; each process seeds with seed + rank
+# Validation tokens per evaluation: on the main job, 3,072 windows spread over the split
+# read within 0.005 nats of the whole split (the README's "Evaluation" section).
+EVAL_TOKENS = 196_608
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -301,7 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=preset_help("eval_interval", "steps between evaluations and samples"),
     )
-    out.add_argument("--eval_iters", type=int, default=20, help="validation batches per evaluation")
+    out.add_argument(
+        "--eval_tokens",
+        type=int,
+        default=EVAL_TOKENS,
+        help="validation tokens per evaluation, as windows spread evenly over the split: the same windows "
+        "whatever the batch size or the number of processes (0: the whole split)",
+    )
+    out.add_argument(
+        "--eval_iters",
+        type=int,
+        default=None,
+        help="the budget as nanoGPT gives it: N batches of batch_size x max_seq_len tokens "
+        "(sets --eval_tokens)",
+    )
     out.add_argument("--save_interval", type=int, default=500, help="steps between checkpoints")
     out.add_argument(
         "--from_resume",
@@ -376,7 +392,7 @@ def check_options(args: argparse.Namespace) -> None:
         if value is not None and value <= 0:
             raise UsageError(f"--{name} must be positive, got {value}")
     for name in ["min_lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "max_train_tokens",
-                 "sample_tokens", "profile"]:  # fmt: skip
+                 "sample_tokens", "profile", "eval_tokens"]:  # fmt: skip
         value = getattr(args, name)
         if value is not None and value < 0:
             raise UsageError(f"--{name} must not be negative, got {value}")
@@ -404,6 +420,8 @@ def check_options(args: argparse.Namespace) -> None:
             f"--hidden_size {args.hidden_size} must be divisible by "
             f"--num_attention_heads {args.num_attention_heads}"
         )
+    if args.eval_iters is not None and "eval_tokens" in args.options_given:
+        raise UsageError("--eval_iters and --eval_tokens both set the validation budget: give one")
     if args.min_lr is not None and args.min_lr > args.learning_rate:
         raise UsageError(f"--min_lr {args.min_lr} is larger than --learning_rate {args.learning_rate}")
 
@@ -524,10 +542,10 @@ ON_RESUME = {
     "learning_rate": NEW_LR, "min_lr": NEW_LR,
     "epochs": LENGTH, "max_steps": LENGTH,
     # dtype: a run saved without float16 and resumed in it (on an older GPU) gets a fresh
-    # GradScaler; eval_iters changes which validation batches later evaluations read.
+    # GradScaler; eval_tokens (or eval_iters) changes which windows later evaluations read.
     **dict.fromkeys(
         ("grad_clip", "device", "dtype", "use_compile", "num_workers", "activation_checkpointing",
-         "profile", "log_interval", "eval_interval", "eval_iters", "save_interval", "prompt",
+         "profile", "log_interval", "eval_interval", "eval_tokens", "eval_iters", "save_interval", "prompt",
          "sample_tokens"), FROM_HERE),
     **dict.fromkeys(("save_dir", "data_dir", "from_resume", "overwrite", "from_weight"), HOW_IT_STARTS),
     "test": NO_RUN, "hint": NO_RUN,
@@ -569,6 +587,13 @@ def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: Proc
             "give --min_lr too"
         )
     return {**plan, "step": checkpoint["step"]}
+
+
+def settle_eval_tokens(args: argparse.Namespace) -> None:
+    """--eval_iters N, nanoGPT's way to give the budget, as the tokens it stands for (with
+    the batch size of the run, the saved one on a resume)."""
+    if args.eval_iters is not None:
+        args.eval_tokens = args.eval_iters * args.batch_size * args.max_seq_len
 
 
 def check_parallel(args: argparse.Namespace, group: ProcessGroup, dtype: torch.dtype) -> None:

@@ -69,12 +69,8 @@ class ProcessGroup:
         return mean_over_processes(value)
 
     def sum(self, value: torch.Tensor) -> torch.Tensor:
-        """The sum of `value` over all processes (an all-reduce every process must call)."""
-        if self.world_size == 1:
-            return value
-        total = value.detach().clone()
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        return total
+        """The sum of `value` over all processes (an all-reduce)."""
+        return sum_over_processes(value)
 
     def any(self, flag: bool) -> bool:
         """True on every process if `flag` is True on any: how the processes agree to stop
@@ -96,14 +92,21 @@ class ProcessGroup:
         return box[0]
 
 
-def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
-    """The average of `value` over all training processes: an all-reduce that every
-    process must call at the same point. Without torchrun, `value` itself."""
+def sum_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """The sum of `value` over all training processes: an all-reduce that every process
+    must call at the same point. Without torchrun, `value` itself."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
     total = value.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total / dist.get_world_size()
+    return total
+
+
+def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """The average of `value` over all training processes (an all-reduce, as above)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    return sum_over_processes(value) / dist.get_world_size()
 
 
 def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:

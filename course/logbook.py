@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from course.checkpoints import data_identity
 from course.devices import describe_dtype, forked_rng, gpu_peak_flops
-from course.distributed import ProcessGroup
+from course.distributed import ProcessGroup, is_sharded
 from course.guards import check_finite
 from course.reference import final_validation, find_reference, recipe, verdict
 from course.run_folder import (
@@ -277,7 +277,8 @@ class Logbook:
 
     def log_eval(self, step: int, result, model: torch.nn.Module) -> None:
         """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample.
-        Under FSDP every process calls it (the sample's forward passes need them all)."""
+        Every process calls it; rank 0 samples and writes, and under FSDP the others
+        sample along with it (each forward pass gathers the weights from all of them)."""
         summary = f"step {step}"
         if result is not None:
             # The training loss of this step was still finite, but the step itself may have
@@ -293,7 +294,7 @@ class Logbook:
             )
         args = self.args
         sample = None
-        if args.sample_tokens > 0:
+        if args.sample_tokens > 0 and (self.group.is_main or is_sharded(model)):
             sample = sample_text(
                 model, self.tokenizer, args.prompt, args.sample_tokens, self.device, args.seed
             )

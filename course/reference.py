@@ -29,7 +29,7 @@ NOT_IN_RECIPE = frozenset({
     "eval_interval", "save_interval", "from_resume", "overwrite", "prompt", "sample_tokens", "test",
     "hint", "options_given", "parallel", "activation_checkpointing", "profile",
     # replaced by what they decide: the data's content, the schedule's numbers
-    "data_path", "epochs", "max_steps", "warmup_steps", "min_lr",
+    "data_path", "epochs", "max_steps", "warmup_steps", "min_lr", "eval_iters",
 })  # fmt: skip
 
 # Two seeds of the main job end about 0.01 apart; within twice that, a run is on track.

@@ -35,7 +35,7 @@ CATALOG = [
     Todo("3c", "train", ("clip_and_step",), "clip_and_step: unscale, clip, step, zero_grad"),
     Todo("4", "train", ("accumulate_gradients",), "accumulate_gradients: token-weighted, no_sync"),
     Todo("5", "train", ("autocast_context", "make_grad_scaler"), "autocast + GradScaler for float16"),
-    Todo("6", "train", ("evaluate",), "evaluate: eval mode, no_grad, mean per target"),
+    Todo("6", "train", ("evaluate",), "evaluate: no_grad, mean over every process"),
     Todo(
         "7", "data", ("PretrainDataset.__getitem__",), "PretrainDataset: BOS/EOS, padding, -100", bonus=True
     ),
@@ -140,16 +140,20 @@ HINTS: dict[str, tuple[str, str, str]] = {
         "Evaluation must measure the model, not the noise: dropout off, and no autograd graph "
         "(nothing will call backward). The model must train normally again afterwards. The "
         "loss is a mean over every real target: with padded documents a batch with few real "
-        "targets must not count as much as a full one.",
+        "targets must not count as much as a full one. Under torchrun each process reads its "
+        "own share of the validation windows, so a mean needs the sums of every process: add "
+        "up losses and counts first, share them, divide last.",
         "model.eval() and model.train(); `with torch.no_grad(), amp_ctx:`; compute_loss gives "
         "each batch's mean LM loss first (the auxiliary loss is a training aid, not reported); "
-        "(y != IGNORE_INDEX).sum() counts a batch's real targets; .item() turns a one-element "
-        "tensor into a Python float; math.exp.",
+        "(y != IGNORE_INDEX).sum() counts a batch's real targets, and a mean times its count is "
+        "a sum; sum_over_processes(tensor) is an all-reduce (torch.stack packs two numbers into "
+        "one tensor, one call); .item() turns a one-element tensor into a Python float; math.exp.",
         "model.eval()\n"
         "with no_grad and amp_ctx: losses = [the LM loss of compute_loss(model, x, y) for each batch]\n"
         "model.train()\n"
         "counts = [real targets of y for each batch]\n"
-        "loss = sum(loss * count) / sum(counts) as a float; return EvalResult(loss, math.exp(loss))",
+        "totals = sum_over_processes(stack([sum(loss * count), sum(counts)]))\n"
+        "loss = totals[0] / totals[1] as a float; return EvalResult(loss, math.exp(loss))",
     ),
     "7": (
         "MiniMind trains on one document per sequence: BOS marks its start, EOS its end. A "

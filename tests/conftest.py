@@ -49,8 +49,8 @@ VERSE = (
 
 # Command-line options for a model small enough to train for real in well under a second.
 TINY_MODEL = ["--device", "cpu", "--hidden_size", "32", "--num_hidden_layers", "2",
-              "--num_attention_heads", "2", "--max_seq_len", "16", "--batch_size", "4", "--eval_iters", "2",
-              "--log_interval", "1", "--sample_tokens", "5"]  # fmt: skip
+              "--num_attention_heads", "2", "--max_seq_len", "16", "--batch_size", "4",
+              "--eval_tokens", "128", "--log_interval", "1", "--sample_tokens", "5"]  # fmt: skip
 
 
 @pytest.fixture

@@ -622,9 +622,11 @@ REFUSED_ON_RESUME = {
 APPLIED_ON_RESUME = {
     "learning_rate": 1e-3, "min_lr": 1e-4, "max_steps": 4, "grad_clip": 0.5, "dtype": "float32",
     "num_workers": 1, "activation_checkpointing": 1, "profile": 1, "log_interval": 2, "eval_interval": 2,
-    "eval_iters": 1, "save_interval": 3, "prompt": "a", "sample_tokens": 3,
+    "eval_tokens": 64, "save_interval": 3, "prompt": "a", "sample_tokens": 3,
 }  # fmt: skip
-NOT_CHANGED_IN_THE_WALK = {"device", "use_compile", "epochs"}  # epochs: max_steps wins over it
+# epochs: max_steps wins over it; eval_iters: another way to give eval_tokens (the two
+# together are refused; test_eval_iters_is_a_budget_in_batches).
+NOT_CHANGED_IN_THE_WALK = {"device", "use_compile", "epochs", "eval_iters"}
 # How the run starts, and the graders: each has its own tests (the resume cases above,
 # test_grading.py, test_hints.py).
 ELSEWHERE = {"save_dir", "data_dir", "from_resume", "overwrite", "from_weight", "test", "hint"}
@@ -691,3 +693,19 @@ def test_a_float16_resume_of_a_run_saved_without_it_starts_a_fresh_grad_scaler(c
     assert "GradScaler starts at the initial scale" in capsys.readouterr().out
     disabled = torch.amp.GradScaler("cpu", enabled=False)
     assert checkpoints.fit_scaler_state({"scaler": {}}, disabled) == {"scaler": {}}
+
+
+def test_eval_iters_is_a_budget_in_batches(corpus_txt, tmp_path, capsys):
+    """nanoGPT's --eval_iters N stands for N batches of batch_size x max_seq_len tokens."""
+    at = TINY.index("--eval_tokens")
+    tiny = TINY[:at] + TINY[at + 2 :]
+    argv = ["--data_path", corpus_txt, "--save_dir", tmp_path / "out", *tiny, "--max_steps", 1]
+    code, err = run([*argv, "--eval_iters", 3], capsys)
+    assert code == 0, err
+    saved = torch.load(tmp_path / "out" / "resume.pt", weights_only=False)["train_args"]
+    assert saved["eval_tokens"] == 3 * 4 * 16, "3 batches of 4 windows of 16 tokens"
+    code, err = run([*argv, "--save_dir", tmp_path / "both", "--eval_iters", 3, "--eval_tokens", 64], capsys)
+    assert code == 2 and err.strip() == (
+        "error: --eval_iters and --eval_tokens both set the validation budget: give one"
+    ), err
+    assert not (tmp_path / "both").exists(), "refused before anything was written"

@@ -181,6 +181,11 @@ def weights(save_dir: Path) -> dict:
     return torch.load(save_dir / "model.pt", weights_only=True)["model"]
 
 
+def val_curve(save_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["val_loss"] for r in records if "val_loss" in r}
+
+
 def assert_same_weights(one: dict, two: dict, what: str, atol: float) -> None:
     for name in one:
         assert torch.allclose(one[name], two[name], atol=atol, rtol=0), (
@@ -203,6 +208,17 @@ def test_padded_documents_train_alike_with_accumulation_and_across_processes(bac
     ddp = weights(background / "ddp_documents")
     assert_same_weights(big, ddp, "2 processes × batch 2 × 2 micro-batches should train like 1 process "
                         "× batch 8 on padded documents", atol=1e-5)  # fmt: skip
+    # The same weights read the same validation loss at every evaluation, whatever the
+    # batch size and the number of processes that share out the windows.
+    curves = {run: val_curve(folder) for run, folder in
+              [("batch 8", tmp_path / "batch8x1"), ("batch 4", tmp_path / "batch4x2"),
+               ("2 processes × batch 2", background / "ddp_documents")]}  # fmt: skip
+    (first, expected), *others = curves.items()
+    assert len(expected) == 5, f"evaluations at steps 0, 1, 2, 4 and 6: {expected}"
+    for run, curve in others:
+        assert curve.keys() == expected.keys() and all(
+            curve[step] == pytest.approx(expected[step], rel=1e-5) for step in expected
+        ), f"validation losses of the same weights: {run} {curve}, {first} {expected}"
 
 
 @pytest.mark.background("ddp")

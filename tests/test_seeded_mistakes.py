@@ -232,10 +232,29 @@ MISTAKES = {
     ),
     "evaluation averages the batch means of padded batches": (
         "train_solution.py",
-        "    loss = ((losses * counts).sum() / counts.sum()).item()",
-        "    loss = losses.mean().item()",
+        "    loss_sum = sum(loss * count for loss, count in zip(lm_losses, counts, strict=True))\n"
+        "    totals = sum_over_processes(torch.stack([loss_sum, sum(counts).float()]))",
+        "    totals = sum_over_processes(torch.stack([sum(lm_losses), torch.tensor(float(len(lm_losses)))]))",
         lambda lr, tmp: test_todo_train.test_todo_6_padded_batches_weigh_every_real_target_the_same(lr),
         "not the mean of the batch means",
+    ),
+    "evaluation of this process's windows only": (
+        "train_solution.py",
+        "    totals = sum_over_processes(torch.stack([loss_sum, sum(counts).float()]))",
+        "    totals = torch.stack([loss_sum, sum(counts).float()])",
+        lambda lr, tmp: test_todo_train.test_todo_6_every_process_s_windows_weigh_the_same(
+            lr, pytest.MonkeyPatch()
+        ),
+        "each process evaluated only its own share",
+    ),
+    "evaluation averages the means of the processes": (
+        "train_solution.py",
+        "    totals = sum_over_processes(torch.stack([loss_sum, sum(counts).float()]))",
+        "    totals = sum_over_processes(torch.stack([loss_sum / sum(counts), torch.tensor(1.0)]))",
+        lambda lr, tmp: test_todo_train.test_todo_6_every_process_s_windows_weigh_the_same(
+            lr, pytest.MonkeyPatch()
+        ),
+        "the mean of their two means",
     ),
     "evaluation without model.eval()": (
         "train_solution.py",

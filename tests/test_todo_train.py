@@ -7,6 +7,7 @@ reference code for the others, and compares behaviour with a reference written h
 
 import copy
 import math
+import threading
 import warnings
 from contextlib import contextmanager, nullcontext
 
@@ -758,6 +759,111 @@ def test_todo_6_no_graph_and_amp_context(learner):
         "off while evaluating; the graph only wastes memory"
     )
     assert amp_ctx.entered, "run the forward passes under amp_ctx, as in training"
+
+
+class UnmatchedAllReduce(Exception):
+    """A process called sum_over_processes more times than another."""
+
+
+class ThreadedProcesses:
+    """Processes stood in for by threads, each with its own copy of the model, for
+    evaluate: sum_over_processes becomes a real all-reduce among the threads (each call
+    waits until every thread has made its own, as torch.distributed does), so the test
+    holds however the code packs what it sums."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.own = threading.local()  # this thread's rank and count of calls
+        self.arrived = threading.Condition()
+        self.deposits: dict[tuple[int, int], torch.Tensor] = {}  # (call, rank) -> value
+        self.calls_when_done: dict[int, int] = {}  # rank -> its number of calls, once it is done
+        self.handed: list[object] = []
+
+    def sum_over_processes(self, value):
+        self.handed.append(value)
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"sum_over_processes was given {type(value).__name__}, not a tensor")
+        call = self.own.calls = self.own.calls + 1
+        with self.arrived:
+            self.deposits[(call, self.own.rank)] = value.detach().clone()
+            self.arrived.notify_all()
+            everyone = lambda: all((call, rank) in self.deposits for rank in range(self.n))
+            abandoned = lambda: any(calls < call for calls in self.calls_when_done.values())
+            # A safety net only: the wait ends as soon as every thread has called, or one is done.
+            self.arrived.wait_for(lambda: everyone() or abandoned(), timeout=120)
+            if not everyone():
+                raise UnmatchedAllReduce
+        return sum(self.deposits[(call, rank)] for rank in range(self.n))
+
+    def evaluate(self, learner, monkeypatch, model, shares) -> list:
+        """learner's evaluate on every share at once, one thread per share: the results."""
+        monkeypatch.setattr(learner.train, "sum_over_processes", self.sum_over_processes)
+        results, errors = [None] * len(shares), []
+
+        def process(rank):
+            self.own.rank, self.own.calls = rank, 0
+            try:
+                results[rank] = learner.train.evaluate(copy.deepcopy(model), shares[rank])
+            except Exception as err:  # reported below, in the test's own thread
+                errors.append(err)
+            with self.arrived:
+                self.calls_when_done[rank] = self.own.calls
+                self.arrived.notify_all()
+
+        threads = [threading.Thread(target=process, args=(rank,)) for rank in range(len(shares))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        mistakes = [err for err in errors if not isinstance(err, UnmatchedAllReduce)]
+        if mistakes:
+            raise mistakes[0]
+        if errors:
+            pytest.fail(
+                "the processes called sum_over_processes a different number of times, so one waited "
+                "for an all-reduce the others never joined: call it the same number of times on every "
+                "process (once is enough)"
+            )
+        return results
+
+
+@pytest.mark.todo("6")
+def test_todo_6_every_process_s_windows_weigh_the_same(learner, monkeypatch):
+    """Two processes, each with its share of the validation windows: both must report
+    the mean over the windows of both, each real target weighing the same."""
+    model = tiny_gpt()
+    shares = [
+        padded_micro_batches(seed=8, lengths=[[16, 16, 14], [16, 9, 16]]),
+        padded_micro_batches(seed=9, lengths=[[2, 1, 1], [3, 4, 1]]),
+    ]
+    processes = ThreadedProcesses(len(shares))
+    results = processes.evaluate(learner, monkeypatch, model, shares)
+    model.eval()
+    with torch.no_grad():
+        expected = big_batch_loss(model, shares[0] + shares[1]).item()
+        own = [big_batch_loss(model, share).item() for share in shares]
+    assert processes.handed, (
+        "each process evaluated only its own share of the windows: the loss must be the mean over "
+        "every process's windows, so add up what the processes measured with sum_over_processes: "
+        "it is imported at the top, and every process calls it"
+    )
+    for rank, result in enumerate(results):
+        if result.loss == pytest.approx(own[rank], rel=1e-5):
+            pytest.fail(
+                f"process {rank} reported the mean over its own windows, {own[rank]:.4f}, not over every "
+                f"process's, {expected:.4f}: add up the loss sums and the real-target counts of all the "
+                "processes, then divide"
+            )
+        if result.loss == pytest.approx(sum(own) / len(own), rel=1e-5):
+            pytest.fail(
+                f"the processes hold {real_targets(shares[0])} and {real_targets(shares[1])} real targets: "
+                f"the mean of their two means, {sum(own) / len(own):.4f}, weighs the few as much as the "
+                f"many. Add up the loss sums and the counts over the processes, then divide: {expected:.4f}"
+            )
+        assert result.loss == pytest.approx(expected, rel=1e-5), (
+            f"process {rank}: the mean loss over every real target of both processes is {expected:.4f}, "
+            f"got {result.loss:.4f}"
+        )
 
 
 # --- TODO 8: checkpoints for an exact resume --------------------------------------------------

@@ -9,13 +9,14 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_gpt
+from conftest import TINY_MODEL, tiny_gpt
 
 import train_solution as train
 from course.batches import BatchStream, fixed_eval_batches
-from course.errors import TrainingDiverged
+from course.errors import DataError, TrainingDiverged
 from course.guards import check_finite
-from course.logbook import bits_per_byte
+from course.logbook import bits_per_byte, read_metrics
+from course.run_folder import METRICS_FILE
 from data_solution import BlockDataset
 from optim import configure_optimizers
 
@@ -62,16 +63,64 @@ def test_bfloat16_autocast_step_runs_on_cpu():
 # --- evaluation ---------------------------------------------------------------------------
 
 
-def test_fixed_eval_batches_cover_the_split_evenly():
-    dataset = BlockDataset(np.arange(1000, dtype=np.uint16), 9)
-    batches = fixed_eval_batches(dataset, batch_size=4, n_batches=3)
+def test_the_eval_windows_are_spread_over_the_split_and_fixed():
+    dataset = BlockDataset(np.arange(1000, dtype=np.uint16), 9)  # 110 windows of 9 tokens
+    batches = fixed_eval_batches(dataset, eval_tokens=12 * 9, batch_size=4)
     assert len(batches) == 3 and all(x.shape == (4, 9) for x, _ in batches)
     starts = [int(x[i, 0]) for x, _ in batches for i in range(4)]
-    assert starts[0] == 0 and starts[-1] == (len(dataset) - 1) * 9
-    again = fixed_eval_batches(dataset, 4, 3)
+    assert starts[0] == 0 and starts[-1] == (len(dataset) - 1) * 9, "from the first window to the last"
+    again = fixed_eval_batches(dataset, 12 * 9, 4)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True)), (
         "the same batches every time"
     )
+    whole = fixed_eval_batches(dataset, eval_tokens=0, batch_size=32)
+    assert sum(len(x) for x, _ in whole) == len(dataset), "--eval_tokens 0: every window of the split"
+
+
+def window_starts(batches) -> list[int]:
+    return [int(x[i, 0]) for x, _ in batches for i in range(len(x))]
+
+
+@pytest.mark.parametrize("n_windows, batch_size", [(30, 4), (31, 4), (7, 1), (9, 2), (100, 128)])
+def test_the_processes_share_out_the_same_windows_in_as_many_batches(n_windows, batch_size):
+    dataset = BlockDataset(np.arange(2000, dtype=np.uint16), 9)
+    alone = sorted(window_starts(fixed_eval_batches(dataset, n_windows * 9, batch_size)))
+    assert len(alone) == n_windows
+    for world_size in (2, 3):
+        shares = [fixed_eval_batches(dataset, n_windows * 9, batch_size, rank, world_size)
+                  for rank in range(world_size)]  # fmt: skip
+        together = sorted(start for share in shares for start in window_starts(share))
+        assert together == alone, f"{world_size} processes read each window once, the same windows as one"
+        assert len({len(share) for share in shares}) == 1, (
+            "every process makes as many forward passes (FSDP gathers the weights in each)"
+        )
+        assert all(len(x) >= 1 for share in shares for x, _ in share), "no empty batch"
+
+
+def test_more_processes_than_eval_windows_is_refused():
+    dataset = BlockDataset(np.arange(200, dtype=np.uint16), 9)
+    with pytest.raises(DataError, match="raise --eval_tokens to at least 27"):
+        fixed_eval_batches(dataset, eval_tokens=9, batch_size=4, rank=0, world_size=3)
+
+
+def test_the_same_weights_read_the_same_val_loss_at_any_batch_size():
+    dataset = BlockDataset(np.random.default_rng(0).integers(0, 32, 5000).astype(np.uint16), 16)
+    model = tiny_gpt()
+    losses = [train.evaluate(model, fixed_eval_batches(dataset, 2048, batch_size)).loss
+              for batch_size in (8, 32, 128)]  # fmt: skip
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-6), f"batch 8, 32, 128: {losses}"
+
+
+def test_the_in_run_val_loss_of_the_same_weights_is_the_same_at_batch_8_32_and_128(corpus_txt, tmp_path):
+    """Step 0's evaluation (the same initial weights, from --seed) in three runs."""
+    step_0 = []
+    for batch_size in (8, 32, 128):
+        save_dir = tmp_path / f"batch{batch_size}"
+        args = [*TINY_MODEL, "--data_path", str(corpus_txt), "--batch_size", str(batch_size), "--max_steps",
+                "1", "--eval_tokens", "0", "--sample_tokens", "0", "--save_dir", str(save_dir)]  # fmt: skip
+        assert train.main(args) == 0
+        step_0.append(next(r["val_loss"] for r in read_metrics(save_dir / METRICS_FILE) if "val_loss" in r))
+    assert step_0 == pytest.approx([step_0[0]] * 3, rel=1e-6), f"val loss at batch 8, 32, 128: {step_0}"
 
 
 def test_bits_per_byte():

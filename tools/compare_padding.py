@@ -58,7 +58,7 @@ def main() -> int:
     # Both models on the same held-out windows: the blocks validation split.
     prepared = prepared_dir(args.data_path, "char", work / "prepared")
     val = data.BlockDataset(load_tokens(prepared, "val"), args.max_seq_len)
-    batches = fixed_eval_batches(val, 16, 10)
+    batches = fixed_eval_batches(val, eval_tokens=16 * 10 * args.max_seq_len, batch_size=16)
     for mode, result in results.items():
         weights = torch.load(work / mode / "model.pt", weights_only=True)
         model = GPT(GPTConfig(**weights["model_config"]))

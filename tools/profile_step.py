@@ -71,7 +71,7 @@ def main() -> int:
     T, B = preset["max_seq_len"], preset["batch_size"]
     train_set = limit_windows(block_dataset(BlockDataset, prepared, "train", T), preset["max_train_tokens"])
     stream = BatchStream(train_set, B, seed=1337, rank=0, world_size=1, num_workers=0, pin_memory=False)
-    eval_batches = fixed_eval_batches(block_dataset(BlockDataset, prepared, "val", T), B, 20)
+    eval_batches = fixed_eval_batches(block_dataset(BlockDataset, prepared, "val", T), 20 * B * T, B)
     torch.manual_seed(1337)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=T, n_layer=preset["num_hidden_layers"],
                        n_head=preset["num_attention_heads"], n_embd=preset["hidden_size"])  # fmt: skip
