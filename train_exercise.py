@@ -34,7 +34,6 @@ all count optimizer steps, never micro-batches. Losses are in nats per token.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from contextlib import nullcontext
@@ -53,6 +52,7 @@ from course.checkpoints import (
     restore_rng_state,
     seed_everything,
 )
+from course.config import RunConfig
 from course.corpus import prepare, prepared_dir, read_meta
 from course.devices import forked_rng
 from course.distributed import (
@@ -371,68 +371,68 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def load_data(
-    args: argparse.Namespace, group: ProcessGroup, device: torch.device
+    config: RunConfig, group: ProcessGroup, device: torch.device
 ) -> tuple[dict, Tokenizer, BatchStream, list]:
     """The corpus's meta.json and tokenizer, the training batches and the fixed
     validation batches. The data are windows of the token files (BlockDataset, TODO 1)
     or, with --dataset_mode documents, MiniMind's padded documents (PretrainDataset, TODO 7)."""
-    data_path = Path(args.data_path) if args.data_path else None
-    target = prepared_dir(data_path, args.tokenizer, Path(args.data_dir) if args.data_dir else None)
+    data_path = Path(config.data_path) if config.data_path else None
+    target = prepared_dir(data_path, config.tokenizer, Path(config.data_dir) if config.data_dir else None)
     if group.is_local_main:  # one process per machine: each machine has its own disk
-        prepare(args.tokenizer, data_path, target)  # tokenize once; later runs reuse the files
+        prepare(config.tokenizer, data_path, target)  # tokenize once; later runs reuse the files
     group.barrier()  # the other processes wait until the data is on disk, then reuse it
     meta = read_meta(target)
     tokenizer = tokenizer_from_meta(meta)
-    cli.check_prompt(args.prompt, tokenizer)
-    T = args.max_seq_len
-    if args.dataset_mode == "documents":
+    cli.check_prompt(config.prompt, tokenizer)
+    T = config.max_seq_len
+    if config.dataset_mode == "documents":
         train_set, val_set = document_datasets(PretrainDataset, data_path, tokenizer, T)
     else:
         # The cpu preset trains on a spread-out subset of the windows (--max_train_tokens).
-        train_set = limit_windows(block_dataset(BlockDataset, target, "train", T), args.max_train_tokens)
+        train_set = limit_windows(block_dataset(BlockDataset, target, "train", T), config.max_train_tokens)
         val_set = block_dataset(BlockDataset, target, "val", T)
     # Each process draws its own share of every batch; page-locked (pinned) memory copies faster to a GPU.
     stream = BatchStream(
         train_set,
-        args.batch_size,
-        args.seed,
+        config.batch_size,
+        config.seed,
         rank=group.rank,
         world_size=group.world_size,
-        num_workers=args.num_workers,
+        num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
     )
     # This process's share of the validation windows: the same windows for any batch size or process count.
-    share = fixed_eval_batches(val_set, args.eval_tokens, args.batch_size, group.rank, group.world_size)
+    share = fixed_eval_batches(val_set, config.eval_tokens, config.batch_size, group.rank, group.world_size)
     eval_batches = [(x.to(device), y.to(device)) for x, y in share]
     return meta, tokenizer, stream, eval_batches
 
 
-def build_model(args: argparse.Namespace, tokenizer: Tokenizer, device: torch.device) -> GPT:
+def build_model(config: RunConfig, tokenizer: Tokenizer, device: torch.device) -> GPT:
     """The GPT of the chosen size (model.py): fresh, or with --from_weight an earlier run's weights."""
-    config = GPTConfig(
+    model_config = GPTConfig(
         vocab_size=tokenizer.vocab_size,
-        block_size=args.max_seq_len,
-        n_layer=args.num_hidden_layers,
-        n_head=args.num_attention_heads,
-        n_embd=args.hidden_size,
-        dropout=args.dropout,
-        use_moe=bool(args.use_moe),
-        position=args.position,
-        norm=args.norm,
-        mlp=args.mlp,
-        qk_norm=bool(args.qk_norm),
-        zero_init=bool(args.zero_init),
-        tie_weights=bool(args.tie_weights),
+        block_size=config.max_seq_len,
+        n_layer=config.num_hidden_layers,
+        n_head=config.num_attention_heads,
+        n_embd=config.hidden_size,
+        dropout=config.dropout,
+        use_moe=bool(config.use_moe),
+        position=config.position,
+        norm=config.norm,
+        mlp=config.mlp,
+        qk_norm=bool(config.qk_norm),
+        zero_init=bool(config.zero_init),
+        tie_weights=bool(config.tie_weights),
     )
     # The same initial weights in every process, from --seed (not seed + rank): FSDP keeps
     # each process's shard of its own copy (DDP would copy rank 0's to the others anyway).
     # Forked, so that the dropout masks still come from seed + rank, on the device too.
     with forked_rng(device):
-        torch.manual_seed(args.seed)
-        model = GPT(config)
-    model.activation_checkpointing = bool(args.activation_checkpointing)  # memory for compute
-    if args.from_weight != "none":
-        load_weights(model, Path(args.from_weight), tokenizer.meta())
+        torch.manual_seed(config.seed)
+        model = GPT(model_config)
+    model.activation_checkpointing = bool(config.activation_checkpointing)  # memory for compute
+    if config.from_weight != "none":
+        load_weights(model, Path(config.from_weight), tokenizer.meta())
     return model.to(device)
 
 
@@ -484,36 +484,46 @@ def save_checkpoint(
     run.save_checkpoint(model, optimizer, state, group)
 
 
-def train(args: argparse.Namespace) -> None:
+def train(command_line: cli.CommandLine) -> None:
     """Set up, then for every optimizer step: LR, batches, train_step, log, evaluate, save.
     Under torchrun every process runs this; only rank 0 logs and saves."""
-    group, device, dtype = cli.configure(args)  # device, number type, processes; options checked
-    run = cli.claim_run_folder(args, group)  # this run's files; another run's are never touched
-    checkpoint = run.load_resume() if args.from_resume else None
-    saved_plan = cli.continue_plan(args, checkpoint, group)  # a resume: same schedule, same batches
-    cli.settle_eval_tokens(args)
-    cli.check_parallel(args, group, dtype)
-    seed_everything(args.seed, group.rank)
+    # The run's config (course.config): the command line and the preset, checked; frozen.
+    group, device, dtype, config = cli.configure(command_line)  # and the device, number type, processes
+    run = cli.claim_run_folder(config, group)  # this run's files; another run's are never touched
+    checkpoint = run.load_resume() if config.from_resume else None
+    config, saved_plan = cli.continue_plan(config, checkpoint, group)  # a resume: its saved plan
+    cli.check_parallel(config, group, dtype)
+    seed_everything(config.seed, group.rank)
 
-    meta, tokenizer, stream, eval_batches = load_data(args, group, device)
-    schedule = cli.plan_schedule(args, stream.batches_per_epoch, saved_plan)  # steps, warmup, min LR
+    meta, tokenizer, stream, eval_batches = load_data(config, group, device)
+    schedule = cli.plan_schedule(config, stream.batches_per_epoch, saved_plan)  # steps, warmup, min LR
 
-    model = build_model(args, tokenizer, device)
+    model = build_model(config, tokenizer, device)
     run.check_free_space(model)  # room for a checkpoint, found before anything is written
-    if args.parallel == "fsdp":  # before the optimizer, so that its state is sharded too
+    if config.parallel == "fsdp":  # before the optimizer, so that its state is sharded too
         shard_model(model, group, device, dtype)
     # Muon's LR as a multiple of the schedule's (set_lr applies it); 0: AdamW for everything.
-    muon_lr_scale = args.muon_lr / args.learning_rate if args.optimizer == "muon" else 0.0
+    muon_lr_scale = config.muon_lr / config.learning_rate if config.optimizer == "muon" else 0.0
     optimizer = configure_optimizers(
-        model, args.weight_decay, args.learning_rate, (0.9, args.beta2), device.type, muon_lr_scale, dtype
+        model,
+        config.weight_decay,
+        config.learning_rate,
+        (0.9, config.beta2),
+        device.type,
+        muon_lr_scale,
+        dtype,
     )
     # While TODO 2 or 5 is open, a stand-in (course.open_todos), decided here once.
     lr_at = open_todos.schedule_or_constant(
-        get_lr, schedule.warmup_steps, schedule.total_steps, args.learning_rate, schedule.min_lr
+        get_lr, schedule.warmup_steps, schedule.total_steps, config.learning_rate, schedule.min_lr
     )
     amp_ctx, scaler = open_todos.precision_or_float32(autocast_context, make_grad_scaler, device, dtype)
     run.describe(
-        model.config.to_dict(), tokenizer.meta(), meta, vars(args), cli.run_plan(args, schedule, group)
+        model.config.to_dict(),
+        tokenizer.meta(),
+        meta,
+        config.to_dict(),
+        cli.run_plan(config, schedule, group),
     )
     start_step, best_val_loss = 0, float("inf")
     if checkpoint is not None:  # continue the stopped run exactly: same state, same next batch
@@ -523,31 +533,31 @@ def train(args: argparse.Namespace) -> None:
         start_step, data_position, best_val_loss = restore_checkpoint(checkpoint, model, optimizer, scaler)
         stream.seek(**data_position)
     resumed_at = start_step if checkpoint is not None else None
-    logbook = Logbook(args, group, device, dtype, tokenizer, meta, scaler, resumed_at, run.folder)
-    train_model = wrap_for_training(model, group, device, args.use_compile)
+    logbook = Logbook(config, group, device, dtype, tokenizer, meta, scaler, resumed_at, run.folder)
+    train_model = wrap_for_training(model, group, device, config.use_compile)
     logbook.print_setup(model, len(stream.dataset), schedule, start_step, stream.batches_per_epoch)
 
     if start_step == 0:  # the untrained model: loss ≈ ln(vocab size)
         best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
     end_step = schedule.end_step
-    profiler = StepProfiler(args.profile, run.folder, device, group.is_main)  # --profile N
+    profiler = StepProfiler(config.profile, run.folder, device, group.is_main)  # --profile N
     with StopRequests(announce=group.is_main) as signals, logbook.progress(start_step, end_step), profiler:
         for step in range(start_step, end_step):
             lr = lr_at(step)
             micro_batches = [
                 (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-                for x, y in (next(stream) for _ in range(args.accumulation_steps))
+                for x, y in (next(stream) for _ in range(config.accumulation_steps))
             ]
-            stats = train_step(train_model, optimizer, scaler, micro_batches, lr, args.grad_clip, amp_ctx)
+            stats = train_step(train_model, optimizer, scaler, micro_batches, lr, config.grad_clip, amp_ctx)
             logbook.step_done(stats)
             profiler.step()
 
             done = step + 1  # optimizer steps completed
             # Read once, and agreed by every process: a Ctrl+C or SIGTERM stops them all after this step.
             stop = group.any(signals.requested is not None)
-            at_log = done % args.log_interval == 0 or done == end_step
-            at_eval = evaluation_due(done, args.eval_interval, end_step)
-            at_save = done % args.save_interval == 0 or done == end_step or stop
+            at_log = done % config.log_interval == 0 or done == end_step
+            at_eval = evaluation_due(done, config.eval_interval, end_step)
+            at_save = done % config.save_interval == 0 or done == end_step or stop
             if at_log or at_eval or at_save:
                 # The losses and real targets since the last log line, summed over the processes;
                 # checked before a NaN is logged or saved over a good checkpoint.

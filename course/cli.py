@@ -18,15 +18,17 @@ import math
 import os
 import signal
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 import torch.distributed as dist
 
 from course import corpus
 from course.checkpoints import RunFiles
+from course.config import RunConfig
 from course.corpus import TOKENIZERS
 from course.devices import enable_tf32, resolve_device, resolve_dtype
 from course.distributed import PARALLEL_MODES, ProcessGroup, init_distributed, shut_down
@@ -359,17 +361,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def fill_preset(args: argparse.Namespace, device: torch.device) -> None:
-    """Options left unset take the preset's value for this hardware."""
-    preset = args.preset if args.preset != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+def with_preset(options: Mapping, device: torch.device) -> dict:
+    """The options, those left unset taking the preset's value for this hardware."""
+    preset = options["preset"] if options["preset"] != "auto" else ("gpu" if device.type == "cuda" else "cpu")
+    filled = {**options, "preset": preset}
     for key, value in PRESETS[preset].items():
-        if getattr(args, key) is None and not (key == "max_steps" and args.epochs is not None):
-            setattr(args, key, value)
-    args.preset = preset
+        if options[key] is None and not (key == "max_steps" and options["epochs"] is not None):
+            filled[key] = value
+    return filled
 
 
-def check_options(args: argparse.Namespace) -> None:
-    if args.dataset_mode == "documents" and not (args.data_path or "").endswith(".jsonl"):
+def check_options(config: RunConfig) -> None:
+    if config.dataset_mode == "documents" and not (config.data_path or "").endswith(".jsonl"):
         raise UsageError(
             "--dataset_mode documents reads MiniMind .jsonl documents: give --data_path file.jsonl"
         )
@@ -388,42 +391,42 @@ def check_options(args: argparse.Namespace) -> None:
         "save_interval",
     ]
     for name in positive + ["max_steps", "epochs"]:
-        value = getattr(args, name)
+        value = getattr(config, name)
         if value is not None and value <= 0:
             raise UsageError(f"--{name} must be positive, got {value}")
     for name in ["min_lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "max_train_tokens",
                  "sample_tokens", "profile", "eval_tokens"]:  # fmt: skip
-        value = getattr(args, name)
+        value = getattr(config, name)
         if value is not None and value < 0:
             raise UsageError(f"--{name} must not be negative, got {value}")
     for name in ["learning_rate", "min_lr", "muon_lr", "weight_decay", "grad_clip", "dropout", "epochs"]:
-        value = getattr(args, name)
+        value = getattr(config, name)
         if value is not None and not math.isfinite(value):  # nan passes every comparison above
             raise UsageError(f"--{name} must be a finite number, got {value}")
-    if args.max_steps is not None and args.max_steps > MAX_STEPS:
-        raise UsageError(f"--max_steps {args.max_steps} is more than {MAX_STEPS:,} steps; is it a typo?")
-    if args.sample_tokens > MAX_SAMPLE_TOKENS:
-        raise UsageError(f"--sample_tokens must be at most {MAX_SAMPLE_TOKENS:,}, got {args.sample_tokens}")
-    if args.from_resume and args.from_weight != "none":
+    if config.max_steps is not None and config.max_steps > MAX_STEPS:
+        raise UsageError(f"--max_steps {config.max_steps} is more than {MAX_STEPS:,} steps; is it a typo?")
+    if config.sample_tokens > MAX_SAMPLE_TOKENS:
+        raise UsageError(f"--sample_tokens must be at most {MAX_SAMPLE_TOKENS:,}, got {config.sample_tokens}")
+    if config.from_resume and config.from_weight != "none":
         raise UsageError(
             "--from_resume 1 continues the saved run with its own weights, so --from_weight would be "
             "ignored: give one of the two"
         )
-    if args.from_resume and args.overwrite:
+    if config.from_resume and config.overwrite:
         raise UsageError("--from_resume 1 continues the saved run and --overwrite 1 replaces it: give one")
-    if not 0 <= args.dropout < 1:
-        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if not 0 <= args.beta2 < 1:  # also refuses nan
-        raise UsageError(f"--beta2 must be in [0, 1), got {args.beta2}")
-    if args.hidden_size % args.num_attention_heads:
+    if not 0 <= config.dropout < 1:
+        raise UsageError(f"--dropout must be in [0, 1), got {config.dropout}")
+    if not 0 <= config.beta2 < 1:  # also refuses nan
+        raise UsageError(f"--beta2 must be in [0, 1), got {config.beta2}")
+    if config.hidden_size % config.num_attention_heads:
         raise UsageError(
-            f"--hidden_size {args.hidden_size} must be divisible by "
-            f"--num_attention_heads {args.num_attention_heads}"
+            f"--hidden_size {config.hidden_size} must be divisible by "
+            f"--num_attention_heads {config.num_attention_heads}"
         )
-    if args.eval_iters is not None and "eval_tokens" in args.options_given:
+    if config.eval_iters is not None and "eval_tokens" in config.options_given:
         raise UsageError("--eval_iters and --eval_tokens both set the validation budget: give one")
-    if args.min_lr is not None and args.min_lr > args.learning_rate:
-        raise UsageError(f"--min_lr {args.min_lr} is larger than --learning_rate {args.learning_rate}")
+    if config.min_lr is not None and config.min_lr > config.learning_rate:
+        raise UsageError(f"--min_lr {config.min_lr} is larger than --learning_rate {config.learning_rate}")
 
 
 def check_seed(seed: int, world_size: int) -> None:
@@ -433,19 +436,19 @@ def check_seed(seed: int, world_size: int) -> None:
         raise UsageError(f"--seed must be between 0 and {highest}{processes}, got {seed}")
 
 
-def count_total_steps(args: argparse.Namespace, batches_per_epoch: int) -> int:
-    steps_per_epoch = batches_per_epoch // args.accumulation_steps
+def count_total_steps(config: RunConfig, batches_per_epoch: int) -> int:
+    steps_per_epoch = batches_per_epoch // config.accumulation_steps
     if steps_per_epoch == 0:
         raise UsageError(
-            f"one optimizer step of {args.accumulation_steps} micro-batches is more than an epoch "
+            f"one optimizer step of {config.accumulation_steps} micro-batches is more than an epoch "
             f"({batches_per_epoch} micro-batches of this data); lower --batch_size or --accumulation_steps"
         )
-    if args.max_steps is not None:
-        return args.max_steps
-    steps = args.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        return config.max_steps
+    steps = config.epochs * steps_per_epoch
     if steps > MAX_STEPS:
         raise UsageError(
-            f"--epochs {args.epochs} is {steps:.3g} steps, more than {MAX_STEPS:,}; is it a typo?"
+            f"--epochs {config.epochs} is {steps:.3g} steps, more than {MAX_STEPS:,}; is it a typo?"
         )
     return max(1, round(steps))
 
@@ -464,44 +467,47 @@ class Schedule:
 UNSET = object()
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The options, and in options_given the names of those on the command line (a
-    resume must tell an option given from one left at its default)."""
+@dataclass(frozen=True)
+class CommandLine:
+    """The options as typed: every option's value (its default where it was left out),
+    and the names of those given (a resume must tell an option given from one left at
+    its default)."""
+
+    options: Mapping[str, object]
+    given: tuple[str, ...]
+
+
+def parse_args(argv: list[str] | None) -> CommandLine:
+    """argv (None: the script's own arguments) as a CommandLine; a mistake ends here (exit 2)."""
     parser = build_parser()
-    names = vars(parser.parse_args([])).keys()
-    args = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, UNSET)))
     defaults = vars(parser.parse_args([]))
-    given = sorted(name for name in names if getattr(args, name) is not UNSET)
-    for name in names:
-        if getattr(args, name) is UNSET:
-            setattr(args, name, defaults[name])
-    args.options_given = given
-    return args
+    typed = vars(parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(defaults, UNSET))))
+    given = tuple(sorted(name for name, value in typed.items() if value is not UNSET))
+    options = {name: defaults[name] if value is UNSET else value for name, value in typed.items()}
+    return CommandLine(MappingProxyType(options), given)
 
 
-def plan_schedule(
-    args: argparse.Namespace, batches_per_epoch: int, saved_plan: dict | None = None
-) -> Schedule:
+def plan_schedule(config: RunConfig, batches_per_epoch: int, saved_plan: dict | None = None) -> Schedule:
     """The number of steps (--max_steps, or --epochs of the training split), the warmup
     (default: 10% of the steps) and the final LR (default: learning_rate / 10); when
     resuming, the saved run's, with --max_steps or --epochs moving only where it ends."""
     if saved_plan is not None:
-        given_length = {"max_steps", "epochs"} & set(args.options_given)
-        end_step = count_total_steps(args, batches_per_epoch) if given_length else saved_plan["total_steps"]
+        given_length = {"max_steps", "epochs"} & set(config.options_given)
+        end_step = count_total_steps(config, batches_per_epoch) if given_length else saved_plan["total_steps"]
         if end_step <= saved_plan["step"]:
             asked = f"--max_steps {end_step}" if given_length else f"the saved plan of {end_step} steps"
             raise UsageError(
                 f"the checkpoint is at step {saved_plan['step']}, so {asked} leaves nothing to train: "
                 f"give a --max_steps above {saved_plan['step']} to train on"
             )
-        return Schedule(saved_plan["total_steps"], saved_plan["warmup_steps"], args.min_lr, end_step)
-    total_steps = count_total_steps(args, batches_per_epoch)
-    warmup_steps = args.warmup_steps if args.warmup_steps is not None else total_steps // 10
+        return Schedule(saved_plan["total_steps"], saved_plan["warmup_steps"], config.min_lr, end_step)
+    total_steps = count_total_steps(config, batches_per_epoch)
+    warmup_steps = config.warmup_steps if config.warmup_steps is not None else total_steps // 10
     if warmup_steps >= total_steps:
         raise UsageError(
             f"--warmup_steps {warmup_steps} must be smaller than the {total_steps} training steps"
         )
-    min_lr = args.min_lr if args.min_lr is not None else args.learning_rate / 10
+    min_lr = config.min_lr if config.min_lr is not None else config.learning_rate / 10
     return Schedule(total_steps, warmup_steps, min_lr, total_steps)
 
 
@@ -512,9 +518,9 @@ PLAN_OPTIONS = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumu
                 "parallel")  # fmt: skip
 
 
-def run_plan(args: argparse.Namespace, schedule: Schedule, group: ProcessGroup) -> dict:
+def run_plan(config: RunConfig, schedule: Schedule, group: ProcessGroup) -> dict:
     """What a resume must continue: saved with every resume checkpoint."""
-    plan = {name: getattr(args, name) for name in PLAN_OPTIONS}
+    plan = {name: getattr(config, name) for name in PLAN_OPTIONS}
     plan.update(total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps, min_lr=schedule.min_lr)
     return {**plan, "world_size": group.world_size}
 
@@ -552,54 +558,57 @@ ON_RESUME = {
 }  # fmt: skip
 
 
-def continue_plan(args: argparse.Namespace, checkpoint: dict | None, group: ProcessGroup) -> dict | None:
-    """--from_resume 1: options left out take the saved run's values; an option given
-    with another value would change the run the checkpoint continues, and is refused
-    (the learning rates apart, see RESUME_MAY_CHANGE). Returns the saved plan, or None
-    for a new run (or a checkpoint saved before plans were)."""
+def continue_plan(
+    config: RunConfig, checkpoint: dict | None, group: ProcessGroup
+) -> tuple[RunConfig, dict | None]:
+    """The run's final config, and the saved plan (None for a new run, or a checkpoint
+    saved before plans were). --from_resume 1: options left out take the saved run's
+    values; an option given with another value would change the run the checkpoint
+    continues, and is refused (the learning rates apart, see RESUME_MAY_CHANGE). Then
+    --eval_iters becomes the tokens it stands for, with the run's batch size."""
     plan = checkpoint.get("plan") if checkpoint is not None else None
     if plan is None:
-        return None
+        return with_eval_budget(config), None
     plan = {"optimizer": "adamw", "parallel": "ddp", **plan}  # saved before Muon or FSDP existed
     if plan["world_size"] != group.world_size:
         raise UsageError(
             f"the saved run trained with {plan['world_size']} process(es), this one has {group.world_size}: "
             "each process reads its own share of every batch, so resume with the same number"
         )
+    saved = {}
     for name in PLAN_OPTIONS:
         if name not in plan:  # saved by an older version of this script
             continue
-        given = name in args.options_given
-        if given and getattr(args, name) != plan[name] and name in RESUME_MAY_CHANGE:
-            print(
-                f"note: --{name} {getattr(args, name)} replaces the saved run's {plan[name]!r} from here on"
-            )
-        elif given and getattr(args, name) != plan[name]:
+        value, given = getattr(config, name), name in config.options_given
+        if given and value != plan[name] and name in RESUME_MAY_CHANGE:
+            print(f"note: --{name} {value} replaces the saved run's {plan[name]!r} from here on")
+        elif given and value != plan[name]:
             raise UsageError(
-                f"--{name} {getattr(args, name)} would change the saved run ({name}={plan[name]!r}): "
+                f"--{name} {value} would change the saved run ({name}={plan[name]!r}): "
                 "leave it out to continue that run, or start a new one in another --save_dir"
             )
         else:
-            setattr(args, name, plan[name])
-    if args.min_lr > args.learning_rate:
+            saved[name] = plan[name]
+    config = replace(config, **saved)
+    if config.min_lr > config.learning_rate:
         raise UsageError(
-            f"--learning_rate {args.learning_rate} is below the saved run's min_lr {args.min_lr}: "
+            f"--learning_rate {config.learning_rate} is below the saved run's min_lr {config.min_lr}: "
             "give --min_lr too"
         )
-    return {**plan, "step": checkpoint["step"]}
+    return with_eval_budget(config), {**plan, "step": checkpoint["step"]}
 
 
-def settle_eval_tokens(args: argparse.Namespace) -> None:
-    """--eval_iters N, nanoGPT's way to give the budget, as the tokens it stands for (with
-    the batch size of the run, the saved one on a resume)."""
-    if args.eval_iters is not None:
-        args.eval_tokens = args.eval_iters * args.batch_size * args.max_seq_len
+def with_eval_budget(config: RunConfig) -> RunConfig:
+    """--eval_iters N, nanoGPT's way to give the budget, as the tokens it stands for."""
+    if config.eval_iters is None:
+        return config
+    return replace(config, eval_tokens=config.eval_iters * config.batch_size * config.max_seq_len)
 
 
-def check_parallel(args: argparse.Namespace, group: ProcessGroup, dtype: torch.dtype) -> None:
+def check_parallel(config: RunConfig, group: ProcessGroup, dtype: torch.dtype) -> None:
     """--parallel fsdp needs processes to shard over, and a number type FSDP can scale
     honestly. (Checked once a resume has taken the saved run's --parallel.)"""
-    if args.parallel != "fsdp":
+    if config.parallel != "fsdp":
         return
     if "RANK" not in os.environ:
         raise UsageError(
@@ -613,30 +622,41 @@ def check_parallel(args: argparse.Namespace, group: ProcessGroup, dtype: torch.d
         )
 
 
-def configure(args: argparse.Namespace) -> tuple[ProcessGroup, torch.device, torch.dtype]:
-    """The device, the number type and this process's place among the processes;
-    the preset's values for options left unset; then every option is checked."""
-    group, device = init_distributed(resolve_device(args.device))
-    dtype = resolve_dtype(args.dtype, device)
+def run_config(command_line: CommandLine, device: torch.device) -> RunConfig:
+    """The command line, with the preset's values for this device where options were left out."""
+    options = {
+        name: command_line.options[name] for name in RunConfig.field_names() if name != "options_given"
+    }
+    return RunConfig(**with_preset(options, device), options_given=command_line.given)
+
+
+def configure(command_line: CommandLine) -> tuple[ProcessGroup, torch.device, torch.dtype, RunConfig]:
+    """The device, the number type and this process's place among the processes, and
+    the run's config: the command line with the preset's values for the options left
+    unset, every option checked (a resume's saved plan comes in with continue_plan)."""
+    group, device = init_distributed(resolve_device(command_line.options["device"]))
+    dtype = resolve_dtype(command_line.options["dtype"], device)
     enable_tf32(device)
-    fill_preset(args, device)
-    check_options(args)
-    check_seed(args.seed, group.world_size)
-    check_folder(Path(args.data_dir) if args.data_dir else corpus.DATA_DIR, "--data_dir")
-    return group, device, dtype
+    config = run_config(command_line, device)
+    check_options(config)
+    check_seed(config.seed, group.world_size)
+    check_folder(Path(config.data_dir) if config.data_dir else corpus.DATA_DIR, "--data_dir")
+    return group, device, dtype, config
 
 
 _claimed: list[RunFolder] = []  # released when the run ends, however it ends (see main)
 
 
-def claim_run_folder(args: argparse.Namespace, group: ProcessGroup) -> RunFiles:
+def claim_run_folder(config: RunConfig, group: ProcessGroup) -> RunFiles:
     """This run's folder (course.run_folder): checked and locked by rank 0, refused if it
     holds another run (unless --from_resume 1 or --overwrite 1); a new run's files are
     staged until its first checkpoint. Every process gets rank 0's verdict."""
-    save_dir, folder, error = Path(args.save_dir), None, None
+    save_dir, folder, error = Path(config.save_dir), None, None
     if group.is_main:
         try:
-            folder = RunFolder.claim(save_dir, resume=bool(args.from_resume), overwrite=bool(args.overwrite))
+            folder = RunFolder.claim(
+                save_dir, resume=bool(config.from_resume), overwrite=bool(config.overwrite)
+            )
             _claimed.append(folder)
         except UsageError as err:
             error = str(err)
@@ -687,23 +707,24 @@ def check_prompt(prompt: str, tokenizer) -> None:
         raise UsageError(f"--prompt: {err}") from None
 
 
-def main(train: Callable[[argparse.Namespace], None], argv: list[str] | None, script: Path) -> int:
+def main(train: Callable[[CommandLine], None], argv: list[str] | None, script: Path) -> int:
     """Parse the options, run `train`, and turn the ways a run can end into exit codes:
     0 done, 1 diverged, a full disk or stopped at an open TODO, 2 a usage or data
     mistake, 130 Ctrl+C, 143 SIGTERM."""
     if sys.excepthook is grade_despite_a_broken_chapter:  # the script has started: no longer needed
         sys.excepthook = sys.__excepthook__
-    args = parse_args(argv)
-    if args.hint:
-        return show_hint(args.hint, script)
-    if args.test:
+    command_line = parse_args(argv)
+    hint, test = command_line.options["hint"], command_line.options["test"]
+    if hint:
+        return show_hint(hint, script)
+    if test:
         from tests.scoreboard import grade  # the graded tests live in tests/
 
-        return grade(script, None if args.test == "all" else args.test)
+        return grade(script, None if test == "all" else test)
     previous_sigterm = signal.getsignal(signal.SIGTERM)
     stop_at_once_on_sigterm()  # so that a SIGTERM before training still removes temporary files
     try:
-        train(args)
+        train(command_line)
     except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

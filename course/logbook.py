@@ -19,7 +19,6 @@ training steps only, not evaluation or saving. Only rank 0 writes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -31,6 +30,7 @@ from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from course.checkpoints import data_identity
+from course.config import RunConfig
 from course.devices import describe_dtype, forked_rng, gpu_peak_flops
 from course.distributed import ProcessGroup, is_sharded
 from course.guards import check_finite
@@ -152,7 +152,7 @@ class Logbook:
 
     def __init__(
         self,
-        args: argparse.Namespace,
+        config: RunConfig,
         group: ProcessGroup,
         device: torch.device,
         dtype: torch.dtype,
@@ -164,21 +164,23 @@ class Logbook:
     ) -> None:
         """meta: the prepared corpus's meta.json. resumed_at: the step of the checkpoint
         that a resumed run continues, None for a new run. folder: where the files go."""
-        self.args, self.group, self.device, self.tokenizer = args, group, device, tokenizer
+        self.config, self.group, self.device, self.tokenizer = config, group, device, tokenizer
         self.folder = folder
         self.meta, self.scaler, self.resumed_at = meta, scaler, resumed_at
         # The (tokens, bytes) of text that bits per byte is measured against: the
         # validation split, or in documents mode the whole corpus's bytes per token
         # (the validation documents are not the validation split).
-        if args.dataset_mode == "documents":
+        if config.dataset_mode == "documents":
             self.text_size = (
                 meta["train_tokens"] + meta["val_tokens"],
                 meta["train_bytes"] + meta["val_bytes"],
             )
         else:
             self.text_size = (meta["val_tokens"], meta["val_bytes"])
-        self.save_dir = Path(args.save_dir)
-        self.tokens_per_step = args.batch_size * args.accumulation_steps * args.max_seq_len * group.world_size
+        self.save_dir = Path(config.save_dir)
+        self.tokens_per_step = (
+            config.batch_size * config.accumulation_steps * config.max_seq_len * group.world_size
+        )
         self.dtype = dtype
         self.reference = None  # the course's reference run of this recipe, found by print_setup
         self.peak_flops = gpu_peak_flops(device, dtype)
@@ -260,7 +262,7 @@ class Logbook:
                 "grad_norm": norm if math.isfinite(norm) else None,
                 "tokens_per_sec": tokens_per_sec,
             }
-            if self.args.use_moe:
+            if self.config.use_moe:
                 record["aux_loss"] = aux_sum / targets
             if self.scaler.is_enabled():
                 record["skipped_steps"] = self.skipped_steps
@@ -292,11 +294,11 @@ class Logbook:
             summary += (
                 f": val loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, {bpb:.3f} bits/byte"
             )
-        args = self.args
+        config = self.config
         sample = None
-        if args.sample_tokens > 0 and (self.group.is_main or is_sharded(model)):
+        if config.sample_tokens > 0 and (self.group.is_main or is_sharded(model)):
             sample = sample_text(
-                model, self.tokenizer, args.prompt, args.sample_tokens, self.device, args.seed
+                model, self.tokenizer, config.prompt, config.sample_tokens, self.device, config.seed
             )
         if not self.group.is_main:
             return
@@ -313,21 +315,22 @@ class Logbook:
     ) -> None:
         """Two lines that say what this run is about to do, and the reference run it
         will be compared with at the end (course.reference), if the course has one."""
-        args, group, meta, dtype = self.args, self.group, self.meta, self.dtype
+        config, group, meta, dtype = self.config, self.group, self.meta, self.dtype
         dtype_name = str(dtype).removeprefix("torch.")
-        run_recipe = recipe(vars(args), schedule, dtype_name, group.world_size, data_identity(meta))
+        run_recipe = recipe(config.to_dict(), schedule, dtype_name, group.world_size, data_identity(meta))
         self.reference = find_reference(run_recipe)
         processes = f"{group.world_size} processes, " if group.world_size > 1 else ""
         self.print(
-            f"{processes}device {self.device} ({describe_dtype(args.dtype, self.device, dtype)}), "
-            f"preset {args.preset}, "
+            f"{processes}device {self.device} ({describe_dtype(config.dtype, self.device, dtype)}), "
+            f"preset {config.preset}, "
             f"{model.num_params() / 1e6:.2f}M parameters, tokenizer {self.tokenizer.name} "
-            f"(vocab {self.tokenizer.vocab_size}), training on {train_windows * args.max_seq_len:,} "
+            f"(vocab {self.tokenizer.vocab_size}), training on {train_windows * config.max_seq_len:,} "
             f"of {meta['train_tokens']:,} tokens"
         )
         self.print(
             f"steps {start_step} → {schedule.end_step}, {self.tokens_per_step:,} tokens per step, "
-            f"{batches_per_epoch // args.accumulation_steps} steps per epoch, warmup {schedule.warmup_steps}"
+            f"{batches_per_epoch // config.accumulation_steps} steps per epoch, "
+            f"warmup {schedule.warmup_steps}"
         )
         if schedule.end_step > schedule.total_steps:
             first = max(start_step, schedule.total_steps) + 1

@@ -168,30 +168,30 @@ def test_resume_with_another_number_of_processes_is_refused():
     from course.distributed import ProcessGroup
     from course.errors import UsageError
 
-    args = train_args_for_plan()
-    plan = {**{name: getattr(args, name) for name in ("learning_rate", "min_lr", "warmup_steps", "batch_size",
-            "accumulation_steps", "seed", "max_train_tokens")}, "world_size": 2}  # fmt: skip
+    config = config_for_plan()
+    names = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumulation_steps", "seed",
+             "max_train_tokens")  # fmt: skip
+    plan = {**{name: getattr(config, name) for name in names}, "world_size": 2}
     with pytest.raises(UsageError, match="the saved run trained with 2 process.es., this one has 1"):
-        continue_plan(args, {"plan": plan, "step": 1}, ProcessGroup(rank=0, world_size=1))
+        continue_plan(config, {"plan": plan, "step": 1}, ProcessGroup(rank=0, world_size=1))
 
 
-def train_args_for_plan():
-    from course.cli import parse_args
+def config_for_plan():
+    from course.cli import parse_args, run_config
 
-    return parse_args(
-        ["--learning_rate", "1e-3", "--min_lr", "1e-4", "--warmup_steps", "2", "--batch_size", "4"]
-    )
+    argv = ["--learning_rate", "1e-3", "--min_lr", "1e-4", "--warmup_steps", "2", "--batch_size", "4"]
+    return run_config(parse_args(argv), torch.device("cpu"))
 
 
 def test_a_checkpoint_saved_before_muon_existed_resumes_with_adamw():
     from course.cli import PLAN_OPTIONS, continue_plan
     from course.distributed import ProcessGroup
 
-    args = train_args_for_plan()
+    config = config_for_plan()
     old_options = [name for name in PLAN_OPTIONS if name not in ("optimizer", "muon_lr")]
-    plan = {**{name: getattr(args, name) for name in old_options}, "world_size": 1}
-    continue_plan(args, {"plan": plan, "step": 1}, ProcessGroup())
-    assert args.optimizer == "adamw", "an older checkpoint holds AdamW's state: the resume must keep AdamW"
+    plan = {**{name: getattr(config, name) for name in old_options}, "world_size": 1}
+    resumed, _ = continue_plan(config, {"plan": plan, "step": 1}, ProcessGroup())
+    assert resumed.optimizer == "adamw", "an older checkpoint holds AdamW's state: the resume must keep AdamW"
 
 
 def test_from_weight_starts_a_new_run_from_saved_weights(corpus_txt, tmp_path, capsys):
@@ -476,10 +476,10 @@ def test_fsdp_refuses_float16_whose_overflow_check_would_see_one_shard(monkeypat
     from course.errors import UsageError
 
     monkeypatch.setenv("RANK", "0")  # as under torchrun
-    args = train.cli.parse_args(["--parallel", "fsdp"])
+    config = train.cli.run_config(train.cli.parse_args(["--parallel", "fsdp"]), torch.device("cpu"))
     with pytest.raises(UsageError, match="GradScaler would check only this process's shard"):
-        check_parallel(args, ProcessGroup(0, 2), torch.float16)
-    check_parallel(args, ProcessGroup(0, 2), torch.bfloat16)  # fine
+        check_parallel(config, ProcessGroup(0, 2), torch.float16)
+    check_parallel(config, ProcessGroup(0, 2), torch.bfloat16)  # fine
 
 
 def test_a_seed_plus_the_highest_rank_must_fit_in_32_bits():
@@ -709,3 +709,20 @@ def test_eval_iters_is_a_budget_in_batches(corpus_txt, tmp_path, capsys):
         "error: --eval_iters and --eval_tokens both set the validation budget: give one"
     ), err
     assert not (tmp_path / "both").exists(), "refused before anything was written"
+
+
+def test_the_run_config_holds_every_option_and_cannot_change():
+    import dataclasses
+
+    from course.cli import PRESETS, build_parser, continue_plan, parse_args, run_config
+    from course.config import RunConfig
+
+    options = {action.dest for action in build_parser()._actions if action.dest != "help"}
+    assert set(RunConfig.field_names()) == (options - {"test", "hint"}) | {"options_given"}
+    config = run_config(parse_args(["--batch_size", "8"]), torch.device("cpu"))
+    assert config.preset == "cpu" and config.hidden_size == PRESETS["cpu"]["hidden_size"], "the preset's"
+    assert config.batch_size == 8 and config.options_given == ("batch_size",), "the command line's"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.batch_size = 16
+    budget = run_config(parse_args(["--eval_iters", "3"]), torch.device("cpu"))
+    assert continue_plan(budget, None, None)[0].eval_tokens == 3 * 32 * 64, "--eval_iters in tokens"

@@ -1,5 +1,6 @@
 """How the files depend on each other: no import circle among the course's modules (a
-function-level import counts too), and model.py the model only."""
+function-level import counts too), model.py the model only, and a run's settings read
+from one frozen config (course.config.RunConfig), never from a Namespace changed on the way."""
 
 from __future__ import annotations
 
@@ -62,3 +63,15 @@ def test_model_py_is_the_model_only() -> None:
     imports = imported_modules(ROOT / "model.py")
     assert not any(name.startswith(("torch.optim", "torch.distributed", "course")) for name in imports)
     assert "torch.optim" not in (ROOT / "model.py").read_text(encoding="utf-8")
+
+
+def test_the_training_code_reads_the_run_config_not_a_namespace() -> None:
+    """The training chapter and the modules around it take a RunConfig; only the
+    parsers of course.cli, course.sample and course.grading see argparse's Namespace."""
+    for path in [ROOT / "train_solution.py", *sorted((ROOT / "course").glob("*.py"))]:
+        text = path.read_text(encoding="utf-8")
+        assert "setattr(args" not in text and "options_given =" not in text, (
+            f"{path.name} changes a Namespace"
+        )
+        if path.name not in ("cli.py", "sample.py", "grading.py", "errors.py"):
+            assert "argparse" not in text, f"{path.name} reads a run's options from argparse's Namespace"
