@@ -130,10 +130,17 @@ def table(references: list[dict]) -> str:
 
 
 def merge(path: Path, new: list[dict]) -> None:
-    """Replace the references of the same recipe, keep the others."""
+    """Replace the references of the same recipe, keep the others; drop those whose
+    recipe has other fields than the new ones (an option was added or removed since:
+    no run can match them any more)."""
     runs = json.loads(path.read_text())["runs"] if path.is_file() else []
     recipes = [ref["recipe"] for ref in new]
-    runs = [ref for ref in runs if ref["recipe"] not in recipes] + new
+    fields = {frozenset(recipe) for recipe in recipes}
+    stale = [ref for ref in runs if frozenset(ref["recipe"]) not in fields]
+    for ref in stale:
+        print(f"dropped the reference of `{ref['command']}` ({ref['recipe']['dtype']}, {ref['machine']}): "
+              "its recipe has other fields than today's, so no run matches it; run it again")  # fmt: skip
+    runs = [ref for ref in runs if ref["recipe"] not in recipes and ref not in stale] + new
     runs.sort(key=lambda ref: (ref["name"], ref["recipe"]["dtype"], ref["machine"]))
     path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
 
