@@ -87,8 +87,8 @@ PRESETS = {
 MAX_STEPS = 10**9  # more optimizer steps than any run here could take: a typo (--epochs 1e300)
 MAX_SAMPLE_TOKENS = 10_000  # a sample at every evaluation; longer ones would stall the run
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; each process seeds with seed + rank
-# Validation tokens per evaluation: on the main job, 3,072 windows spread over the split
-# read within 0.005 nats of the whole split (the README's "Evaluation" section).
+# Validation tokens per evaluation, chosen with tools/eval_budget.py: how close each budget
+# comes to the whole split is in the README ("How the validation loss is measured").
 EVAL_TOKENS = 196_608
 
 

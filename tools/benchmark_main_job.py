@@ -146,7 +146,7 @@ def main() -> int:
     below = list(CPU_CLASSES)[list(CPU_CLASSES).index(own_class) :]  # a cap can only lower the class
     wanted = below if args.cpu_class == "all" else [args.cpu_class or own_class]
     if not set(wanted) <= set(below):
-        raise SystemExit(f"error: a {own_class} CPU can stand in for {', '.join(below)} only")
+        raise SystemExit(f"error: this {own_class} CPU can stand in for {', '.join(below)} only")
     for cpu_class in wanted:
         jobs = {**JOBS, **(FLOAT32_JOB if args.float32 else {})}
         benchmark_class(cpu_class, args.seeds, args.out, jobs)

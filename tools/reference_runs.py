@@ -1,7 +1,7 @@
 """Run the commands the README gives a learner and commit what they reached, so every
 run of the same command and number type can say whether it is on track.
 
-    python tools/reference_runs.py                     # every command, every CPU class this machine can be
+    python tools/reference_runs.py                     # every command: this CPU's class, and AVX2 below it
     python tools/reference_runs.py --commands main     # the main job only
     python tools/reference_runs.py --cpu_class AVX2    # only as an AVX2-only CPU (float32)
     python tools/reference_runs.py --table             # the README's table, from the committed runs
@@ -150,15 +150,25 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--commands", nargs="+", choices=sorted(COMMANDS), default=sorted(COMMANDS))
-    parser.add_argument("--cpu_class", nargs="+", choices=[*CPU_CLASSES, "none"], default=["AMX", "AVX2"])
+    parser.add_argument(
+        "--cpu_class",
+        nargs="+",
+        choices=[*CPU_CLASSES, "none"],
+        help="default: this CPU's class, and AVX2 (float32) below it",
+    )
     parser.add_argument("--output", type=Path, default=REFERENCE_FILE)
     parser.add_argument("--table", action="store_true", help="print the README's table and exit")
     args = parser.parse_args()
     if args.table:
         print(table(load_references(args.output)))
         return
+    own_class = this_cpu()[1]
+    below = list(CPU_CLASSES)[list(CPU_CLASSES).index(own_class) :]  # a cap can only lower the class
+    wanted = args.cpu_class or sorted({own_class, "AVX2"}, key=list(CPU_CLASSES).index)
+    if not set(wanted) - {"none"} <= set(below):
+        raise SystemExit(f"error: this {own_class} CPU can stand in for {', '.join(below)} only")
     new = []
-    for cpu_class in args.cpu_class:
+    for cpu_class in wanted:
         env = {**os.environ, **CPU_CLASSES.get(cpu_class, {})}
         machine = machine_class(cpu_class) if cpu_class != "none" else torch.cuda.get_device_name()
         for name in args.commands:
