@@ -444,12 +444,13 @@ def validate(
     best_val_loss: float,
     logbook: Logbook,
     run: RunFiles,
+    group: ProcessGroup,
 ) -> float:
     """Evaluate [6], log it with a text sample, and keep the weights of the best
     validation loss so far in best.pt (what nanoGPT keeps); returns the best loss.
     Every process runs this on its share of the validation windows, and gets the
     loss over all of them; rank 0 writes."""
-    result = open_todos.evaluate_or_none(evaluate, model, eval_batches, amp_ctx)
+    result = open_todos.evaluate_or_none(evaluate, group, model, eval_batches, amp_ctx)
     if result is not None and result.loss < best_val_loss:
         best_val_loss = result.loss
         run.save_weights(model, BEST_FILE, step=step, val_loss=result.loss)
@@ -538,7 +539,7 @@ def train(command_line: cli.CommandLine) -> None:
     logbook.print_setup(model, len(stream.dataset), schedule, start_step, stream.batches_per_epoch)
 
     if start_step == 0:  # the untrained model: loss ≈ ln(vocab size)
-        best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
+        best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run, group)
     end_step = schedule.end_step
     profiler = StepProfiler(config.profile, run.folder, device, group.is_main)  # --profile N
     with StopRequests(announce=group.is_main) as signals, logbook.progress(start_step, end_step), profiler:
@@ -566,7 +567,9 @@ def train(command_line: cli.CommandLine) -> None:
             if at_log:
                 logbook.log_train(done, lr, model.flops_per_token(), window)
             if at_eval:  # every process evaluates its share of the windows (one all-reduce)
-                best_val_loss = validate(done, model, eval_batches, amp_ctx, best_val_loss, logbook, run)
+                best_val_loss = validate(
+                    done, model, eval_batches, amp_ctx, best_val_loss, logbook, run, group
+                )
             if at_save:
                 save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)
             if at_eval or at_save:

@@ -82,6 +82,14 @@ class ProcessGroup:
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.cpu_group)
         return bool(value.item())
 
+    def agree(self, value: float) -> bool:
+        """True on every process if every process holds rank 0's `value` (CPU collectives)."""
+        if self.world_size == 1:
+            return True
+        main_value = torch.tensor(value, dtype=torch.float64)  # a Python float is a float64: exact
+        dist.broadcast(main_value, src=0, group=self.cpu_group)
+        return not self.any(value != main_value.item())
+
     def main_says(self, message: str | None) -> str | None:
         """Rank 0's `message` on every process (the others pass None): a check that only
         rank 0 can make, such as claiming the run's folder, ends every process alike."""

@@ -4,8 +4,8 @@ An open TODO raises NotImplementedError("TODO <id>: ..."). Where a sensible stan
 exists, the training script calls the learner's function through one of the helpers
 below, which uses the stand-in and says so once: a constant learning rate while
 TODO 2 is open and float32 while TODO 5 is open (both decided once, before the
-training loop), no validation loss while TODO 6 is open, no resume checkpoint while
-TODO 8 is open. Any other open TODO (1, 3, 4) stops
+training loop), no validation loss while TODO 6 is open (and a stop where the
+processes disagree on it), no resume checkpoint while TODO 8 is open. Any other open TODO (1, 3, 4) stops
 the run with its own message (see `course.cli.main`).
 """
 
@@ -72,15 +72,26 @@ def precision_or_float32(
         return nullcontext(), torch.amp.GradScaler(device.type, enabled=False)
 
 
-def evaluate_or_none(evaluate: Callable, *args):
-    """evaluate(*args), or None (no validation loss) while TODO 6 is open."""
+def evaluate_or_none(evaluate: Callable, group, *args):
+    """evaluate(*args), or None (no validation loss) while TODO 6 is open. Under torchrun
+    the processes must agree on the loss (each scored its share of the windows and they
+    added up their sums): if they do not, TODO 6 is not done, and the run stops there
+    rather than let each process keep other best weights (under FSDP a process saving
+    best.pt alone would wait for the others for ever)."""
     try:
-        return evaluate(*args)
+        result = evaluate(*args)
     except NotImplementedError as todo:
         note_once(
             f"{open_todo(todo)} is not done yet, so there is no validation loss (samples are still written)."
         )
         return None
+    if not group.agree(result.loss):
+        raise NotImplementedError(
+            f"TODO 6: the processes measured different validation losses (this one {result.loss:.4f}): "
+            "each scored only its own share of the windows; add up every process's sums with "
+            "sum_over_processes"
+        )
+    return result
 
 
 def state_or_none(checkpoint_state: Callable, *args) -> dict | None:

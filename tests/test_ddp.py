@@ -123,6 +123,30 @@ def terminate_during_step_6(args: list[str], workdir: Path) -> str:
     return log.read_text()
 
 
+# train_solution.py with a TODO 6 that forgets the other processes: each process's loss
+# is then the mean over its own share of the validation windows.
+OWN_SHARE_ONLY = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+import train_solution as train
+
+train.sum_over_processes = lambda value: value
+sys.exit(train.main())
+"""
+
+
+def test_processes_that_disagree_on_the_val_loss_stop_at_todo_6(tmp_path):
+    (tmp_path / "verse.txt").write_text(VERSE * 60)
+    driver = tmp_path / "own_share_only.py"
+    driver.write_text(OWN_SHARE_ONLY)
+    done = subprocess.run(torchrun(ddp_args(tmp_path, "disagree"), str(driver)), cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode != 0, "the processes went on with different validation losses"
+    assert "stopped at TODO 6: the processes measured different validation losses" in done.stderr, (
+        done.stderr[-3000:]
+    )
+
+
 def ddp_args(workdir: Path, run: str) -> list[str]:
     """Two processes with batch 4 each, on the corpus in workdir, with their own
     prepared-data folder (runs that overlap in time never prepare the same folder)."""
