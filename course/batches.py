@@ -70,12 +70,13 @@ def validation_windows(n_windows: int, window_tokens: int, eval_tokens: int) -> 
 def fixed_eval_batches(
     dataset: Dataset, eval_tokens: int, batch_size: int, rank: int = 0, world_size: int = 1
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This process's share of the validation windows (validation_windows), in batches of
-    at most about batch_size: every world_size-th window, from the rank-th on, so that the
-    processes together read each window once and their loss sums add up to the whole.
+    """This process's share of the validation windows (validation_windows), in batches:
+    every world_size-th window, from the rank-th on, so that the processes together read
+    each window once and their loss sums add up to the whole.
 
-    Every process gets the same number of batches: under FSDP each forward pass gathers
-    the weights from all the processes, so they must all make as many."""
+    Every process gets the same number of batches, none of them empty: under FSDP each
+    forward pass gathers the weights from all the processes, so they must all make as
+    many. Where the shares differ by one window, a batch may hold one more than batch_size."""
     window_tokens = len(dataset[0][1])
     windows = validation_windows(len(dataset), window_tokens, eval_tokens)
     if len(windows) < world_size:
@@ -84,12 +85,13 @@ def fixed_eval_batches(
             f"processes: raise --eval_tokens to at least {world_size * window_tokens}"
         )
     share = windows[rank::world_size]
-    smallest_share = len(windows) // world_size
-    n_batches = min(math.ceil(math.ceil(len(windows) / world_size) / batch_size), smallest_share)
-    return [
-        (torch.stack([dataset[i][0] for i in chunk]), torch.stack([dataset[i][1] for i in chunk]))
-        for chunk in np.array_split(np.array(share), n_batches)
-    ]
+    largest_share, smallest_share = math.ceil(len(windows) / world_size), len(windows) // world_size
+    n_batches = min(math.ceil(largest_share / batch_size), smallest_share)
+    batches = []
+    for chunk in np.array_split(np.array(share), n_batches):
+        pairs = [dataset[int(i)] for i in chunk]
+        batches.append((torch.stack([x for x, _ in pairs]), torch.stack([y for _, y in pairs])))
+    return batches
 
 
 class RemainingOfEpoch(Sampler[int]):

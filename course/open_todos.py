@@ -5,8 +5,8 @@ exists, the training script calls the learner's function through one of the help
 below, which uses the stand-in and says so once: a constant learning rate while
 TODO 2 is open and float32 while TODO 5 is open (both decided once, before the
 training loop), no validation loss while TODO 6 is open (and a stop where the
-processes disagree on it), no resume checkpoint while TODO 8 is open. Any other open TODO (1, 3, 4) stops
-the run with its own message (see `course.cli.main`).
+processes disagree on it), no resume checkpoint while TODO 8 is open. Any other open
+TODO (1, 3, 4) stops the run with its own message (see `course.cli.main`).
 """
 
 from __future__ import annotations

@@ -79,6 +79,12 @@ def this_cpu() -> tuple[str, str]:
     return name, "AVX512_BF16" if torch.cpu._is_avx512_bf16_supported() else "AVX2"
 
 
+def classes_below(own_class: str) -> list[str]:
+    """The CPU classes a CPU of own_class can stand in for: its own and those below it
+    (a cap on PyTorch's CPU kernels can only lower the class)."""
+    return list(CPU_CLASSES)[list(CPU_CLASSES).index(own_class) :]
+
+
 def main_job(options: list[str], seed: int, save_dir: Path, env: dict[str, str]) -> tuple[float, str]:
     """Run the main job with these options; returns its wall time in seconds and the
     number type it trained in, as its setup line names it ("bfloat16: AMX")."""
@@ -143,7 +149,7 @@ def main() -> int:
     args = p.parse_args()
     name, own_class = this_cpu()
     print(f"CPU: {name}, {torch.get_num_threads()} threads, class {own_class}")
-    below = list(CPU_CLASSES)[list(CPU_CLASSES).index(own_class) :]  # a cap can only lower the class
+    below = classes_below(own_class)
     wanted = below if args.cpu_class == "all" else [args.cpu_class or own_class]
     if not set(wanted) <= set(below):
         raise SystemExit(f"error: this {own_class} CPU can stand in for {', '.join(below)} only")

@@ -36,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmark_main_job import CPU_CLASSES, this_cpu  # noqa: E402
+from benchmark_main_job import CPU_CLASSES, classes_below, this_cpu  # noqa: E402
 
 from course.reference import REFERENCE_FILE, load_references, recipe  # noqa: E402
 
@@ -163,7 +163,7 @@ def main() -> None:
         print(table(load_references(args.output)))
         return
     own_class = this_cpu()[1]
-    below = list(CPU_CLASSES)[list(CPU_CLASSES).index(own_class) :]  # a cap can only lower the class
+    below = classes_below(own_class)
     wanted = args.cpu_class or sorted({own_class, "AVX2"}, key=list(CPU_CLASSES).index)
     if not set(wanted) - {"none"} <= set(below):
         raise SystemExit(f"error: this {own_class} CPU can stand in for {', '.join(below)} only")
