@@ -34,7 +34,7 @@ from course.config import RunConfig
 from course.devices import describe_dtype, forked_rng, gpu_peak_flops
 from course.distributed import ProcessGroup, is_sharded
 from course.guards import check_finite
-from course.reference import final_validation, find_reference, recipe, verdict
+from course.reference import final_validation, find_reference, nearest_reference, recipe, verdict
 from course.run_folder import (
     BEST_FILE,
     METRICS_FILE,
@@ -183,6 +183,7 @@ class Logbook:
         )
         self.dtype = dtype
         self.reference = None  # the course's reference run of this recipe, found by print_setup
+        self.nearest = None  # without one: the nearest reference and how it differs (nearest_reference)
         self.peak_flops = gpu_peak_flops(device, dtype)
         # On resume, keep the metrics up to the checkpoint and drop any logged after it
         # (a new run starts with none: its files are new, see course.run_folder).
@@ -319,6 +320,7 @@ class Logbook:
         dtype_name = str(dtype).removeprefix("torch.")
         run_recipe = recipe(config.to_dict(), schedule, dtype_name, group.world_size, data_identity(meta))
         self.reference = find_reference(run_recipe)
+        self.nearest = None if self.reference is not None else nearest_reference(run_recipe)
         processes = f"{group.world_size} processes, " if group.world_size > 1 else ""
         self.print(
             f"{processes}device {self.device} ({describe_dtype(config.dtype, self.device, dtype)}), "
@@ -377,4 +379,4 @@ class Logbook:
         self.print("done: " + ", ".join(written))
         last = final_validation(self.records)
         if last is not None:
-            self.print(verdict(last["val_loss"], last["val_bpb"], self.reference))
+            self.print(verdict(last["val_loss"], last["val_bpb"], self.reference, self.nearest))

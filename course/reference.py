@@ -64,16 +64,55 @@ def find_reference(run_recipe: dict, path: Path | None = None) -> dict | None:
     return next((ref for ref in load_references(path) if ref["recipe"] == run_recipe), None)
 
 
+def nearest_reference(
+    run_recipe: dict, references: list[dict] | None = None
+) -> tuple[dict, list[str]] | None:
+    """For a run with no reference of its own: the reference on the same text (default:
+    the committed ones) whose recipe differs from this run's in the fewest fields, and
+    those fields (None when none trains on this text: other text is compared with nothing)."""
+    references = load_references() if references is None else references
+    same_text = [ref for ref in references if ref["recipe"]["data_source"] == run_recipe["data_source"]]
+    if not same_text:
+        return None
+
+    def differences(ref: dict) -> list[str]:
+        return sorted(name for name in run_recipe.keys() | ref["recipe"].keys()
+                      if run_recipe.get(name) != ref["recipe"].get(name))  # fmt: skip
+
+    nearest = min(same_text, key=lambda ref: len(differences(ref)))
+    return nearest, differences(nearest)
+
+
+def advice(nearest: tuple[dict, list[str]]) -> str:
+    """Where the nearest reference is, in words a learner can act on: its command, and
+    what this run does differently from it."""
+    ref, fields = nearest
+    there = ref["recipe"]
+    command = ref["command"]
+    if fields == ["dtype"]:
+        return (
+            f"add --dtype {there['dtype']} to compare with the reference of `{command}` "
+            f"({there['dtype']}, {ref['machine']})"
+        )
+    shown = ", ".join(f"{name} ({there.get(name)} there)" for name in fields[:4])
+    more = f" and {len(fields) - 4} more" if len(fields) > 4 else ""
+    return f"the nearest is `{command}` ({there['dtype']}, {ref['machine']}), which differs in {shown}{more}"
+
+
 def final_validation(records: list[dict]) -> dict | None:
     """The last evaluation among a run's metrics records."""
     return next((r for r in reversed(records) if "val_loss" in r), None)
 
 
-def verdict(val_loss: float, val_bpb: float, reference: dict | None) -> str:
-    """The end-of-run line: the run's final validation loss, and against the reference."""
+def verdict(
+    val_loss: float, val_bpb: float, reference: dict | None, nearest: tuple[dict, list[str]] | None = None
+) -> str:
+    """The end-of-run line: the run's final validation loss, and against the reference;
+    without one, where the nearest reference is (nearest_reference)."""
     line = f"val {val_loss:.3f} ({val_bpb:.3f} bits/byte)"
     if reference is None:
-        return f"{line}; the course has no reference run of this command and number type to compare with"
+        none = f"{line}; the course has no reference run of this command and number type"
+        return f"{none}: {advice(nearest)}" if nearest is not None else f"{none} to compare with"
     ref = reference["final"]
     gap = val_loss - ref["val_loss"]
     if gap > ON_TRACK_TOLERANCE:

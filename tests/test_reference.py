@@ -2,7 +2,6 @@
 command and number type and no other, says at the end whether it is on track, and
 draws the reference's curves in metrics.png on a log axis."""
 
-import json
 import sys
 
 import pytest
@@ -52,10 +51,40 @@ def test_another_learning_rate_has_no_reference(corpus_txt, tmp_path, capsys, mo
     assert train.main([*TINY, *other]) == 0
     out = capsys.readouterr().out
     assert "reference:" not in out
-    assert (
-        out.strip()
-        .splitlines()[-1]
-        .endswith("the course has no reference run of this command and number type to compare with")
+    last = out.strip().splitlines()[-1]
+    assert "the course has no reference run of this command and number type: the nearest is `" in last
+    assert "which differs in learning_rate (0.002 there)" in last, (
+        f"the end-of-run line names the option that differs from the nearest reference: {last!r}"
+    )
+
+
+def test_a_run_on_other_text_is_compared_with_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(reference, "REFERENCE_FILE", tmp_path / "refs.json")
+    reference_runs.merge(reference.REFERENCE_FILE, [{"name": "x", "machine": "m", "recipe": recipe_of()}])
+    other_data = {**recipe_of(), "data_source": {"tokenizer": "char", "source_sha256": "cd"}}
+    assert reference.nearest_reference(other_data) is None
+
+
+def test_without_a_reference_the_nearest_one_is_named():
+    """Another number type: the line says which --dtype has a reference; other options:
+    the nearest reference's command and how this run differs from it, nearest first."""
+    here = recipe_of()
+    float32 = {"command": "python train_solution.py", "machine": "a 2-core AVX2 CPU",
+               "recipe": {**here, "dtype": "float32"}}  # fmt: skip
+    wide = {"command": "python train_solution.py --wide", "machine": "m",
+            "recipe": {**here, "dtype": "float32", "hidden_size": 256}}  # fmt: skip
+    nearest = reference.nearest_reference(here, references=[wide, float32])
+    assert nearest == (float32, ["dtype"])
+    line = reference.verdict(1.5, 2.1, None, nearest)
+    assert line.endswith(
+        "no reference run of this command and number type: add --dtype float32 to compare with the "
+        "reference of `python train_solution.py` (float32, a 2-core AVX2 CPU)"
+    ), line
+    nearest = reference.nearest_reference({**here, "learning_rate": 3e-3}, references=[wide, float32])
+    assert nearest == (float32, ["dtype", "learning_rate"])
+    assert reference.verdict(1.5, 2.1, None, nearest).endswith(
+        "the nearest is `python train_solution.py` (float32, a 2-core AVX2 CPU), which differs in "
+        "dtype (float32 there), learning_rate (0.002 there)"
     )
 
 
@@ -141,13 +170,16 @@ def test_the_committed_references_are_of_todays_commands(ref):
     assert len(steps) >= 8, "enough validation points to show the curve's shape"
 
 
-def test_the_references_cover_the_readmes_commands():
-    """In float32, the number type of every CPU; bfloat16 references need a CPU with AMX
-    or AVX512_BF16 to be measured on (tools/reference_runs.py runs them there)."""
-    have = {(ref["command"], ref["recipe"]["dtype"]) for ref in reference.load_references()}
-    for command in ("python train_solution.py", "python train_solution.py --epochs 3"):
-        assert (command, "float32") in have, f"no reference of `{command}` in float32"
-    assert json.loads(reference.REFERENCE_FILE.read_text())["runs"]
+def test_every_number_type_auto_picks_has_a_reference_of_each_command():
+    """On a CPU `--dtype auto` picks float32 or bfloat16 (AMX, AVX512_BF16): each command
+    the course gives a learner has a reference in both, so every learner gets a verdict;
+    on a GPU the main job has one in bfloat16 (Ampere and newer)."""
+    have = {(ref["command"], ref["device"], ref["recipe"]["dtype"]) for ref in reference.load_references()}
+    for args in reference_runs.COMMANDS.values():
+        command = " ".join(["python train_solution.py", *args])
+        for dtype in ("float32", "bfloat16"):
+            assert (command, "cpu", dtype) in have, f"no reference of `{command}` in {dtype} on a CPU"
+    assert ("python train_solution.py", "cuda", "bfloat16") in have, "no reference of the gpu preset"
 
 
 def test_the_readme_shows_every_reference_run():

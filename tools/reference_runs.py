@@ -5,6 +5,8 @@ run of the same command and number type can say whether it is on track.
     python tools/reference_runs.py --commands main     # the main job only
     python tools/reference_runs.py --cpu_class AVX2    # only as an AVX2-only CPU (float32)
     python tools/reference_runs.py --table             # the README's table, from the committed runs
+    python tools/reference_runs.py --record main metrics.jsonl --device cuda --machine "one NVIDIA H200" \
+        --wall_seconds 140                             # a run of the command made on another machine
 
 Each run trains with train_solution.py in a scratch folder, exactly as the command
 line reads (`python train_solution.py`, `python train_solution.py --epochs 3`), and
@@ -16,14 +18,21 @@ the AVX2 class with oneDNN and ATen capped at AVX2. On a GPU machine, `--cpu_cla
 runs the commands on the GPU (the gpu preset).
 
 It prints, for the main job, the spread between two seeds: what "on track" allows.
+
+`--record` commits a run that was made elsewhere (a GPU lent for minutes, whose metrics.jsonl
+is all that came back): the command must have run exactly as COMMANDS gives it on that device,
+and its recipe is rebuilt from today's options for that device, as the run's own end-of-run line
+would build it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +101,6 @@ def reference_of(name: str, command: list[str], output: str, seconds: float, sav
     )
     records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "loss" in r]
-    every = max(1, len(train_records) // TRAIN_POINTS)
     val = [r for r in records if "val_loss" in r]
     speeds = sorted(r["tokens_per_sec"] for r in train_records)
     return {
@@ -104,9 +112,55 @@ def reference_of(name: str, command: list[str], output: str, seconds: float, sav
         "tokens_per_sec": round(speeds[len(speeds) // 2]),
         "final": {key: val[-1][key] for key in ("step", "val_loss", "val_bpb")},
         "val_curve": [[r["step"], round(r["val_loss"], 5)] for r in val],
-        "train_curve": [[r["step"], round(r["loss"], 5)] for r in train_records[every - 1 :: every]],
+        "train_curve": thinned(train_records),
         "recipe": run_recipe,
     }
+
+
+def recorded_elsewhere(
+    name: str, metrics: Path, device: str, dtype: str, machine: str, seconds: float
+) -> dict:
+    """The reference record of `python train_solution.py <COMMANDS[name]>` run on another
+    machine: its curves from the run's metrics.jsonl, its recipe from today's options for
+    that device (the options a run there resolves to; the default corpus, one process)."""
+    from course import cli
+    from course.corpus import SHAKESPEARE_SHA256
+
+    command = COMMANDS[name]
+    config, _ = cli.continue_plan(cli.run_config(cli.parse_args(command), torch.device(device)), None, None)
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train_records = [r for r in records if "loss" in r]
+    total = config.max_steps
+    schedule = SimpleNamespace(
+        total_steps=total,
+        end_step=total,
+        warmup_steps=config.warmup_steps if config.warmup_steps is not None else total // 10,
+        min_lr=config.min_lr if config.min_lr is not None else config.learning_rate / 10,
+    )
+    corpus = {"tokenizer": config.tokenizer, "source_sha256": SHAKESPEARE_SHA256}
+    run_recipe = recipe(config.to_dict(), schedule, dtype, 1, corpus)
+    last_lr = train_records[-1]["lr"]
+    if not math.isclose(last_lr, schedule.min_lr, rel_tol=0.05) or train_records[-1]["step"] != total:
+        raise SystemExit(f"error: {metrics} is not of `{' '.join(command) or 'the main job'}` as run today")
+    return {
+        "command": " ".join(["python train_solution.py", *command]),
+        "name": name,
+        "machine": machine,
+        "device": device,
+        "wall_seconds": round(seconds, 1),
+        "tokens_per_sec": round(statistics.median(r["tokens_per_sec"] for r in train_records)),
+        "final": {
+            key: [r for r in records if "val_loss" in r][-1][key] for key in ("step", "val_loss", "val_bpb")
+        },
+        "val_curve": [[r["step"], round(r["val_loss"], 5)] for r in records if "val_loss" in r],
+        "train_curve": thinned(train_records),
+        "recipe": run_recipe,
+    }
+
+
+def thinned(train_records: list[dict]) -> list[list]:
+    every = max(1, len(train_records) // TRAIN_POINTS)
+    return [[r["step"], round(r["loss"], 5)] for r in train_records[every - 1 :: every]]
 
 
 def table_row(ref: dict) -> str:
@@ -158,9 +212,24 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=REFERENCE_FILE)
     parser.add_argument("--table", action="store_true", help="print the README's table and exit")
+    parser.add_argument("--record", nargs=2, metavar=("COMMAND", "METRICS"), help="a run made elsewhere")
+    parser.add_argument("--device", default="cuda", help="with --record: the device it ran on")
+    parser.add_argument("--dtype", default="bfloat16", help="with --record: its number type")
+    parser.add_argument("--machine", help="with --record: the machine, as the end-of-run line names it")
+    parser.add_argument("--wall_seconds", type=float, help="with --record: the command's wall time")
     args = parser.parse_args()
     if args.table:
         print(table(load_references(args.output)))
+        return
+    if args.record:
+        if args.machine is None or args.wall_seconds is None:
+            raise SystemExit("error: --record needs --machine and --wall_seconds")
+        name, metrics = args.record
+        ref = recorded_elsewhere(
+            name, Path(metrics), args.device, args.dtype, args.machine, args.wall_seconds
+        )
+        merge(args.output, [ref])
+        print(f"recorded {ref['command']} on {args.machine}: val {ref['final']['val_loss']:.4f}")
         return
     own_class = this_cpu()[1]
     below = classes_below(own_class)
