@@ -2,7 +2,7 @@
 fixed number of steps with the training script itself, asserts what it measures, and prints
 one line; the script exits 1 if any stage fails, 2 on a machine without CUDA.
 
-    python tools/gpu_check.py            # on a CUDA machine (about 3 minutes on one H100/H200)
+    python tools/gpu_check.py            # on a CUDA machine (5 minutes on one H200)
     python tools/gpu_check.py --dry_run  # the same stages on this CPU at a tiny size (the suite runs it)
 
 The stages:
@@ -47,7 +47,7 @@ from course.corpus import DATA_DIR, SHAKESPEARE_ARCHIVE  # noqa: E402
 
 EXPECTED = ROOT / "tools" / "results" / "gpu_check.json"
 AGREE = 0.05  # nats: how far two number types' (or set-ups') val losses may be apart at the end
-STAGE_TIMEOUT = 300  # seconds: no stage's run takes a minute on an H100 (compilation included)
+STAGE_TIMEOUT = 300  # seconds: each stage took under a minute on an H200 (compilation included)
 STEP_LOSS_AGREE = 0.02  # nats: mean gap of the logged training losses after a resume
 
 GPU_RUN = ["--preset", "gpu", "--max_steps", "300", "--eval_interval", "300", "--log_interval", "10",
