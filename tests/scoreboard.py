@@ -1,7 +1,8 @@
 """The scoreboard behind `python data_exercise.py` and `python train_exercise.py --test`.
 
 It runs the graded tests of one file with pytest and prints one row per TODO:
-passed, failed (with the first failing check, in words) or not started.
+passed, failed (with the check that names the mistake most directly, in words) or not
+started.
 
 pytest runs in a child process, watched from here, so the scoreboard is printed
 whatever a TODO does: a TODO whose test runs far longer than the reference (an
@@ -28,7 +29,7 @@ TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 sys.path.insert(0, str(TESTS.parent))
 
-from todos import CATALOG, TODOS, fallback_notes  # noqa: E402
+from todos import CATALOG, TODOS, fallback_notes, rank  # noqa: E402
 
 from course.todos import hints_used  # noqa: E402
 
@@ -42,18 +43,31 @@ STARTUP_LIMIT_S = 600  # for pytest to start and collect, before the first test 
 
 
 class Scoreboard:
-    """How the graded tests of each TODO went: status and the first failure, per TODO id."""
+    """How the graded tests of each TODO went: status and the failure shown, per TODO id."""
 
     def __init__(self) -> None:
         self.status: dict[str, str] = {}
         self.reason: dict[str, str] = {}
         self.notes: list[str] = []
+        self.shown: dict[str, tuple[bool, int]] = {}  # how the failure shown ranks, per TODO
 
-    def record(self, todo: str, failed: bool, reason: str = "") -> None:
+    def record(self, todo: str, failed: bool, reason: str = "", rank: int = 0) -> None:
+        """One test's result. Of a TODO's failures the one shown names the mistake most
+        directly: a failure of the code written before the NotImplementedError of a part
+        not written yet, then a test of the plain property before a special case's
+        (`rank`, tests/todos.py), then the first to fail. A TODO is "not started" when
+        every failure is its own NotImplementedError."""
         self.status.setdefault(todo, PASSED)
-        if failed and todo not in self.reason:
-            self.reason[todo] = reason
-            self.status[todo] = NOT_STARTED if reason.startswith(f"TODO {todo}:") else FAILED
+        key = (is_open(todo, reason), rank)
+        if not failed or (todo in self.shown and self.shown[todo] <= key):
+            return
+        self.shown[todo], self.reason[todo] = key, reason
+        self.status[todo] = NOT_STARTED if is_open(todo, reason) else FAILED
+
+
+def is_open(todo: str, reason: str) -> bool:
+    """Whether a failure is the TODO's own NotImplementedError (its code is not written)."""
+    return reason.startswith(f"TODO {todo}:")
 
 
 # --- in the child process: pytest, with a plugin that writes what happens to a file -------------
@@ -83,7 +97,9 @@ class Recorder:
         marker = item.get_closest_marker("todo")
         if marker and (call.when == "call" or report.failed):
             reason = describe(call.excinfo.value) if call.excinfo is not None else ""
-            self.write({"todo": marker.args[0], "failed": report.failed, "reason": reason})
+            self.write(
+                {"todo": marker.args[0], "failed": report.failed, "reason": reason, "rank": rank(marker)}
+            )
         return report
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -199,7 +215,7 @@ def run_child(args: list[str], started: list[str], board: Scoreboard) -> str | N
                         finished = True
                         board.notes = event["notes"]
                     else:
-                        board.record(event["todo"], event["failed"], event["reason"])
+                        board.record(event["todo"], event["failed"], event["reason"], event["rank"])
                 if exited:
                     break
                 limit = TIME_LIMIT_S if current is not None else STARTUP_LIMIT_S

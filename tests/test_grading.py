@@ -18,21 +18,27 @@ import pytest
 import test_todo_data
 import test_todo_train
 from conftest import ROOT, TINY_MODEL, background_job, lower_priority, make_exercises, skip_if_learner_edited
-from todos import CATALOG, TODOS, Learner, isolate, load
+from scoreboard import FAILED, NOT_STARTED, Scoreboard
+from todos import CATALOG, TODOS, Learner, isolate, load, rank
 
 GRADED_MODULES = [test_todo_data, test_todo_train]
 
 
+def todo_marker(func):
+    """The todo marker of a graded test function, or None."""
+    return next((m for m in getattr(func, "pytestmark", []) if m.name == "todo"), None)
+
+
 def graded_cases():
-    """(todo id, test function, params) for every graded test, parametrized ones expanded."""
+    """(todo id, test function, params) for every graded test, parametrized ones expanded,
+    in the order pytest runs them (the order of the file)."""
     for module in GRADED_MODULES:
-        for name in dir(module):
-            func = getattr(module, name)
-            marks = getattr(func, "pytestmark", [])
-            todo = next((m.args[0] for m in marks if m.name == "todo"), None)
-            if todo is None:
+        for func in vars(module).values():
+            marker = todo_marker(func)
+            if marker is None:
                 continue
-            params = [m for m in marks if m.name == "parametrize"]
+            todo = marker.args[0]
+            params = [m for m in func.pytestmark if m.name == "parametrize"]
             if not params:
                 yield todo, func, {}
                 continue
@@ -51,6 +57,46 @@ def run_case(func, learner, kwargs, tmp_path, monkeypatch):
 
 def test_every_todo_has_graded_tests():
     assert {todo for todo, _, _ in graded_cases()} == set(TODOS)
+
+
+def test_the_scoreboard_shows_the_failure_that_names_the_mistake_most_directly():
+    board = Scoreboard()
+    board.record("4", True, "with mixture-of-experts MLPs the objective ...", rank=1)
+    board.record("4", True, "weight each micro-batch's mean loss by its count ...", rank=0)
+    board.record("4", True, "under DDP ...", rank=1)
+    board.record("4", True, "the returned loss ...", rank=0)
+    assert board.status["4"] == FAILED
+    assert board.reason["4"] == "weight each micro-batch's mean loss by its count ...", (
+        "a plain test's failure comes before a special case's, and the first among equals"
+    )
+    board.record("5", True, "TODO 5: the autocast context ...")
+    board.record("5", True, "make_grad_scaler must return a torch.amp.GradScaler", rank=1)
+    assert (board.status["5"], board.reason["5"]) == (
+        FAILED,
+        "make_grad_scaler must return a torch.amp.GradScaler",
+    )
+    board.record("6", False)
+    board.record("6", True, "TODO 6: eval mode ...")
+    assert (board.status["6"], board.reason["6"]) == (NOT_STARTED, "TODO 6: eval mode ...")
+
+
+def test_each_todo_s_plain_tests_come_before_its_special_cases():
+    """The file reads as the scoreboard ranks: a TODO's plain property first, then the
+    special cases (float16, DDP, MoE, whole training runs) it must also survive."""
+    for module in GRADED_MODULES:
+        seen_special: dict[str, str] = {}
+        for name, func in vars(module).items():
+            marker = todo_marker(func)
+            if marker is None:
+                continue
+            todo = marker.args[0]
+            if rank(marker):
+                seen_special.setdefault(todo, name)
+            else:
+                assert todo not in seen_special, (
+                    f"{module.__name__}: {name} tests TODO {todo}'s plain property but comes after the "
+                    f"special case {seen_special[todo]}; move it up"
+                )
 
 
 @pytest.mark.pristine

@@ -13,7 +13,10 @@ import test_todo_data
 import test_todo_train
 import torch
 from conftest import ROOT, make_exercises
-from todos import Learner, load
+from test_grading import graded_cases, run_case, todo_marker
+from todos import Learner, load, rank
+
+from tests import scoreboard
 
 # (TODO, solution file, correct code, mistake, graded test, words the failure must contain)
 MISTAKES = {
@@ -296,6 +299,42 @@ def test_seeded_mistake_is_caught_by_the_right_todo(mistake, tmp_path):
     assert words in str(caught.value), f"{mistake}: caught, but the message does not name it: {caught.value}"
     leaked = given_away(str(caught.value))
     assert not leaked, f"{mistake}: the message prints the solution's code {leaked}; leave that to --hint"
+
+
+# Mistakes whose TODO has several tests that fail, with a message about their own special
+# case (MoE, DDP, float16) beside the one that names the mistake: the scoreboard must show
+# the latter (tests/todos.py, `rank`). Each runs every graded test of its TODO.
+ON_THE_SCOREBOARD = [
+    "padded micro-batches divided by k instead of weighted by their targets",
+    "loss not divided by the accumulation steps",
+    "hand-written cross-entropy drops the MoE load-balancing loss",
+    "clip before unscale",
+    "evaluation averages the batch means of padded batches",
+]
+
+
+@pytest.mark.parametrize("mistake", ON_THE_SCOREBOARD)
+def test_the_scoreboard_shows_the_message_that_names_the_mistake(mistake, tmp_path):
+    file, correct, wrong, graded_test, words = MISTAKES[mistake]
+    learner = mutant(file, correct, wrong, tmp_path)
+    todo = todo_marker(graded_test_of(graded_test)).args[0]
+    board = scoreboard.Scoreboard()
+    for n, (func, kwargs) in enumerate((f, k) for t, f, k in graded_cases() if t == todo):
+        (tmp_path / str(n)).mkdir()
+        with pytest.MonkeyPatch.context() as patch:
+            try:
+                run_case(func, learner, kwargs, tmp_path / str(n), patch)
+                board.record(todo, False, rank=rank(todo_marker(func)))
+            except (Exception, pytest.fail.Exception) as err:  # what the scoreboard's plugin sees
+                board.record(todo, True, scoreboard.describe(err), rank(todo_marker(func)))
+    assert board.status[todo] == scoreboard.FAILED, f"{mistake}: every test of TODO {todo} passed"
+    assert words in board.reason[todo], f"{mistake}: the scoreboard shows {board.reason[todo]!r}"
+
+
+def graded_test_of(call):
+    """The graded test a MISTAKES entry calls (the name its lambda looks up)."""
+    modules = (test_todo_data, test_todo_train)
+    return next(vars(m)[name] for name in call.__code__.co_names for m in modules if name in vars(m))
 
 
 # A first failure diagnoses: it says what is wrong and where to look. The formula or the

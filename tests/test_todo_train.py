@@ -120,7 +120,7 @@ def test_todo_3a_set_lr_on_every_param_group(learner):
     )
 
 
-@pytest.mark.todo("3a")
+@pytest.mark.todo("3a", case="Muon's lr_scale")
 def test_todo_3a_a_group_with_an_lr_scale_gets_lr_times_its_scale(learner):
     optimizer = configure_optimizers(tiny_gpt(), 0.1, 1.0, (0.9, 0.95), "cpu", muon_lr_scale=20.0)
     learner.train.set_lr(optimizer, 0.001)
@@ -164,7 +164,7 @@ def two_losses(returned):
     return returned
 
 
-@pytest.mark.todo("3b")
+@pytest.mark.todo("3b", case="MoE")
 def test_todo_3b_the_loss_keeps_every_term_the_model_trains_with(learner):
     """With --use_moe 1 training also minimises the routers' load-balancing loss; a
     cross-entropy computed from the logits alone would drop it, and it must stay apart
@@ -189,40 +189,6 @@ def test_todo_3b_the_loss_keeps_every_term_the_model_trains_with(learner):
         f"the LM loss is the cross-entropy over the real targets alone, {float(cross_entropy):.6f}; got "
         f"{float(loss):.6f}" + (": the auxiliary loss was added to it; keep the two apart" if added else "")
     )
-
-
-@pytest.mark.todo("4")
-def test_todo_4_the_objective_holds_the_auxiliary_loss(learner):
-    """With --use_moe 1 each micro-batch backwards its LM loss plus its routers'
-    load-balancing loss, both weighted by its share of the step's real targets."""
-    batches = padded_micro_batches(seed=9, lengths=[[16, 12], [3, 1]])
-    counts = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
-    reference = moe_gpt()
-    aux_sum = 0.0
-    for x, y in batches:
-        out, aux = load_balancing_reference(reference, x, y)
-        (((out.loss + aux) * (y != IGNORE_INDEX).sum()) / sum(counts)).backward()
-        aux_sum += aux.item() * int((y != IGNORE_INDEX).sum())
-    model = moe_gpt()
-    returned = learner.train.accumulate_gradients(model, torch.amp.GradScaler("cpu", enabled=False), batches)
-    assert isinstance(returned, tuple) and len(returned) == 2, (
-        "accumulate_gradients returns the step's two mean losses, (LM loss, auxiliary loss)"
-    )
-    assert_same_gradients(
-        [p.grad for p in model.parameters()],
-        [p.grad for p in reference.parameters()],
-        "with mixture-of-experts MLPs the objective is the LM loss plus the auxiliary loss: backward "
-        "their sum, weighted by the micro-batch's count of real targets over the step's",
-    )
-    assert float(returned[1]) == pytest.approx(aux_sum / sum(counts), rel=1e-5), (
-        f"the returned auxiliary loss is its mean per real target of the step, {aux_sum / sum(counts):.6f} "
-        f"(weighted like the LM loss); got {float(returned[1]):.6f}"
-    )
-
-
-def moe_gpt():
-    torch.manual_seed(3)
-    return GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, use_moe=True))
 
 
 # --- Reference training loop, written independently of train_solution.py ------------------
@@ -355,6 +321,21 @@ def test_todo_3c_clips_the_unscaled_gradient_then_steps(learner, scale):
 
 
 @pytest.mark.todo("3c")
+def test_todo_3c_no_clipping_when_grad_clip_is_zero(learner):
+    model, scaler = gradients_ready()
+    true_norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    update, _, norm = sgd_update(model, lambda opt: learner.train.clip_and_step(model, opt, scaler, 0.0))
+    assert update.norm().item() == pytest.approx(true_norm.item(), rel=1e-4), (
+        "grad_clip == 0 turns clipping off, but the gradient norm is still measured and returned: "
+        "clip to a limit no norm reaches"
+    )
+    assert norm.item() == pytest.approx(true_norm.item(), rel=1e-4), (
+        f"return the gradient norm, {true_norm.item():.5f} here, even when nothing is clipped; "
+        f"got {norm.item():.5f}"
+    )
+
+
+@pytest.mark.todo("3c", case="float16")
 def test_todo_3c_a_float16_step_whose_gradients_overflowed_is_skipped(learner):
     model, scaler = gradients_ready(2.0**10)
     next(model.parameters()).grad.view(-1)[0] = float("inf")  # float16 overflow in one gradient
@@ -372,22 +353,7 @@ def test_todo_3c_a_float16_step_whose_gradients_overflowed_is_skipped(learner):
     )
 
 
-@pytest.mark.todo("3c")
-def test_todo_3c_no_clipping_when_grad_clip_is_zero(learner):
-    model, scaler = gradients_ready()
-    true_norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
-    update, _, norm = sgd_update(model, lambda opt: learner.train.clip_and_step(model, opt, scaler, 0.0))
-    assert update.norm().item() == pytest.approx(true_norm.item(), rel=1e-4), (
-        "grad_clip == 0 turns clipping off, but the gradient norm is still measured and returned: "
-        "clip to a limit no norm reaches"
-    )
-    assert norm.item() == pytest.approx(true_norm.item(), rel=1e-4), (
-        f"return the gradient norm, {true_norm.item():.5f} here, even when nothing is clipped; "
-        f"got {norm.item():.5f}"
-    )
-
-
-@pytest.mark.todo("3c")
+@pytest.mark.todo("3c", case="whole training steps")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16-scaler"])
 def test_todo_3c_training_matches_the_reference_loop(learner, dtype):
     compare_training(learner, k=1, grad_clip=0.5, dtype=dtype, what="4 steps with clipping active")
@@ -512,51 +478,7 @@ def test_todo_4_padded_micro_batches_weigh_every_real_target_the_same(learner):
     )
 
 
-@pytest.mark.todo("4")
-def test_todo_4_ddp_processes_divide_by_the_mean_count(learner, monkeypatch):
-    """Two DDP processes, simulated one after the other: their micro-batches hold
-    different numbers of real targets, and DDP averages their two gradients."""
-    mine = padded_micro_batches(seed=6, lengths=[[16, 12], [3, 1]])
-    theirs = padded_micro_batches(seed=7, lengths=[[2, 2], [5, 1]])
-    _, big = big_batch_grads(mine + theirs)
-    all_reduced, grads, losses = [], [], []
-    for own, other in ((mine, theirs), (theirs, mine)):
-
-        def mean_of_two_processes(value, other=other):  # what the all-reduce would return
-            all_reduced.append(value)
-            return (value + real_targets(other)) / 2
-
-        monkeypatch.setattr(learner.train, "mean_over_processes", mean_of_two_processes)
-        loss, process_grads = accumulated_grads(learner, tiny_gpt(seed=2), own)
-        grads.append(process_grads)
-        losses.append((loss, big_batch_loss(tiny_gpt(seed=2), own).detach(), real_targets(own)))
-    averaged = [(a + b) / 2 for a, b in zip(*grads, strict=True)]  # what DDP's all-reduce does
-    assert all_reduced, (
-        "under DDP the count of real targets must be shared between processes: each divided by its "
-        "own count, so its targets weigh more or less than the other process's. Divide by the mean "
-        "count of a process (the helper for it is in this file)"
-    )
-    assert all(isinstance(value, torch.Tensor) for value in all_reduced), (
-        f"mean_over_processes was given {type(all_reduced[0]).__name__}, not a tensor: an all-reduce "
-        "sends tensors between processes, so a real torchrun run fails there. Keep the count of real "
-        "targets a tensor"
-    )
-    for loss, expected, count in losses:
-        assert isinstance(loss, torch.Tensor) and torch.allclose(loss, expected, atol=1e-5), (
-            f"under DDP the returned loss is still this process's own mean loss per real target "
-            f"(its {count} targets: {expected.item():.5f}), got {float(loss):.5f}: the mean count of a "
-            "process weights the backward, not the loss this process reports"
-        )
-    assert_same_gradients(
-        averaged,
-        big,
-        f"two processes with {real_targets(mine)} and {real_targets(theirs)} real targets: after DDP "
-        "averages their gradients, every target of both must weigh the same: divide by the mean "
-        "count of a process, not by this process's own count",
-    )
-
-
-@pytest.mark.todo("4")
+@pytest.mark.todo("4", case="float16")
 def test_todo_4_backward_goes_through_the_scaler_under_amp(learner):
     batches = micro_batches(seed=1, k=2)
     _, big = big_batch_grads(batches)
@@ -600,7 +522,7 @@ class FakeDDP(torch.nn.Module):
             self.syncing = True
 
 
-@pytest.mark.todo("4")
+@pytest.mark.todo("4", case="DDP")
 def test_todo_4_skips_the_all_reduce_on_all_but_the_last_micro_batch(learner):
     model = FakeDDP(tiny_gpt())
     accumulated_grads(learner, model, micro_batches(seed=2, k=3))
@@ -611,7 +533,85 @@ def test_todo_4_skips_the_all_reduce_on_all_but_the_last_micro_batch(learner):
     )
 
 
-@pytest.mark.todo("4")
+@pytest.mark.todo("4", case="DDP")
+def test_todo_4_ddp_processes_divide_by_the_mean_count(learner, monkeypatch):
+    """Two DDP processes, simulated one after the other: their micro-batches hold
+    different numbers of real targets, and DDP averages their two gradients."""
+    mine = padded_micro_batches(seed=6, lengths=[[16, 12], [3, 1]])
+    theirs = padded_micro_batches(seed=7, lengths=[[2, 2], [5, 1]])
+    _, big = big_batch_grads(mine + theirs)
+    all_reduced, grads, losses = [], [], []
+    for own, other in ((mine, theirs), (theirs, mine)):
+
+        def mean_of_two_processes(value, other=other):  # what the all-reduce would return
+            all_reduced.append(value)
+            return (value + real_targets(other)) / 2
+
+        monkeypatch.setattr(learner.train, "mean_over_processes", mean_of_two_processes)
+        loss, process_grads = accumulated_grads(learner, tiny_gpt(seed=2), own)
+        grads.append(process_grads)
+        losses.append((loss, big_batch_loss(tiny_gpt(seed=2), own).detach(), real_targets(own)))
+    averaged = [(a + b) / 2 for a, b in zip(*grads, strict=True)]  # what DDP's all-reduce does
+    assert all_reduced, (
+        "under DDP the count of real targets must be shared between processes: each divided by its "
+        "own count, so its targets weigh more or less than the other process's. Divide by the mean "
+        "count of a process (the helper for it is in this file)"
+    )
+    assert all(isinstance(value, torch.Tensor) for value in all_reduced), (
+        f"mean_over_processes was given {type(all_reduced[0]).__name__}, not a tensor: an all-reduce "
+        "sends tensors between processes, so a real torchrun run fails there. Keep the count of real "
+        "targets a tensor"
+    )
+    for loss, expected, count in losses:
+        assert isinstance(loss, torch.Tensor) and torch.allclose(loss, expected, atol=1e-5), (
+            f"under DDP the returned loss is still this process's own mean loss per real target "
+            f"(its {count} targets: {expected.item():.5f}), got {float(loss):.5f}: the mean count of a "
+            "process weights the backward, not the loss this process reports"
+        )
+    assert_same_gradients(
+        averaged,
+        big,
+        f"two processes with {real_targets(mine)} and {real_targets(theirs)} real targets: after DDP "
+        "averages their gradients, every target of both must weigh the same: divide by the mean "
+        "count of a process, not by this process's own count",
+    )
+
+
+@pytest.mark.todo("4", case="MoE")
+def test_todo_4_the_objective_holds_the_auxiliary_loss(learner):
+    """With --use_moe 1 each micro-batch backwards its LM loss plus its routers'
+    load-balancing loss, both weighted by its share of the step's real targets."""
+    batches = padded_micro_batches(seed=9, lengths=[[16, 12], [3, 1]])
+    counts = [int((y != IGNORE_INDEX).sum()) for _, y in batches]
+    reference = moe_gpt()
+    aux_sum = 0.0
+    for x, y in batches:
+        out, aux = load_balancing_reference(reference, x, y)
+        (((out.loss + aux) * (y != IGNORE_INDEX).sum()) / sum(counts)).backward()
+        aux_sum += aux.item() * int((y != IGNORE_INDEX).sum())
+    model = moe_gpt()
+    returned = learner.train.accumulate_gradients(model, torch.amp.GradScaler("cpu", enabled=False), batches)
+    assert isinstance(returned, tuple) and len(returned) == 2, (
+        "accumulate_gradients returns the step's two mean losses, (LM loss, auxiliary loss)"
+    )
+    assert_same_gradients(
+        [p.grad for p in model.parameters()],
+        [p.grad for p in reference.parameters()],
+        "with mixture-of-experts MLPs the objective is the LM loss plus the auxiliary loss: backward "
+        "their sum, weighted by the micro-batch's count of real targets over the step's",
+    )
+    assert float(returned[1]) == pytest.approx(aux_sum / sum(counts), rel=1e-5), (
+        f"the returned auxiliary loss is its mean per real target of the step, {aux_sum / sum(counts):.6f} "
+        f"(weighted like the LM loss); got {float(returned[1]):.6f}"
+    )
+
+
+def moe_gpt():
+    torch.manual_seed(3)
+    return GPT(GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=32, use_moe=True))
+
+
+@pytest.mark.todo("4", case="whole training steps")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["float32", "float16-scaler"])
 def test_todo_4_training_with_accumulation_matches_the_reference_loop(learner, dtype):
     compare_training(learner, k=3, grad_clip=0.5, dtype=dtype, what="4 steps of 3 micro-batches")
@@ -673,7 +673,7 @@ def test_todo_5_grad_scaler_only_for_float16(learner):
         )
 
 
-@pytest.mark.todo("5")
+@pytest.mark.todo("5", case="whole training steps")
 def test_todo_5_float16_training_matches_the_reference_loop(learner):
     device = torch.device("cpu")
     scaler = learner.train.make_grad_scaler(device, torch.float16)
@@ -827,7 +827,7 @@ class ThreadedProcesses:
         return results
 
 
-@pytest.mark.todo("6")
+@pytest.mark.todo("6", case="DDP")
 def test_todo_6_every_process_s_windows_weigh_the_same(learner, monkeypatch):
     """Two processes, each with its share of the validation windows: both must report
     the mean over the windows of both, each real target weighing the same."""
@@ -922,7 +922,7 @@ def test_todo_8_restore_brings_back_every_piece_of_the_state(learner):
     assert best == 3.25, f"restore_checkpoint must return the saved best_val_loss (3.25), got {best}"
 
 
-@pytest.mark.todo("8")
+@pytest.mark.todo("8", case="whole training runs")
 def test_todo_8_resumed_run_matches_the_uninterrupted_run(learner, tmp_path):
     import json
 

@@ -1,5 +1,12 @@
 """The TODO catalog (course/todos.py) as the tests use it: a graded test takes the
-learner's code for its own TODO and the reference code for every other one."""
+learner's code for its own TODO and the reference code for every other one.
+
+A graded test is marked `@pytest.mark.todo("4")` when it checks the TODO's plain
+property, and `@pytest.mark.todo("4", case="DDP")` when it checks a special case on
+top of it (float16, DDP, MoE, whole training runs). A mistake in the plain property
+fails the special cases too, each with a message about its own situation, so the
+scoreboard shows a plain test's failure before a special case's (`rank`). In each
+test file a TODO's plain tests also come first, so the file reads the same way."""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from types import ModuleType
 
 from course.todos import CATALOG, TODOS
 
-__all__ = ["CATALOG", "TODOS", "Learner", "fallback_notes", "isolate", "load"]
+__all__ = ["CATALOG", "TODOS", "Learner", "fallback_notes", "isolate", "load", "rank"]
 
 _notes: dict[str, str] = {}  # chapter module -> why the reference stood in for it
 
@@ -67,3 +74,10 @@ def isolate(learner: Learner, todo_id: str, reference: Learner, monkeypatch) -> 
                 target, source = getattr(target, owner_name), getattr(source, owner_name)
             monkeypatch.setattr(target, attr, getattr(source, attr))
     return learner
+
+
+def rank(marker) -> int:
+    """How directly a graded test's failure names a mistake, from its todo marker: 0 for
+    the plain property, 1 for a special case. Of a TODO's failures the scoreboard shows
+    the lowest rank's, the first of them in the order the tests ran."""
+    return 1 if marker.kwargs.get("case") else 0
