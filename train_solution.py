@@ -358,12 +358,22 @@ def checkpoint_state(
     the LR schedule is, the data position says which batch comes next, and the
     random generators decide the next dropout masks. Leave any of them out and the
     resumed run quietly becomes a different run.
+
+    The data position is the stream's own account of where it is: `stream.state()`
+    gives it as a small dict (the epoch and how many batches of it were served), and
+    `stream.seek(**position)` sends a stream back there. The random generators of every
+    process are captured by `capture_rng_state()` and put back by `restore_rng_state()`
+    (course/checkpoints.py, imported at the top). The run's checkpoint files read four
+    keys of this dict: "model", "optimizer", "scaler" (the state dicts) and "step"; name
+    the others as you like.
     """
     # TODO 8: a dict with everything an exact resume needs
-    #   The states of the model, the optimizer and the scaler, the step, the position in
-    #   the data (the stream knows it), every random generator's state (a helper is
-    #   imported at the top), and best_val_loss. restore_checkpoint reads the dict back.
-    #   Stuck? python train_exercise.py --hint 8
+    #   After checkpoint_state and restore_checkpoint the run goes on exactly as if it had
+    #   never stopped: the same weights, optimizer moments, GradScaler scale, step, next
+    #   batch, next random numbers and best_val_loss. The dict holds them under keys of your
+    #   choice, but the model's, the optimizer's and the scaler's states must be under
+    #   "model", "optimizer" and "scaler", and the step under "step" (the run's checkpoint
+    #   files read those). Stuck? python train_exercise.py --hint 8
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -379,11 +389,15 @@ def checkpoint_state(
 def restore_checkpoint(
     checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
 ) -> tuple[int, dict, float]:
-    """Load a checkpoint_state() dict back; returns (step, data position, best val loss)."""
+    """Load a checkpoint_state() dict back; returns (step, data position, best val loss).
+
+    train() then sends its stream to the returned position with `stream.seek(**position)`,
+    so the position is the dict that `stream.state()` gave when the state was saved.
+    """
     # TODO 8: load a checkpoint_state() dict back into the run
-    #   The model, the optimizer and the scaler get their saved states back, and so do the
-    #   random generators; returns (step, data position, best_val_loss) as they were saved.
-    #   Stuck? python train_exercise.py --hint 8
+    #   The model, the optimizer, the scaler and the random generators take back their
+    #   saved states; returns (step, data position, best_val_loss) as they were saved, the
+    #   position as stream.state() gave it. Stuck? python train_exercise.py --hint 8
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])

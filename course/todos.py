@@ -170,9 +170,10 @@ HINTS: dict[str, tuple[str, str, str]] = {
         "The weights alone do not continue a run. List everything that decides what happens "
         "next: the weights, Adam's moving averages, the GradScaler's scale, where the LR "
         "schedule is, which batch comes next, and the random generators (dropout).",
-        "state_dict() / load_state_dict() on the model, the optimizer and the scaler; "
-        "stream.state() is the data position; capture_rng_state() / restore_rng_state() from "
-        "course/checkpoints.py.",
+        "state_dict() / load_state_dict() on the model, the optimizer and the scaler, under the "
+        "keys the run's files read ('model', 'optimizer', 'scaler', 'step'); stream.state() is "
+        "the data position, which train() hands back to stream.seek(**position); "
+        "capture_rng_state() / restore_rng_state() from course/checkpoints.py.",
         "checkpoint_state: return a dict of model/optimizer/scaler state_dicts, step, "
         "stream.state(), capture_rng_state(), best_val_loss\n"
         "restore_checkpoint: load each state_dict back, restore_rng_state(...), "

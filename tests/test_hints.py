@@ -76,3 +76,18 @@ def test_exercise_comments_state_the_contract_not_the_code(solution):
 def test_every_todo_has_three_hint_layers():
     assert set(todos.HINTS) == set(TODOS)
     assert all(len(layers) == 3 and all(layers) for layers in todos.HINTS.values())
+
+
+def test_todo_8_names_every_call_and_key_the_run_needs():
+    """A resume reads the learner's dict through course code: its exercise text must name
+    that interface, since neither the signature nor PyTorch tells it."""
+    text = (ROOT / "train_exercise.py").read_text()
+    start = text.index("def checkpoint_state(")
+    told = text[start : text.index("# END TODO 8", text.index("def restore_checkpoint("))]
+    for needed in ("stream.state()", "stream.seek(**position)", "capture_rng_state()", "restore_rng_state()"):
+        assert needed in told, f"TODO 8's docstrings and contracts must name {needed}"
+    from course.checkpoints import RESUME_KEYS
+
+    for key in ("model", "optimizer", "scaler", "step"):
+        assert f'"{key}"' in told, f"TODO 8 must say that the run reads the key {key!r}"
+    assert {"model", "step"} <= set(RESUME_KEYS), "the keys a resume requires changed: update TODO 8's text"
