@@ -15,8 +15,9 @@ The block is GPT-2's (2019, as in nanoGPT). What replaced its pieces since is he
 too, one switch each in GPTConfig: rotary position embeddings, RMSNorm, squared ReLU
 and SwiGLU, QK-norm, zero-initialised projections, an untied lm_head; and the Muon
 optimizer for the blocks' matrices. Measured at equal wall time at this course's
-scale (tools/ablation.py; the README has the table), the block changes cost time per
-step and lose within the main job's budget on a CPU, so the defaults stay GPT-2's.
+scale (tools/ablation.py; tools/results/README.md has the table), the block changes
+cost time per step and lose within the main job's budget on a CPU, so the defaults
+stay GPT-2's.
 What updates the weights (AdamW, and Muon for the blocks' matrices, the default) is
 in optim.py.
 

@@ -104,7 +104,7 @@ class MuonAdamW(torch.optim.Optimizer):
     hidden vectors to hidden vectors: the embedding (a lookup), lm_head and the 1-D
     gains keep AdamW, as its authors recommend. Each parameter group says which it
     gets (use_muon); set_lr gives each group lr × its lr_scale. What Muon gains at
-    equal wall time, measured, is in the README's ablation table.
+    equal wall time, measured, is in the ablation table of tools/results/README.md.
     """
 
     def __init__(self, param_groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.95),

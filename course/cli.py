@@ -50,8 +50,8 @@ from model import CHOICES, GPTConfig
 HINT_HELP = "print the next hint for a TODO: first the idea, then the API names, pseudocode last"
 
 # Defaults that depend on the hardware. CPU: a 0.8M-parameter model that learns
-# Shakespeare's look in about the wall time of nanoGPT's CPU recipe (the README gives it
-# for each kind of CPU), on 2.5M tokens: windows that each come once, from all the plays
+# Shakespeare's look in about the wall time of nanoGPT's CPU recipe (docs/reference-runs.md
+# gives it for each kind of CPU), on 2.5M tokens: windows that each come once, from all the plays
 # (an epoch is 2,222 steps). GPU: nanoGPT's shakespeare-char scale (10.7M parameters),
 # a few minutes on one GPU.
 PRESETS = {
@@ -88,7 +88,7 @@ MAX_STEPS = 10**9  # more optimizer steps than any run here could take: a typo (
 MAX_SAMPLE_TOKENS = 10_000  # a sample at every evaluation; longer ones would stall the run
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; each process seeds with seed + rank
 # Validation tokens per evaluation, chosen with tools/eval_budget.py: how close each budget
-# comes to the whole split is in the README ("How the validation loss is measured").
+# comes to the whole split is in docs/reference-runs.md ("How the validation loss is measured").
 EVAL_TOKENS = 196_608
 
 
@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="1: mixture-of-experts MLPs (4 experts, top-2 routing, load-balancing loss)",
     )
 
-    recipe = p.add_argument_group("recipe (GPT-2's 2019 piece or its modern replacement; see the README)")
+    recipe = p.add_argument_group(
+        "recipe (GPT-2's 2019 piece or its modern replacement; see tools/results/README.md)"
+    )
     recipe.add_argument(
         "--position",
         choices=CHOICES["position"],
@@ -530,8 +532,8 @@ def run_plan(config: RunConfig, schedule: Schedule, group: ProcessGroup) -> dict
 # the loss diverged is the usual fix.
 RESUME_MAY_CHANGE = ("learning_rate", "min_lr")
 
-# What each option does to a run continued with --from_resume 1 (README: "Stop and
-# resume"). tests/test_cli.py walks every option of --help through a resume.
+# What each option does to a run continued with --from_resume 1 (docs/faq.md: "Stopping
+# and resuming"). tests/test_cli.py walks every option of --help through a resume.
 PLAN = "refused when changed: part of the saved plan"
 MODEL = "refused when it changes the saved model's config"
 DATA = "refused when it changes the saved run's data (tokenizer or content)"

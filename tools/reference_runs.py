@@ -1,10 +1,10 @@
-"""Run the commands the README gives a learner and commit what they reached, so every
+"""Run the commands the course gives a learner and commit what they reached, so every
 run of the same command and number type can say whether it is on track.
 
     python tools/reference_runs.py                     # every command: this CPU's class, and AVX2 below it
     python tools/reference_runs.py --commands main     # the main job only
     python tools/reference_runs.py --cpu_class AVX2    # only as an AVX2-only CPU (float32)
-    python tools/reference_runs.py --table             # the README's table, from the committed runs
+    python tools/reference_runs.py --table             # the table of docs/reference-runs.md
     python tools/reference_runs.py --record main metrics.jsonl --device cuda --machine "one NVIDIA H200" \
         --wall_seconds 140                             # a run of the command made on another machine
 
@@ -173,7 +173,7 @@ def table_row(ref: dict) -> str:
 
 
 def table(references: list[dict]) -> str:
-    """The README's table of the reference runs."""
+    """The table of the reference runs in docs/reference-runs.md ("Is my loss good?")."""
     head = (
         "| command | number type | machine | steps | val loss | bits/byte | wall time |\n"
         "| --- | --- | --- | ---: | ---: | ---: | ---: |"
@@ -211,7 +211,7 @@ def main() -> None:
         help="default: this CPU's class, and AVX2 (float32) below it",
     )
     parser.add_argument("--output", type=Path, default=REFERENCE_FILE)
-    parser.add_argument("--table", action="store_true", help="print the README's table and exit")
+    parser.add_argument("--table", action="store_true", help="print docs/reference-runs.md's table and exit")
     parser.add_argument("--record", nargs=2, metavar=("COMMAND", "METRICS"), help="a run made elsewhere")
     parser.add_argument("--device", default="cuda", help="with --record: the device it ran on")
     parser.add_argument("--dtype", default="bfloat16", help="with --record: its number type")
