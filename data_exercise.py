@@ -7,9 +7,8 @@ What you build here, in the order the data flows:
 1. A tokenizer turns text into integer ids: `char` (one id per character, built from
    the corpus) or `gpt2` (GPT-2's byte-pair encoding through tiktoken, from the
    vocabulary file bundled in data/, so it works offline).
-2. `BlockDataset` [TODO 1] cuts a corpus's token ids into windows: x = tokens[s : s+T]
-   is what the model reads, y = tokens[s+1 : s+T+1] is what it must predict, the same
-   window shifted by one token.
+2. `BlockDataset` [TODO 1] cuts a corpus's token ids into windows: x is what the model
+   reads, y what it must predict, the token that comes next at every position of x.
 3. `PretrainDataset` [TODO 7, bonus] is MiniMind's alternative: one document per
    sequence, with BOS/EOS tokens, padding, and targets the loss ignores.
 
@@ -193,11 +192,10 @@ def tokenizer_from_meta(meta: dict) -> Tokenizer:
 class BlockDataset(Dataset):
     """Every window of `block_size` tokens that starts at a multiple of `stride`.
 
-    Item i is (x, y) with s = i * stride:
-        x = tokens[s : s + block_size]          what the model reads
-        y = tokens[s + 1 : s + block_size + 1]  the next token at every position
-    Each item therefore holds block_size predictions, one per prefix of x. A window
-    needs block_size + 1 tokens, so with N tokens there are
+    Item i is the window that starts at token s = i * stride: x, the block_size tokens
+    the model reads, and y, the token that comes next after each of them. Each item
+    therefore holds block_size predictions, one per prefix of x. A window needs
+    block_size + 1 tokens, so with N tokens there are
     (N - block_size - 1) // stride + 1 windows. stride = block_size walks the corpus
     once per epoch without overlap; stride = 1 gives every possible window.
     """
@@ -223,13 +221,12 @@ class BlockDataset(Dataset):
             raise IndexError(f"window {idx} out of range for {len(self)} windows")
         s = idx * self.stride
         T = self.block_size
-        # TODO 1: x = the window of T tokens at s, y = the same window shifted by one token
-        #   Returns (x, y), two int64 tensors of shape (T,): y[i] is the token that follows
-        #   x[i] in the corpus. (The file holds uint16; embeddings and the loss want int64.)
-        #   Stuck? python data_exercise.py --hint 1
-        raise NotImplementedError(
-            "TODO 1: x = the window of T tokens at s, y = the same window shifted by one token"
-        )
+        # TODO 1: the (x, y) pair of window idx
+        #   Returns (x, y), two int64 tensors of shape (T,): x is the window of T tokens that
+        #   starts at token s of the corpus, and at every position y holds the token that
+        #   follows x's token there. (The file holds uint16, possibly memory-mapped;
+        #   embeddings and the loss want int64.) Stuck? python data_exercise.py --hint 1
+        raise NotImplementedError("TODO 1: the (x, y) pair of window idx")
         # END TODO 1
 
 

@@ -83,25 +83,26 @@ def get_lr(step: int, warmup_steps: int, total_steps: int, max_lr: float, min_lr
     Warmup: at the start the weights are random and Adam's moment estimates are
     still empty, so a full-size step can throw the model somewhere it never recovers
     from (the loss spikes or diverges). Growing the LR linearly over warmup_steps
-    avoids that. The ramp is already above zero at step 0, so the very first step moves
-    the weights, and reaches max_lr at the last warmup step (warmup_steps - 1).
+    avoids that. The very first step must already move the weights: an LR of 0 would
+    waste it.
 
     Cosine decay: once training is stable, big steps help it travel fast; near the
     end, small steps let it settle into a minimum instead of bouncing around it.
-    The LR follows half a cosine from max_lr down to min_lr over the remaining
-    total_steps - warmup_steps steps, and stays at min_lr from total_steps on.
+    Half a cosine falls slowly at first, fastest midway and slowly again at the end;
+    below min_lr the steps would be too small to be worth their compute.
     """
     if step < warmup_steps:
-        # TODO 2a: warmup: a linear ramp that reaches max_lr at step warmup_steps - 1
-        #   For step < warmup_steps: the LR grows by the same amount every step, is already
-        #   above 0 at step 0 (the first step must learn something) and equals max_lr at the
-        #   last warmup step. Stuck? python train_exercise.py --hint 2a
+        # TODO 2a: warmup: a linear ramp up to max_lr
+        #   For step < warmup_steps: the LR climbs from 0 to max_lr in warmup_steps equal
+        #   increments, one per step, so it already moves the weights at step 0 and is
+        #   max_lr at the last step of the warmup. Stuck? python train_exercise.py --hint 2a
         return max_lr * (step + 1) / warmup_steps
         # END TODO 2a
-    # TODO 2b: cosine decay from max_lr to min_lr, then min_lr from total_steps on
-    #   For step >= warmup_steps: max_lr at step warmup_steps, then half a cosine that
-    #   falls smoothly to min_lr at total_steps, and min_lr for every later step (the LR
-    #   never goes below min_lr). Stuck? python train_exercise.py --hint 2b
+    # TODO 2b: cosine decay from max_lr to min_lr
+    #   For step >= warmup_steps: max_lr at step warmup_steps, where the decay starts;
+    #   min_lr at step total_steps and at every later step; in between, the LR follows
+    #   half a cosine period as the step moves through the decay, never below min_lr.
+    #   Stuck? python train_exercise.py --hint 2b
     if step >= total_steps:
         return min_lr
     progress = (step - warmup_steps) / (total_steps - warmup_steps)  # 0 → 1
@@ -123,16 +124,19 @@ class StepStats:
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """The optimizer reads its LR from each parameter group, so the schedule writes there.
+    """The schedule's LR, handed to the optimizer for its next step.
 
-    Groups may need different LRs: Muon's orthogonalised steps want a much larger LR
-    than AdamW's. Such a group carries an "lr_scale"; it gets lr × lr_scale, so one
-    schedule (warmup, cosine) drives every group.
+    An optimizer holds no single learning rate: its parameters come in groups (optim.py
+    makes one with weight decay and one without, and one for Muon), each with its own
+    settings. Groups may need different LRs: Muon's orthogonalised steps want a much
+    larger LR than AdamW's, so its group carries an "lr_scale", a multiple of the
+    schedule's LR. One schedule (warmup, cosine) then drives every group.
     """
-    # TODO 3a: set the learning rate of every parameter group to lr × its lr_scale
-    #   After this call the optimizer's next step uses lr for every parameter, whatever
-    #   groups it has (model.py makes two or three), times the group's "lr_scale" where
-    #   it has one (a group without it gets lr). Stuck? python train_exercise.py --hint 3a
+    # TODO 3a: the learning rate of the optimizer's next step
+    #   After this call the next step trains every parameter at lr, or at lr × lr_scale
+    #   where its group carries an "lr_scale" (a group without one takes lr itself), and
+    #   every other setting of every group is as it was. Where does the optimizer read
+    #   its LR from? Stuck? python train_exercise.py --hint 3a
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     # END TODO 3a
@@ -163,19 +167,20 @@ def clip_and_step(
 ) -> torch.Tensor:
     """Update the weights from the accumulated gradients; returns the gradient norm.
 
-    1. Unscale: with float16 the gradients are still multiplied by the scaler's
-       factor; divide it out first, or the clip would compare scaled numbers.
-    2. Clip the global gradient norm to grad_clip: one unlucky batch cannot throw
-       the weights far away (0 turns clipping off; the norm is still measured).
-    3. Step (the scaler skips it if float16 gradients overflowed) and update the scale.
-    4. Reset the gradients to None: cheaper than writing zeros, and the next
-       backward writes them fresh instead of adding to stale ones.
+    Clipping the global gradient norm to grad_clip keeps one unlucky batch from
+    throwing the weights far away (0 turns clipping off; the norm is still measured,
+    for the log). With float16 the gradients are still multiplied by the scaler's
+    factor, and a clip must compare true numbers. The scaler also skips a step whose
+    float16 gradients overflowed, and adapts its factor after every step. Gradients
+    reset to None cost less than zeros, and the next backward writes them fresh
+    instead of adding to stale ones.
     """
-    # TODO 3c: unscale, clip, step, update the scale, clear the gradients; return the norm
+    # TODO 3c: update the weights from the accumulated gradients; return the norm
     #   Returns the gradient norm before clipping, in true (unscaled) units. The weights
-    #   move by the gradient clipped to norm grad_clip (0: no clipping); a float16 step
-    #   whose gradients overflowed is skipped by the scaler; no gradient is left behind
-    #   for the next step. Stuck? python train_exercise.py --hint 3c
+    #   move by the true gradient clipped to norm grad_clip (0: no clipping); a float16
+    #   step whose gradients overflowed leaves them unchanged, and the scaler's scale is
+    #   updated after every step; the gradients are None afterwards. The order of the
+    #   calls is the point. Stuck? python train_exercise.py --hint 3c
     scaler.unscale_(optimizer)
     max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
@@ -201,17 +206,15 @@ def accumulate_gradients(
     B·T of them and the weight is simply 1/k. With padded documents the counts
     differ, and dividing by k would make a token of a mostly-padding micro-batch
     weigh more than a token of a full one (Hugging Face transformers fixed this bug
-    in October 2024). So each micro-batch backwards its sum of losses (mean × count)
-    divided by the count of the whole step. What it backwards is the training
-    objective, the LM loss plus the auxiliary loss (compute_loss).
+    in October 2024). What each micro-batch backwards is the training objective, the
+    LM loss plus the auxiliary loss (compute_loss).
 
     Under DistributedDataParallel every backward also averages gradients across
     processes; `no_sync` skips that for all but the last micro-batch, where it is
     needed once. (A model sharded with FSDP has a `no_sync` too: course.distributed
-    gives it one that turns FSDP's reduce-scatter off the same way.) Because DDP
-    divides by the number of processes, each one divides its sums by the mean count
-    of a process (not its own count): the average over processes is then the sum over
-    every real target of the step over their number.
+    gives it one that turns FSDP's reduce-scatter off the same way.) DDP averages the
+    processes' gradients: for every real target of every process to weigh the same,
+    all of them must weight their losses by the same count, not each by its own.
     """
     # TODO 4: forward + backward over every micro-batch; return the step's mean losses (detached)
     #   Afterwards .grad holds the gradient of the training objective (LM loss + auxiliary
@@ -272,10 +275,10 @@ def autocast_context(device: torch.device, dtype: torch.dtype):
     (largest 65,504, smallest normal 6e-5): small gradients flush to zero unless the
     loss is scaled up first (see make_grad_scaler). Use bfloat16 where the GPU has it.
     """
-    # TODO 5: the autocast context for this device and dtype (NO_AUTOCAST for float32)
-    #   bfloat16 or float16: matmuls inside the context run in that type, on this kind of
-    #   device (cpu, cuda or mps); float32: nothing changes.
-    #   Stuck? python train_exercise.py --hint 5
+    # TODO 5: mixed precision for this device and number type
+    #   Returns a context manager. With bfloat16 or float16, the matmuls inside it run in
+    #   that type on the kind of device given (cpu, cuda or mps), the other devices'
+    #   untouched; with float32 nothing changes inside it. Stuck? python train_exercise.py --hint 5
     if dtype == torch.float32:
         return NO_AUTOCAST
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -287,9 +290,11 @@ def make_grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.Grad
     multiplies the loss by a large factor before backward and divides the gradients
     by it before the update. bfloat16 has float32's range and needs no scaler; a
     disabled scaler passes every call straight through."""
-    # TODO 5: a GradScaler that is enabled for float16 only
-    #   A disabled scaler passes every call through unchanged, so the training step can
-    #   always use it. Stuck? python train_exercise.py --hint 5
+    # TODO 5: the GradScaler this number type needs
+    #   Returns a torch.amp.GradScaler for this device, switched on for the number type
+    #   whose range needs loss scaling and off for the two that do not (the docstring
+    #   says which). The training step always calls one: a scaler that is off passes
+    #   every call through. Stuck? python train_exercise.py --hint 5
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     # END TODO 5
 
@@ -318,7 +323,7 @@ def evaluate(
     batch size or the number of processes. eval() turns dropout off; no_grad() skips
     building the backward graph.
     """
-    # TODO 6: eval mode, no gradients, mean loss over every real target of every process
+    # TODO 6: the validation loss and perplexity of the model as it is
     #   Returns an EvalResult: the mean loss over every real target of every process's
     #   batches (targets equal to IGNORE_INDEX are padding; with padded documents, batches
     #   hold different numbers of real targets) as a Python float, and its exponential. The

@@ -32,10 +32,10 @@ CATALOG = [
     Todo("2b", "train", ("get_lr",), "get_lr: cosine decay to min_lr"),
     Todo("3a", "train", ("set_lr",), "set_lr: the LR of every param group"),
     Todo("3b", "train", ("compute_loss",), "compute_loss: the forward pass"),
-    Todo("3c", "train", ("clip_and_step",), "clip_and_step: unscale, clip, step, zero_grad"),
+    Todo("3c", "train", ("clip_and_step",), "clip_and_step: clip, then update the weights"),
     Todo("4", "train", ("accumulate_gradients",), "accumulate_gradients: token-weighted, no_sync"),
-    Todo("5", "train", ("autocast_context", "make_grad_scaler"), "autocast + GradScaler for float16"),
-    Todo("6", "train", ("evaluate",), "evaluate: no_grad, mean over every process"),
+    Todo("5", "train", ("autocast_context", "make_grad_scaler"), "autocast_context + make_grad_scaler"),
+    Todo("6", "train", ("evaluate",), "evaluate: mean loss over every process"),
     Todo(
         "7", "data", ("PretrainDataset.__getitem__",), "PretrainDataset: BOS/EOS, padding, -100", bonus=True
     ),

@@ -251,7 +251,7 @@ def compare_training(learner, k, grad_clip, dtype, what):
     assert_same_parameters(ours, reference, what)
 
 
-# --- TODO 3c: unscale, clip, step, zero_grad -----------------------------------------------------
+# --- TODO 3c: clip, then update the weights ---------------------------------------------------
 
 
 def gradients_ready(scale=None, seed=0):
