@@ -33,7 +33,7 @@ NOT_IN_RECIPE = frozenset({
 })  # fmt: skip
 
 # A run this close to its reference is on track: several times the spread between two
-# seeds of the main job (the README's "Is my loss good?" gives it).
+# seeds of the main job (docs/reference-runs.md, "Is my loss good?", gives it).
 ON_TRACK_TOLERANCE = 0.02
 
 
