@@ -1,4 +1,4 @@
-"""The TODOs of the exercise files, and their hints, in one place.
+"""The TODOs of the exercise files, their hints and their challenge texts, in one place.
 
 `python train_exercise.py --hint 2b` (or `python data_exercise.py --hint 1`) prints the
 next hint of a TODO, one layer at a time: first the idea, then the concepts and the
@@ -181,6 +181,101 @@ HINTS: dict[str, tuple[str, str, str]] = {
     ),
 }
 LAYERS = ("the idea", "concepts and API names", "pseudocode")
+
+# The challenge level (`python tools/make_exercises.py --level challenge`): in place of the
+# guided contract, each TODO region states its goal and every graded property in words,
+# what must hold and why, with no code, slice, formula or API name; the hints above hold
+# the rest. One text per region of the TODO, in the order of the solution file.
+CHALLENGE: dict[str, tuple[str, ...]] = {
+    "1": (
+        "Return the training pair of window idx, which begins where the windows' spacing "
+        "(stride) puts it: x, the T tokens of the corpus that the model reads from there on, and "
+        "y, what it must predict at each of x's positions, the token that comes next in the "
+        "corpus. Both are tensors of T 64-bit integers, the type embedding lookups and the loss "
+        "take (the token file's own type is too small for them), also when the tokens come from a "
+        "memory-mapped file.",
+    ),
+    "2a": (
+        "During the warmup (step below warmup_steps) the LR climbs in a straight line, by the "
+        "same amount at every step, from 0 just before the first step to max_lr at the last step "
+        "of the warmup: the very first step must already move the weights.",
+    ),
+    "2b": (
+        "After the warmup the LR falls from max_lr, where the decay starts, to min_lr at "
+        "total_steps along half a cosine period: slowly at first, fastest midway, slowly at the "
+        "end. From total_steps on, however far past it, the LR stays at min_lr; it never goes "
+        "below it.",
+    ),
+    "3a": (
+        "The optimizer's next step must train every parameter at the schedule's lr, except that "
+        'a group of parameters carrying an "lr_scale" (Muon\'s) trains at that multiple of lr; a '
+        "group without one takes lr itself. Nothing else about any group changes, its scale "
+        "included, so the next call scales the new lr again.",
+    ),
+    "3b": (
+        "Return the two losses of predicting y from x, each a scalar still attached to the "
+        "autograd graph (backward follows): the language-model loss, the mean cross-entropy over "
+        "the real targets (padding is no target) in nats per token, and the auxiliary "
+        "load-balancing loss of mixture-of-experts routers, zero without them. Keep the two "
+        "apart: evaluation reports the first alone. The model knows every term it trains with.",
+    ),
+    "3c": (
+        "Return the norm of the whole gradient before clipping, in true units. The weights move "
+        "by the true gradient, shortened to a total norm of grad_clip when it is longer (0: never "
+        "shortened), also when float16's loss scaling has multiplied the gradients by its factor. "
+        "A float16 step whose gradients overflowed leaves the weights as they were, and the loss "
+        "scale adapts after every step (it halves after an overflow). Afterwards the gradients "
+        "are gone (None, not zeros), so the next step starts from nothing. Order matters.",
+    ),
+    "4": (
+        "Forward and backward every micro-batch so that afterwards the gradients are those of "
+        "one batch holding all of them: the gradient of the training objective (the LM loss plus "
+        "the auxiliary loss) averaged over every real target of the step, each weighing the same "
+        "whichever micro-batch holds it, also when micro-batches hold different numbers of real "
+        "targets (padding). Under DDP the processes' gradients are averaged once per step, at the "
+        "last micro-batch only, and afterwards every real target of every process weighs the "
+        "same: the count that weighs them is shared through the helper imported at the top, as a "
+        "tensor. Forwards run under amp_ctx, and backwards start from the loss as the scaler "
+        "scales it. Return this process's mean LM loss and mean auxiliary loss per real target "
+        "of the step, detached from the graph.",
+    ),
+    "5": (
+        "Return a context under which, for bfloat16 or float16, the matrix multiplications run "
+        "in that 16-bit type on the kind of device given (CPU, CUDA or MPS), and only there; for "
+        "float32, a context that changes nothing.",
+        "Return the loss scaler (the type the signature names) for this kind of device, switched "
+        "on only for the number type whose narrow range makes small gradients vanish, and off "
+        "for the other two (the docstring says why). The training step always calls it: "
+        "switched off, it passes everything through.",
+    ),
+    "6": (
+        "Measure the model as it is: return its mean LM loss over every real target of every "
+        "process's batches (padding excluded, so a batch with few real targets weighs only as "
+        "much as its targets), as a Python float, and the perplexity, its exponential. Every "
+        "process gets the same loss over all the processes' windows, adding up through the "
+        "helper imported at the top, called as often on every process. Measuring changes "
+        "nothing: dropout off while it runs and training mode back afterwards, no autograd graph "
+        "(no backward follows), forwards under amp_ctx as in training.",
+    ),
+    "7": (
+        "Return document idx as a pair of tensors of T 64-bit integers: the sequence is the "
+        "begin marker, the document's tokens and the end marker, cut to one token more than T "
+        "when it is longer (a cut document loses its end: it did not end there); x reads it and "
+        "y holds the next token at each of x's positions. Past the sequence x is padding (pad) "
+        "and y holds the target value the loss skips (IGNORE_INDEX).",
+    ),
+    "8": (
+        "Return a dict from which restore_checkpoint continues the run exactly as if it had "
+        "never stopped: the same weights, the optimizer's moment estimates, the loss scaler's "
+        "current scale, the step, the position in the data, every random generator (they decide "
+        "the next dropout masks) and best_val_loss. The run's checkpoint files read the model's, "
+        'the optimizer\'s and the scaler\'s states under "model", "optimizer" and "scaler", and '
+        "the step under \"step\"; the docstring names the stream's and the generators' helpers.",
+        "Give the model, the optimizer, the scaler and the random generators back their saved "
+        "states, and return the step, the data position (as the stream gave it) and "
+        "best_val_loss, as they were saved.",
+    ),
+}
 
 
 def hints_used(path: Path | None = None) -> dict[str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,15 @@ from pathlib import Path
 import pytest
 import test_todo_data
 import test_todo_train
-from conftest import ROOT, TINY_MODEL, background_job, lower_priority, make_exercises, skip_if_learner_edited
+from conftest import (
+    ROOT,
+    TINY_MODEL,
+    background_job,
+    exercise_level,
+    lower_priority,
+    make_exercises,
+    skip_if_learner_edited,
+)
 from scoreboard import FAILED, NOT_STARTED, Scoreboard
 from todos import CATALOG, TODOS, Learner, isolate, load, rank
 
@@ -103,7 +112,7 @@ def test_each_todo_s_plain_tests_come_before_its_special_cases():
 @pytest.mark.parametrize("exercise", make_exercises.PAIRS.values())
 def test_exercise_files_are_up_to_date(exercise):
     skip_if_learner_edited(exercise)
-    expected = make_exercises.expected_files()[ROOT / exercise]
+    expected = make_exercises.expected_files(exercise_level(exercise))[ROOT / exercise]
     assert (ROOT / exercise).read_text() == expected, (
         f"{exercise} is out of date: run python tools/make_exercises.py"
     )
@@ -131,14 +140,14 @@ def test_graded_tests_fail_on_the_unsolved_exercise_with_their_own_message(todo,
                 run_case(func, learner, kwargs, tmp_path, patch)
 
 
-def load_variant(solved: set[str], directory: Path) -> Learner:
-    """data/train modules generated with only the TODOs in `solved` filled in, as if
-    the learner had pasted those solution regions into the exercise files."""
-    tag = "_".join(sorted(solved)) or "none"
+def load_variant(solved: set[str], directory: Path, level: str = "guided") -> Learner:
+    """data/train modules generated at `level` with only the TODOs in `solved` filled in,
+    as if the learner had pasted those solution regions into the exercise files."""
+    tag = "_".join([*sorted(solved), level]) if solved else f"none_{level}"
     modules = {}
     for name in ("data", "train"):
         source = (ROOT / f"{name}_solution.py").read_text()
-        text = make_exercises.make_exercise(source, f"{name}_solution.py", solved=frozenset(solved))
+        text = make_exercises.make_exercise(source, f"{name}_solution.py", frozenset(solved), level)
         text = text.replace("from data_exercise import", f"from data_variant_{tag} import")
         path = directory / f"{name}_variant_{tag}.py"
         path.write_text(text)
@@ -149,9 +158,11 @@ def load_variant(solved: set[str], directory: Path) -> Learner:
     return Learner(modules["data"], modules["train"])
 
 
+@pytest.mark.parametrize("level", make_exercises.LEVELS)
 @pytest.mark.parametrize("solved", list(TODOS))
-def test_pasting_one_solution_region_turns_exactly_that_todo_green(solved, monkeypatch, tmp_path):
-    variant = load_variant({solved}, tmp_path)
+def test_pasting_one_solution_region_turns_exactly_that_todo_green(solved, level, monkeypatch, tmp_path):
+    """At either level: every other TODO fails with its own message, this one passes."""
+    variant = load_variant({solved}, tmp_path, level)
     for todo, func, kwargs in graded_cases():
         with monkeypatch.context() as patch:
             learner = isolate(Learner(variant.data, variant.train), todo, load("solution"), patch)
@@ -160,6 +171,68 @@ def test_pasting_one_solution_region_turns_exactly_that_todo_green(solved, monke
             else:
                 with pytest.raises(NotImplementedError, match=f"^TODO {todo}: "):
                     run_case(func, learner, kwargs, tmp_path, patch)
+
+
+def test_the_challenge_level_differs_from_the_guided_only_in_the_todo_comments():
+    for solution, exercise in make_exercises.PAIRS.items():
+        source = (ROOT / solution).read_text()
+        guided, challenge = (
+            make_exercises.make_exercise(source, solution, level=lv) for lv in make_exercises.LEVELS
+        )
+        assert make_exercises.level_of_text(challenge, exercise) == "challenge"
+        solved = make_exercises.make_exercise(source, solution, frozenset(TODOS), "challenge")
+        assert solved.split("\n", 2)[2] != make_exercises.rename(source), (
+            "the challenge texts replace the contracts"
+        )
+        for (todo, ours), (_, theirs) in zip(
+            make_exercises.regions(challenge), make_exercises.regions(guided), strict=True
+        ):
+            assert ours != theirs, f"TODO {todo}: the challenge level states it in its own words"
+            code = lambda text: [line for line in text.splitlines() if not line.strip().startswith("#")]
+            assert code(ours) == code(theirs), f"TODO {todo}: the levels differ in the comments only"
+        outside = lambda text: re.sub(r"# TODO (\w+):.*?# END TODO \1", "", text, flags=re.S).split("\n", 2)[
+            2
+        ]
+        assert outside(challenge) == outside(guided), (
+            f"{exercise}: outside the TODOs both levels are one file"
+        )
+        assert max(map(len, challenge.splitlines())) <= make_exercises.MAX_LINE
+
+
+def copy_for_the_generator(tmp_path: Path, monkeypatch) -> Path:
+    """The solution and exercise files in a folder of their own, which make_exercises writes."""
+    for solution, exercise in make_exercises.PAIRS.items():
+        shutil.copy2(ROOT / solution, tmp_path / solution)
+        (tmp_path / exercise).write_text(make_exercises.expected_files()[ROOT / exercise])
+    monkeypatch.setattr(make_exercises, "ROOT", tmp_path)
+    return tmp_path
+
+
+def test_the_level_command_switches_both_files_and_never_overwrites_your_work(tmp_path, monkeypatch, capsys):
+    folder = copy_for_the_generator(tmp_path, monkeypatch)
+    assert make_exercises.main(["--level", "challenge"]) == 0
+    assert all(make_exercises.level_of(folder / e) == "challenge" for e in make_exercises.PAIRS.values())
+    assert make_exercises.main(["--check"]) == 1
+    assert "train_exercise.py is at the challenge level" in capsys.readouterr().err
+    assert make_exercises.main([]) == 0, "without --level a file keeps its level"
+    assert make_exercises.level_of(folder / "train_exercise.py") == "challenge"
+
+    train = folder / "train_exercise.py"
+    open_3a = '    raise NotImplementedError("TODO 3a'
+    answered = train.read_text().replace(open_3a, "    pass  # my answer\n" + open_3a, 1)
+    train.write_text(answered)
+    capsys.readouterr()
+    assert make_exercises.main(["--level", "guided"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train_exercise.py holds your work in TODO 3a; not overwritten" in err
+    assert train.read_text() == answered, "the learner's file is untouched"
+    assert make_exercises.level_of(folder / "data_exercise.py") == "guided", "the other file switched"
+    assert make_exercises.main(["--check"]) == 1
+    assert "holds edits in TODO 3a" in capsys.readouterr().err
+
+    assert make_exercises.main(["--level", "guided", "--force"]) == 0
+    assert (folder / "train_exercise.py.bak").read_text() == answered
+    assert make_exercises.main(["--check"]) == 0, "back at the guided level, as generated"
 
 
 def test_scoreboard_rejects_an_unknown_todo(capsys):
@@ -221,7 +294,11 @@ def test_open_core_todo_stops_training_with_its_message(todo, corpus_txt, tmp_pa
 
 # --- a learner's checkout: "done" is done ---------------------------------------------------
 
-FILLED = {"finished": set(TODOS), "half-finished": {"1", "2a", "2b", "3a", "3b", "3c"}}
+FILLED = {
+    "finished": set(TODOS),
+    "half-finished": {"1", "2a", "2b", "3a", "3b", "3c"},
+    "challenge, half-finished": {"1", "2a", "2b", "3a", "3b", "3c"},  # after --level challenge
+}
 COURSE_FILES = ["course", "tests", "tools", "data/gpt2.tiktoken", "model.py", "optim.py",
                 "data_solution.py", "train_solution.py", "pyproject.toml", "tutorial.ipynb"]  # fmt: skip
 
@@ -249,8 +326,9 @@ print(json.dumps(results))
 """
 
 
-def copy_course(copy: Path, filled: set[str]) -> None:
-    """A copy of the course whose exercise files hold the solution of the TODOs in `filled`."""
+def copy_course(copy: Path, filled: set[str], level: str = "guided") -> None:
+    """A copy of the course whose exercise files, at `level`, hold the solution of the
+    TODOs in `filled`."""
     for item in COURSE_FILES:
         source, target = ROOT / item, copy / item
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +337,7 @@ def copy_course(copy: Path, filled: set[str]) -> None:
         else:
             shutil.copy2(source, target)
     for solution, exercise in make_exercises.PAIRS.items():
-        text = make_exercises.make_exercise((ROOT / solution).read_text(), solution, frozenset(filled))
+        text = make_exercises.make_exercise((ROOT / solution).read_text(), solution, frozenset(filled), level)
         (copy / exercise).write_text(text)
 
 
@@ -271,8 +349,8 @@ def learner_checkouts(workdir: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key != "CI"}  # a learner's machine
     results = {}
     for name, filled in FILLED.items():
-        copy = workdir / name
-        copy_course(copy, filled)
+        copy = workdir / name.replace(", ", "_")
+        copy_course(copy, filled, "challenge" if name.startswith("challenge") else "guided")
         # One process per checkout (they are slow to start): the only checks of plain pytest
         # that read the exercise files or the notebook's outputs, then both graders.
         command = lower_priority([sys.executable, "-c", CHECKOUT])
@@ -294,6 +372,18 @@ def test_a_finished_checkout_passes_pytest_and_both_graders(background):
     )
     assert "1/1 TODOs done in data_exercise.py; bonus TODO 7 done" in results["finished data"][1]
     assert "your work in TODO" in results["finished pytest"][1], "the pristine checks say why they skip"
+
+
+@pytest.mark.background("checkouts")
+def test_a_checkout_at_the_challenge_level_passes_pytest_and_grades_as_the_guided_one(background):
+    results = json.loads((background / "results.json").read_text())
+    code, output = results["challenge, half-finished pytest"]
+    assert code == 0, output[-2000:]
+    assert "your work in TODO" in output, "the pristine checks skip for the answers, not for the level"
+    board = lambda key: results[key][1][results[key][1].index("TODO  what you write") :]
+    assert board("challenge, half-finished train") == board("half-finished train"), (
+        "the same tests grade both"
+    )
 
 
 @pytest.mark.background("checkouts")

@@ -61,10 +61,11 @@ def code_lines(region: str) -> list[str]:
     return [line for line in lines if line and not line.startswith("#") and len(line) >= 12]
 
 
+@pytest.mark.parametrize("level", make_exercises.LEVELS)
 @pytest.mark.parametrize("solution", make_exercises.PAIRS)
-def test_exercise_comments_state_the_contract_not_the_code(solution):
+def test_exercise_comments_state_the_contract_not_the_code(solution, level):
     source = (ROOT / solution).read_text()
-    exercise = make_exercises.make_exercise(source, solution)
+    exercise = make_exercises.make_exercise(source, solution, level=level)
     for (todo, solved), (_, unsolved) in zip(
         make_exercises.regions(source), make_exercises.regions(exercise), strict=True
     ):

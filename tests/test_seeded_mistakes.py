@@ -414,6 +414,49 @@ def test_the_check_for_printed_code_catches_a_call_a_formula_and_a_line():
     assert not given_away("the LR must already be above 0 at step 0")
 
 
+def api_names() -> set[str]:
+    """The API a TODO region's code calls or reads (`clip_grad_norm_`, `param_groups`,
+    `GradScaler`, `autocast`): names with an underscore or a capital, or no English word,
+    less the interface the chapter gives (the names it imports from the course's own
+    modules and the names in its signatures), which a contract may name."""
+    api, given = set(), set()
+    for solution in make_exercises.PAIRS:
+        source = (ROOT / solution).read_text()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] in (
+                "course",
+                "model",
+                "data_solution",
+            ):
+                given |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.FunctionDef):
+                given |= {a.arg for a in (*node.args.args, *node.args.kwonlyargs)}
+        for _, region in make_exercises.regions(source):
+            code = "\n".join(line for line in region.splitlines() if not line.strip().startswith("#"))
+            api |= set(re.findall(r"\.([A-Za-z_]\w*)", code)) | set(re.findall(r"\b([A-Za-z_]\w*)\(", code))
+    wordlike = lambda name: "_" not in name and name.islower() and name not in ("autocast", "astype", "cos")
+    return {name for name in api if not wordlike(name)} - given
+
+
+@pytest.mark.parametrize("solution", make_exercises.PAIRS)
+def test_challenge_texts_state_properties_without_code_or_api(solution):
+    """The challenge level says what must hold; the code and the API are for the hints."""
+    from course.todos import CHALLENGE
+
+    api = api_names()
+    for todo in dict.fromkeys(make_exercises.todo_ids((ROOT / solution).read_text())):
+        for text in CHALLENGE[todo]:
+            assert not given_away(text), f"TODO {todo}: the challenge text prints code {given_away(text)}"
+            named = sorted(name for name in api if re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text))
+            assert not named, f"TODO {todo}: the challenge text names the API {named}; leave that to --hint"
+
+
+def test_the_check_for_api_names_knows_the_api_and_the_interface():
+    api = api_names()
+    assert {"param_groups", "clip_grad_norm_", "unscale_", "no_sync", "autocast", "load_state_dict"} <= api
+    assert not {"mean_over_processes", "IGNORE_INDEX", "amp_ctx", "grad_clip", "best_val_loss"} & api
+
+
 @pytest.mark.parametrize("module", ["test_todo_data.py", "test_todo_train.py"])
 def test_no_grading_message_prints_the_solutions_code(module):
     """Every string a graded test can print, whether or not a seeded mistake reaches it."""
