@@ -409,14 +409,21 @@ def test_a_half_finished_checkout_passes_pytest_and_its_graders_name_the_open_to
 # What a learner may put into a TODO that is not an answer: per checkout, the TODOs left
 # open, and (file, text, what goes before it) for each; every other TODO holds its solution.
 LOOP = "        while True:\n            pass\n"
-OPEN_2A = '        raise NotImplementedError(\n            "TODO 2a'
-OPEN_3B = '    raise NotImplementedError(\n        "TODO 3b'
+
+
+def open_todo(todo: str) -> re.Pattern:
+    """Where an open TODO's raise starts: on one line, or over two where the generator
+    wrapped a long title."""
+    return re.compile(rf'^[ ]*raise NotImplementedError\(\s*"TODO {todo}:', re.MULTILINE)
+
+
+OPEN_2A, OPEN_3A, OPEN_3B = open_todo("2a"), open_todo("3a"), open_todo("3b")
 BROKEN = {
     "endless loop": ({"2a"}, [("train_exercise.py", OPEN_2A, LOOP)]),
     # One checkout for three faults, one grader run: it must get past all of them. TODOs
     # 4-8 stay open too: their graded tests (real training runs) would add nothing here.
     "os._exit, sys.exit and a syntax error in the other chapter": ({"3a", "3b", "4", "5", "6", "8"}, [
-        ("train_exercise.py", '    raise NotImplementedError("TODO 3a', '    __import__("os")._exit(0)\n'),
+        ("train_exercise.py", OPEN_3A, '    __import__("os")._exit(0)\n'),
         ("train_exercise.py", OPEN_3B, "    raise SystemExit(3)\n"),
         ("data_exercise.py", "class BlockDataset", "(:\n"),
     ]),
@@ -434,8 +441,11 @@ def broken_checkouts(workdir: Path) -> None:
         copy_course(copy, set(TODOS) - left_open)
         for file, before, insertion in insertions:
             text = (copy / file).read_text()
-            assert before in text, f"{name}: the exercise file has changed; update BROKEN"
-            (copy / file).write_text(text.replace(before, insertion + before, 1))
+            found = (
+                before.search(text) if isinstance(before, re.Pattern) else re.search(re.escape(before), text)
+            )
+            assert found, f"{name}: the exercise file has changed; update BROKEN"
+            (copy / file).write_text(text[: found.start()] + insertion + text[found.start() :])
         # Only the endless loop is graded with a short limit, and only its own TODO: the
         # other graded tests (TODO 8's runs a real training twice) keep the usual one.
         option = ["2a"] if name == "endless loop" else []
