@@ -14,8 +14,8 @@ the training loss (the mean over every real target of every process since the la
 log line), the auxiliary loss with MoE, the learning rate of each kind of optimizer
 group (lr/adamw, lr/muon), the gradient norm before clipping, tokens/s, MFU on a known
 GPU, peak GPU memory on CUDA; and at each evaluation the validation loss, perplexity
-and bits per byte, and the text sample. The run's config goes in once, as text, at
-the step it starts from.
+and bits per byte, and the text sample. The run's config goes in as text, once per
+part of the run: at step 0, and after a resume at the first step it trains.
 
 The event files follow the run folder's rules (course.run_folder): they are files of
 the run. A new run writes them into its staging folder with its other files (TensorBoard
@@ -150,7 +150,8 @@ def open_tracker(config, is_main: bool, run, resumed_at: int | None) -> Tracker:
     tracker = Tracker(sinks)
     if sinks:
         OPEN.append(tracker)
-        tracker.text("config", config_text(config), resumed_at or 0)
+        # At the first step this part of the run trains: a later resume supersedes it with its own.
+        tracker.text("config", config_text(config), 0 if resumed_at is None else resumed_at + 1)
     return tracker
 
 
@@ -170,8 +171,11 @@ class TensorBoard:
 
     def __init__(self, folder: RunFolder, resumed_at: int | None) -> None:
         self.folder = folder
-        # A resume supersedes the steps after its checkpoint (see the module's docstring).
-        self.purge_step = None if resumed_at is None else resumed_at + 1
+        # Each part of the run starts its events with a session start at its first step, and
+        # TensorBoard drops what was logged from that step on before it: a resume supersedes
+        # the steps after its checkpoint. (TensorBoard takes a run's first session start for
+        # its beginning, not a restart: a new run writes one too, at step 0.)
+        self.purge_step = 0 if resumed_at is None else resumed_at + 1
         self.writer = None
         folder.before_commit.append(self.close)
 
@@ -237,8 +241,8 @@ class WandB:
         self.run.config.update(config.to_dict(), allow_val_change=True)  # a resume may apply new values
         self.tracked_run = tracked_run(config, run_id)
         if self.run.settings.mode == "offline":
-            folder = Path(self.run.dir).parent
-            print(f"note: W&B logs offline (no account here: wandb login); `wandb sync {folder}` uploads it")
+            sync = f"wandb sync {Path(self.run.dir).parent}"
+            print(f"note: W&B logs offline (no account here, or WANDB_MODE); `{sync}` uploads it")
         self.html = wandb.Html
 
     def scalars(self, step: int, scalars: dict) -> None:
@@ -269,9 +273,9 @@ class SwanLab:
                 config=config.to_dict(),
             )
         self.tracked_run = tracked_run(config, run_id)
-        if offline:
+        if self.run.mode == "offline":
             sync = f"swanlab sync {self.run.dir}"
-            print(f"note: SwanLab logs offline (no account here: swanlab login); `{sync}` uploads it")
+            print(f"note: SwanLab logs offline (no account here, or SWANLAB_MODE); `{sync}` uploads it")
         self.swanlab = swanlab
 
     def scalars(self, step: int, scalars: dict) -> None:
