@@ -44,6 +44,7 @@ import io
 import netrc
 import os
 import secrets
+import time
 from contextlib import redirect_stdout
 from pathlib import Path
 from urllib.parse import urlparse
@@ -184,7 +185,9 @@ class TensorBoard:
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(self.folder.path(TENSORBOARD_DIR), purge_step=self.purge_step)
+            log_dir = self.folder.path(TENSORBOARD_DIR)
+            wait_for_a_later_second(log_dir)
+            self.writer = SummaryWriter(log_dir, purge_step=self.purge_step)
             self.purge_step = None  # once: a later file of this process supersedes nothing
         return self.writer
 
@@ -204,6 +207,23 @@ class TensorBoard:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+
+def wait_for_a_later_second(log_dir: Path) -> None:
+    """TensorBoard reads a run's event files in the order of their names, which begin with
+    the second the file was opened in (then the host, the process id and a counter, which
+    sort as text: 10 before 9). A file opened within the same second as an earlier part's
+    could sort before it, and a resume's supersession would then be read first and undone.
+    So a new file waits for a later second than every file there: at most a second, and only
+    when a part ended less than a second ago (a test's tiny runs; a real run's first
+    checkpoint, or a resume after a kill, comes later than that)."""
+    newest = -1
+    for path in log_dir.glob("events.out.tfevents.*"):
+        seconds = path.name.split(".")[3]  # events out tfevents SECONDS HOST PID COUNTER
+        if seconds.isdigit():
+            newest = max(newest, int(seconds))
+    while time.time() < newest + 1:
+        time.sleep(0.01)
 
 
 def new_run_id() -> str:

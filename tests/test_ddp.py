@@ -192,12 +192,12 @@ def ddp_runs(workdir: Path) -> None:
             run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]), nice=True
         )
         # Killed (SIGKILL) after step 4, resumed and stopped by SIGTERM in step 6, resumed to step 8.
-        kill_after_step_4([*ddp_args(workdir, "resumed"), *dropout], workdir)
-        said = terminate_during_step_6(
-            [*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"], workdir
-        )
+        # With TensorBoard's events (test_only_rank_0_tracks_and_a_resumed_ddp_run_logs_each_step_once).
+        resumed = [*ddp_args(workdir, "resumed"), *dropout, "--tensorboard", "1"]
+        kill_after_step_4(resumed, workdir)
+        said = terminate_during_step_6([*resumed, "--from_resume", "1"], workdir)
         (workdir / "terminated.log").write_text(said)
-        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]), nice=True)
+        run_checked(torchrun([*resumed, "--from_resume", "1"]), nice=True)
         documents.result(), with_dropout.result()  # raise if a run failed
 
 

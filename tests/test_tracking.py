@@ -27,7 +27,17 @@ from conftest import ROOT, TINY_MODEL, VERSE, background_job
 import train_solution as train
 from course.run_folder import RunFolder
 
-TINY = [*TINY_MODEL, "--eval_interval", "4", "--save_interval", "4", "--learning_rate", "3e-3"]
+TINY = [
+    *TINY_MODEL,
+    "--eval_interval",
+    "4",
+    "--save_interval",
+    "4",
+    "--learning_rate",
+    "3e-3",
+    "--tensorboard",
+    "1",
+]
 EVALUATED = [0, 1, 2, 4, 8]  # every 4 steps and at the end, and at 1/8, 1/4 and 1/2 of the first interval
 TRAIN_TAGS = ["train/loss", "train/lr", "train/grad_norm", "perf/tokens_per_sec", "lr/adamw", "lr/muon"]
 VAL_TAGS = ["val/loss", "val/perplexity", "val/bits_per_byte"]
