@@ -545,7 +545,7 @@ def train(command_line: cli.CommandLine) -> None:
         start_step, data_position, best_val_loss = restore_checkpoint(checkpoint, model, optimizer, scaler)
         stream.seek(**data_position)
     resumed_at = start_step if checkpoint is not None else None
-    logbook = Logbook(config, group, device, dtype, tokenizer, meta, scaler, resumed_at, run.folder)
+    logbook = Logbook(config, group, device, dtype, tokenizer, meta, scaler, optimizer, resumed_at, run)
     train_model = wrap_for_training(model, group, device, config.use_compile)
     logbook.print_setup(model, len(stream.dataset), schedule, start_step, stream.batches_per_epoch)
 

@@ -205,12 +205,17 @@ class RunFiles:
         self.save_dir = folder.save_dir
         self.writes = not isinstance(folder, UnclaimedFolder)  # rank 0 writes the single files
         self.identity: dict = {}
+        # The W&B or SwanLab run this run logs to (course.tracking), kept in every checkpoint
+        # so that a resume continues it; None until --use_wandb 1 starts one.
+        self.tracked_run: dict | None = None
 
     def load_resume(self) -> dict:
         """The checkpoint that --from_resume 1 continues (RunFolder.claim made sure it is there).
         An FSDP run's resume.pt holds everything but the weights and the optimizer state,
         which stay in its shards until read_shards."""
-        return load_checkpoint(self.folder.final_path(RESUME_FILE), "--from_resume 1", RESUME_KEYS)
+        checkpoint = load_checkpoint(self.folder.final_path(RESUME_FILE), "--from_resume 1", RESUME_KEYS)
+        self.tracked_run = checkpoint.get("tracked_run")
+        return checkpoint
 
     def read_shards(self, checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """An FSDP checkpoint: every process reads its shards of the weights and the
@@ -294,7 +299,8 @@ class RunFiles:
         if not self.writes:
             return
         if state is not None:
-            save_atomic({**state, **self.identity}, self.folder.path(RESUME_FILE))
+            tracked = {"tracked_run": self.tracked_run} if self.tracked_run is not None else {}
+            save_atomic({**state, **self.identity, **tracked}, self.folder.path(RESUME_FILE))
         if state is not None and "shards" in state:
             remove_other_shards(self.folder.path(SHARDS_DIR), keep=Path(state["shards"]).name)
         self.folder.commit()

@@ -26,7 +26,7 @@ from types import MappingProxyType
 import torch
 import torch.distributed as dist
 
-from course import corpus
+from course import corpus, tracking
 from course.checkpoints import RunFiles
 from course.config import RunConfig
 from course.corpus import TOKENIZERS
@@ -45,6 +45,7 @@ from course.grading import show_hint
 from course.guards import STOP_SIGNALS, stop_at_once_on_sigterm
 from course.run_folder import RESUME_FILE, RunFolder, UnclaimedFolder, check_folder, out_of_space
 from course.todos import TODOS
+from course.tracking import BACKENDS
 from model import CHOICES, GPTConfig
 
 HINT_HELP = "print the next hint for a TODO: first the idea, then the API names, pseudocode last"
@@ -347,6 +348,32 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"tokens per sample (at most {MAX_SAMPLE_TOKENS:,}; 0: no samples)",
     )
 
+    track = p.add_argument_group("watching the run (course/tracking.py, docs/watching.md)")
+    track.add_argument(
+        "--tensorboard",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="1: TensorBoard event files in save_dir/tensorboard/ (`tensorboard --logdir out`); 0: none",
+    )
+    track.add_argument(
+        "--use_wandb",
+        type=int,
+        default=0,
+        choices=(0, 1),
+        help='1: log to W&B too (pip install -e ".[wandb]"; offline without an account), as MiniMind does',
+    )
+    track.add_argument(
+        "--wandb_backend",
+        default="wandb",
+        choices=tuple(BACKENDS),
+        help="wandb: Weights & Biases; swanlab: SwanLab (MiniMind's choice, reachable from China)",
+    )
+    track.add_argument("--wandb_project", default="pretrain-a-gpt", help="the W&B or SwanLab project")
+    track.add_argument(
+        "--wandb_run_name", default=None, help="the tracked run's name (default: one the tracker makes up)"
+    )
+
     grading = p.add_argument_group("exercises")
     grading.add_argument(
         "--test",
@@ -429,6 +456,7 @@ def check_options(config: RunConfig) -> None:
         raise UsageError("--eval_iters and --eval_tokens both set the validation budget: give one")
     if config.min_lr is not None and config.min_lr > config.learning_rate:
         raise UsageError(f"--min_lr {config.min_lr} is larger than --learning_rate {config.learning_rate}")
+    tracking.check_installed(config)
 
 
 def check_seed(seed: int, world_size: int) -> None:
@@ -542,6 +570,14 @@ LENGTH = "applied: the run trains on to the new length; the schedule keeps the s
 FROM_HERE = "applied from the resume on: read at every step, evaluation or save, never saved in the state"
 HOW_IT_STARTS = "where the run is and how it starts"
 NO_RUN = "no run: grades the TODOs or prints a hint"
+TRACKED_RUN = (
+    "applied from the resume on: 1 continues the W&B or SwanLab run saved in the checkpoint (or starts "
+    "one), 0 logs to none; the saved run's id stays in the checkpoint"
+)
+NAMES_THE_TRACKED_RUN = (
+    "refused when it names another tracked run than the one saved in the checkpoint (its W&B or SwanLab "
+    "run id is continued); applied while the run has none"
+)
 ON_RESUME = {
     **dict.fromkeys((name for name in PLAN_OPTIONS if name not in RESUME_MAY_CHANGE), PLAN), **dict.fromkeys(
         ("hidden_size", "num_hidden_layers", "num_attention_heads", "max_seq_len", "dropout", "use_moe",
@@ -554,7 +590,8 @@ ON_RESUME = {
     **dict.fromkeys(
         ("grad_clip", "device", "dtype", "use_compile", "num_workers", "activation_checkpointing",
          "profile", "log_interval", "eval_interval", "eval_tokens", "eval_iters", "save_interval", "prompt",
-         "sample_tokens"), FROM_HERE),
+         "sample_tokens", "tensorboard"), FROM_HERE),
+    "use_wandb": TRACKED_RUN, **dict.fromkeys(tracking.TRACKED_RUN_OPTIONS, NAMES_THE_TRACKED_RUN),
     **dict.fromkeys(("save_dir", "data_dir", "from_resume", "overwrite", "from_weight"), HOW_IT_STARTS),
     "test": NO_RUN, "hint": NO_RUN,
 }  # fmt: skip
@@ -568,6 +605,9 @@ def continue_plan(
     values; an option given with another value would change the run the checkpoint
     continues, and is refused (the learning rates apart, see RESUME_MAY_CHANGE). Then
     --eval_iters becomes the tokens it stands for, with the run's batch size."""
+    if checkpoint is not None:  # the tracked run goes on: W&B's or SwanLab's run id is in the checkpoint
+        config = replace(config, **tracking.saved_tracked_run_options(config, checkpoint.get("tracked_run")))
+        tracking.check_installed(config)
     plan = checkpoint.get("plan") if checkpoint is not None else None
     if plan is None:
         return with_eval_budget(config), None
@@ -760,6 +800,7 @@ def main(train: Callable[[CommandLine], None], argv: list[str] | None, script: P
         )
         return 1
     finally:
+        tracking.close_all()  # before the folders: a staged run's events go with its staging folder
         release_run_folders()
         shut_down()
         if signal.getsignal(signal.SIGTERM) is not previous_sigterm:

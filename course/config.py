@@ -73,6 +73,12 @@ class RunConfig:
     from_weight: str
     prompt: str
     sample_tokens: int
+    # tracking (course.tracking)
+    tensorboard: int
+    use_wandb: int
+    wandb_backend: str
+    wandb_project: str
+    wandb_run_name: str | None  # None: the tracker names the run
     # the options given on the command line (a resume tells them from those left out)
     options_given: tuple[str, ...]
 

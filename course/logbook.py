@@ -1,4 +1,5 @@
-"""What a run reports: the progress bar, metrics.jsonl, metrics.png, samples.txt.
+"""What a run reports: the progress bar, metrics.jsonl, metrics.png, samples.txt, and
+the same numbers to TensorBoard (and W&B or SwanLab with --use_wandb 1: course.tracking).
 
     metrics.jsonl  one JSON object per log line (step, loss, lr, grad_norm,
                    tokens_per_sec, and mfu on a known GPU, skipped_steps with float16,
@@ -15,6 +16,9 @@ for the GPU every step. At a log line the training loop adds up every process's 
 (one all-reduce), so the logged loss weighs every real target of every step and
 process the same, also with padded documents; tokens/s counts real targets too, in
 training steps only, not evaluation or saving. Only rank 0 writes.
+
+A run stopped mid-write (a kill, a full disk) may leave metrics.jsonl with a cut last
+line: reading it, a line that is not a whole record is left out, with one note.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from course.checkpoints import data_identity
+from course.checkpoints import RunFiles, data_identity
 from course.config import RunConfig
 from course.devices import describe_dtype, forked_rng, gpu_peak_flops
 from course.distributed import ProcessGroup, is_sharded
@@ -41,9 +45,10 @@ from course.run_folder import (
     PLOT_FILE,
     RESUME_FILE,
     SAMPLES_FILE,
+    TENSORBOARD_DIR,
     WEIGHTS_FILE,
-    RunFolder,
 )
+from course.tracking import open_tracker
 
 
 def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
@@ -60,10 +65,26 @@ def append_metrics(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def read_metrics(path: Path, up_to_step: int | None = None) -> list[dict]:
+def read_metrics(path: Path, up_to_step: int | None = None, note: bool = True) -> list[dict]:
+    """The records of metrics.jsonl (up to a step). A line that is not a whole record,
+    as a run killed mid-append leaves its last one, is left out (with a note)."""
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records, damaged = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            damaged.append(number)
+            continue
+        records.append(record)
+    if damaged and note:
+        lines = ", ".join(map(str, damaged))
+        print(f"note: {path}: line {lines} is not a whole record (a run stopped while writing it); left out")
     return [r for r in records if up_to_step is None or r["step"] <= up_to_step]
 
 
@@ -159,13 +180,16 @@ class Logbook:
         tokenizer,
         meta: dict,
         scaler: torch.amp.GradScaler,
+        optimizer: torch.optim.Optimizer | None,
         resumed_at: int | None,
-        folder: RunFolder,
+        run: RunFiles,
     ) -> None:
-        """meta: the prepared corpus's meta.json. resumed_at: the step of the checkpoint
-        that a resumed run continues, None for a new run. folder: where the files go."""
+        """meta: the prepared corpus's meta.json. optimizer: its groups' LRs are tracked.
+        resumed_at: the step of the checkpoint that a resumed run continues, None for a
+        new run. run: the run's files (RunFiles), and through it where they go."""
         self.config, self.group, self.device, self.tokenizer = config, group, device, tokenizer
-        self.folder = folder
+        self.folder, self.optimizer = run.folder, optimizer
+        folder = run.folder
         self.meta, self.scaler, self.resumed_at = meta, scaler, resumed_at
         # The (tokens, bytes) of text that bits per byte is measured against: the
         # validation split, or in documents mode the whole corpus's bytes per token
@@ -188,10 +212,14 @@ class Logbook:
         # On resume, keep the metrics up to the checkpoint and drop any logged after it
         # (a new run starts with none: its files are new, see course.run_folder).
         self.records = (
-            read_metrics(folder.path(METRICS_FILE), up_to_step=resumed_at) if resumed_at is not None else []
+            read_metrics(folder.path(METRICS_FILE), up_to_step=resumed_at, note=group.is_main)
+            if resumed_at is not None
+            else []
         )
         if group.is_main and resumed_at is not None:
             folder.path(METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        # TensorBoard, W&B or SwanLab: the same records, from rank 0 (course.tracking).
+        self.tracker = open_tracker(config, group.is_main, run, resumed_at)
 
     def print(self, message: str) -> None:
         if self.group.is_main:
@@ -273,6 +301,7 @@ class Logbook:
                 record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             self.records.append(record)
             append_metrics(self.folder.path(METRICS_FILE), record)
+            self.tracker.log(step, record, self.optimizer)
             memory = {"mem_gb": f"{record['max_memory_gb']:.1f}"} if "max_memory_gb" in record else {}
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", **memory)
         self.window = torch.zeros_like(self.window)
@@ -292,6 +321,7 @@ class Logbook:
             self.records.append(record)
             if self.group.is_main:
                 append_metrics(self.folder.path(METRICS_FILE), record)
+                self.tracker.log(step, record)
             summary += (
                 f": val loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, {bpb:.3f} bits/byte"
             )
@@ -308,6 +338,7 @@ class Logbook:
         else:
             with open(self.folder.path(SAMPLES_FILE), "a") as f:
                 f.write(f"=== {summary} ===\n{sample}\n\n")
+            self.tracker.text("samples", sample, step)
             tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
         plot_metrics(self.records, self.folder.path(PLOT_FILE), self.reference)
 
@@ -376,6 +407,10 @@ class Logbook:
         if final(RESUME_FILE).is_file():
             written.append(f"resume checkpoint in {final(RESUME_FILE)}")
         written += [f"metrics in {final(METRICS_FILE)}", f"plot in {final(PLOT_FILE)}"]
+        if final(TENSORBOARD_DIR).is_dir():
+            written.append(
+                f"TensorBoard events in {final(TENSORBOARD_DIR)} (tensorboard --logdir {self.save_dir})"
+            )
         self.print("done: " + ", ".join(written))
         last = final_validation(self.records)
         if last is not None:

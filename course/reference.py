@@ -21,13 +21,15 @@ from pathlib import Path
 REFERENCE_FILE = Path(__file__).with_name("reference_runs.json")
 
 # Options that leave the trained weights as they are: where files go, how often to
-# report or save, what a sample starts with, how the work is spread over the machine.
+# report or save, where to watch the run (TensorBoard, W&B, SwanLab), what a sample
+# starts with, how the work is spread over the machine.
 # (Compiling, sharding with FSDP and recomputing activations change the rounding of some
 # sums, not the run.)
 NOT_IN_RECIPE = frozenset({
     "data_dir", "device", "dtype", "preset", "use_compile", "num_workers", "save_dir", "log_interval",
     "eval_interval", "save_interval", "from_resume", "overwrite", "prompt", "sample_tokens", "test",
     "hint", "options_given", "parallel", "activation_checkpointing", "profile",
+    "tensorboard", "use_wandb", "wandb_backend", "wandb_project", "wandb_run_name",
     # replaced by what they decide: the data's content, the schedule's numbers
     "data_path", "epochs", "max_steps", "warmup_steps", "min_lr", "eval_iters",
 })  # fmt: skip

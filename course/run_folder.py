@@ -1,8 +1,9 @@
 """One run per folder: where a run writes in --save_dir, and when.
 
-A run's folder (`--save_dir`, default out/) holds the run's six files: resume.pt,
-model.pt, best.pt, metrics.jsonl, metrics.png and samples.txt (and resume-shards/ for
-an FSDP run, profile.pt.trace.json with --profile). Three rules keep
+A run's folder (`--save_dir`, default out/) holds the run's files: resume.pt,
+model.pt, best.pt, metrics.jsonl, metrics.png, samples.txt and its TensorBoard
+event files in tensorboard/ (and resume-shards/ for an FSDP run, profile.pt.trace.json
+with --profile). Three rules keep
 what a learner made safe:
 
 - A new run does not start in a folder that holds another run. It is refused, in one
@@ -13,9 +14,11 @@ what a learner made safe:
   the run you trained, and makes replacing it a choice.)
 - Until its first checkpoint, a new run writes into a hidden staging folder inside
   the run's folder (`.staging-<pid>`). Only once that checkpoint is saved are the
-  files moved into place, and, with `--overwrite 1`, the old run's six files removed:
+  files moved into place, and, with `--overwrite 1`, the old run's files removed:
   a run that is refused, fails, diverges or is killed before its first checkpoint
-  leaves the folder as it was, and an overwrite keeps nothing half-old.
+  leaves the folder as it was, and an overwrite keeps nothing half-old. (A writer
+  that keeps a file open, as TensorBoard's does, closes it before the move: see
+  `before_commit`.)
 - One run at a time: the run holds a lock on `.lock` (which holds its pid) while it
   runs. The operating system releases the lock when the process ends, however it
   ends, so a lock file left by a killed run is recognised as free.
@@ -31,6 +34,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from course.errors import StorageError, UsageError
@@ -48,8 +52,18 @@ PLOT_FILE = "metrics.png"
 SAMPLES_FILE = "samples.txt"
 SHARDS_DIR = "resume-shards"  # an FSDP run's resume.pt keeps its weights and optimizer state here
 PROFILE_FILE = "profile.pt.trace.json"  # --profile N
-# What every run writes, and what some runs write too (FSDP, --profile).
-EVERY_RUN_FILES = (WEIGHTS_FILE, BEST_FILE, METRICS_FILE, PLOT_FILE, SAMPLES_FILE, RESUME_FILE)
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files (course.tracking); --tensorboard 0: none
+# What every run writes (TensorBoard's folder unless --tensorboard 0), and what some runs
+# write too (FSDP, --profile).
+EVERY_RUN_FILES = (
+    WEIGHTS_FILE,
+    BEST_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    SAMPLES_FILE,
+    TENSORBOARD_DIR,
+    RESUME_FILE,
+)
 RUN_FILES = (*EVERY_RUN_FILES[:-1], SHARDS_DIR, PROFILE_FILE, RESUME_FILE)  # resume.pt last
 
 LOCK_FILE = ".lock"
@@ -170,6 +184,9 @@ class RunFolder:
         )
         self.staging: Path | None = None
         self.committed = False  # has this run saved a checkpoint into the folder?
+        # Called before the staged files move: a writer with a file open in the staging
+        # folder closes it there (and opens a new one where path() then points).
+        self.before_commit: list[Callable[[], None]] = []
 
     @classmethod
     def claim(cls, save_dir: Path, resume: bool, overwrite: bool) -> RunFolder:
@@ -221,6 +238,8 @@ class RunFolder:
         """After this run's first checkpoint: its staged files go into the folder, and
         the files of the run it replaces (--overwrite 1) that it has not written yet go."""
         if self.staging is not None:
+            for close in self.before_commit:
+                close()
             staged = {path.name for path in self.staging.iterdir()}
             for name in RUN_FILES:
                 if name not in staged:

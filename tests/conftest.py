@@ -48,9 +48,13 @@ VERSE = (
 
 
 # Command-line options for a model small enough to train for real in well under a second.
+# Without TensorBoard's events: a run that reaches its first checkpoint within a second of
+# its start would wait for the next second to open its next event file (course.tracking);
+# the tests of the events turn them on (test_tracking.py, test_resume.py, test_ddp.py).
 TINY_MODEL = ["--device", "cpu", "--hidden_size", "32", "--num_hidden_layers", "2",
               "--num_attention_heads", "2", "--max_seq_len", "16", "--batch_size", "4",
-              "--eval_tokens", "128", "--log_interval", "1", "--sample_tokens", "5"]  # fmt: skip
+              "--eval_tokens", "128", "--log_interval", "1", "--sample_tokens", "5",
+              "--tensorboard", "0"]  # fmt: skip
 
 
 @pytest.fixture

@@ -271,7 +271,12 @@ def finished_run(tmp_path_factory):
 def previous_run(finished_run, tmp_path):
     """A copy of the finished run, whose outputs a failed run must leave untouched."""
     out = shutil.copytree(finished_run, tmp_path / "out")
-    return out, {p.name: p.read_bytes() for p in out.iterdir()}
+    return out, snapshot(out)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (TensorBoard's events are in a folder of their own), with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def write(tmp_path, name, content):
@@ -467,7 +472,7 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
         f"{case}: expected one 'error: ...' line, got {err!r}"
     )
     assert message in lines[0]
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, f"{case}: earlier outputs were modified"
+    assert snapshot(out) == before, f"{case}: earlier outputs were modified"
 
 
 def test_fsdp_refuses_float16_whose_overflow_check_would_see_one_shard(monkeypatch):
@@ -622,14 +627,15 @@ REFUSED_ON_RESUME = {
 APPLIED_ON_RESUME = {
     "learning_rate": 1e-3, "min_lr": 1e-4, "max_steps": 4, "grad_clip": 0.5, "dtype": "float32",
     "num_workers": 1, "activation_checkpointing": 1, "profile": 1, "log_interval": 2, "eval_interval": 2,
-    "eval_tokens": 64, "save_interval": 3, "prompt": "a", "sample_tokens": 3,
+    "eval_tokens": 64, "save_interval": 3, "prompt": "a", "sample_tokens": 3, "tensorboard": 0,
 }  # fmt: skip
 # epochs: max_steps wins over it; eval_iters: another way to give eval_tokens (the two
 # together are refused; test_eval_iters_is_a_budget_in_batches).
 NOT_CHANGED_IN_THE_WALK = {"device", "use_compile", "epochs", "eval_iters"}
-# How the run starts, and the graders: each has its own tests (the resume cases above,
-# test_grading.py, test_hints.py).
-ELSEWHERE = {"save_dir", "data_dir", "from_resume", "overwrite", "from_weight", "test", "hint"}
+# How the run starts, the graders and the tracked run: each has its own tests (the resume
+# cases above, test_grading.py, test_hints.py, test_tracking.py: W&B and SwanLab are optional).
+ELSEWHERE = {"save_dir", "data_dir", "from_resume", "overwrite", "from_weight", "test", "hint", "use_wandb",
+             "wandb_backend", "wandb_project", "wandb_run_name"}  # fmt: skip
 
 
 def test_every_option_has_a_stated_effect_on_a_resume_and_the_walk_covers_it():
@@ -650,7 +656,7 @@ def test_every_option_has_a_stated_effect_on_a_resume_and_the_walk_covers_it():
 @pytest.mark.parametrize("option", REFUSED_ON_RESUME)
 def test_a_resume_refuses_an_option_that_changes_the_run(option, finished_run, tmp_path, capsys):
     out = shutil.copytree(finished_run, tmp_path / "out")
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = snapshot(out)
     value, message = REFUSED_ON_RESUME[option]
     if option == "data_path":
         value = write(tmp_path, "other.txt", (VERSE[::-1] * 40).encode())
@@ -659,7 +665,7 @@ def test_a_resume_refuses_an_option_that_changes_the_run(option, finished_run, t
     code, err = run([*argv, "--from_resume", 1, f"--{option}", value], capsys)
     lines = [line for line in err.strip().splitlines() if not line.startswith("tokenizing")]
     assert code == 2 and len(lines) == 1 and message in lines[0], f"--{option} {value}: {code}, {err!r}"
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before, "a refused resume changed the run"
+    assert snapshot(out) == before, "a refused resume changed the run"
 
 
 def test_a_resume_applies_every_option_that_may_change(finished_run, tmp_path, capsys):

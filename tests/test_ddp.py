@@ -192,12 +192,12 @@ def ddp_runs(workdir: Path) -> None:
             run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]), nice=True
         )
         # Killed (SIGKILL) after step 4, resumed and stopped by SIGTERM in step 6, resumed to step 8.
-        kill_after_step_4([*ddp_args(workdir, "resumed"), *dropout], workdir)
-        said = terminate_during_step_6(
-            [*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"], workdir
-        )
+        # With TensorBoard's events (test_only_rank_0_tracks_and_a_resumed_ddp_run_logs_each_step_once).
+        resumed = [*ddp_args(workdir, "resumed"), *dropout, "--tensorboard", "1"]
+        kill_after_step_4(resumed, workdir)
+        said = terminate_during_step_6([*resumed, "--from_resume", "1"], workdir)
         (workdir / "terminated.log").write_text(said)
-        run_checked(torchrun([*ddp_args(workdir, "resumed"), *dropout, "--from_resume", "1"]), nice=True)
+        run_checked(torchrun([*resumed, "--from_resume", "1"]), nice=True)
         documents.result(), with_dropout.result()  # raise if a run failed
 
 
@@ -252,6 +252,32 @@ def test_a_ddp_run_with_dropout_resumes_where_it_stopped(background):
     straight, after_resume = weights(background / "ddp_dropout"), weights(background / "resumed")
     for name in straight:
         assert torch.equal(straight[name], after_resume[name]), f"{name} differs after the DDP resume"
+
+
+@pytest.mark.background("ddp")
+def test_only_rank_0_tracks_and_a_resumed_ddp_run_logs_each_step_once(background):
+    """TensorBoard's events of the run killed after step 4, stopped in step 6 and resumed
+    twice: written by rank 0 alone (no event file of rank 1's process), with the losses over
+    both processes that metrics.jsonl logs, each step once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    save_dir = background / "resumed"
+    rank1 = (save_dir / "rank1.pid").read_text()  # the killed run's rank 1 (kill_after_step_4)
+    files = sorted(path.name for path in save_dir.rglob("events.out.tfevents.*"))
+    assert files and all(
+        path.parent.name == "tensorboard" for path in save_dir.rglob("events.out.tfevents.*")
+    )
+    assert not [name for name in files if name.split(".")[-2] == rank1], f"rank 1 wrote events: {files}"
+    events = EventAccumulator(str(save_dir / "tensorboard"))
+    events.Reload()
+    records = map(json.loads, (save_dir / "metrics.jsonl").read_text().splitlines())
+    logged = {r["step"]: r["loss"] for r in records if "loss" in r}
+    steps = [event.step for event in events.Scalars("train/loss")]
+    assert steps == list(range(1, 9)) == list(logged), (
+        f"each step once: TensorBoard {steps}, metrics {logged}"
+    )
+    for event in events.Scalars("train/loss"):
+        assert event.value == pytest.approx(logged[event.step], rel=1e-6), "the loss over both processes"
 
 
 @pytest.mark.background("ddp")

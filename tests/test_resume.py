@@ -100,6 +100,29 @@ def test_sigkill_at_two_random_steps_then_resume_is_bit_identical(workspace):
     resume(base, save_dir)
     assert_same_final_weights(root / "straight", save_dir)
     assert losses(save_dir) == losses(root / "straight"), "every logged loss must match the uninterrupted run"
+    steps = [r["step"] for r in records(save_dir) if "loss" in r]
+    assert steps == list(range(1, 37)), f"metrics.jsonl logs each step once: {steps}"
+    tensorboard = tensorboard_losses(save_dir)
+    assert list(tensorboard) == steps, (
+        f"TensorBoard shows each step once after two kills: {list(tensorboard)}"
+    )
+    assert tensorboard == pytest.approx(tensorboard_losses(root / "straight"), rel=1e-6)
+
+
+def records(save_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def tensorboard_losses(save_dir: Path) -> dict[int, float]:
+    """The training loss of each step, as TensorBoard's reader sees the run's event files
+    (a list of pairs first: a step logged twice would show)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(save_dir / "tensorboard"))
+    events.Reload()
+    pairs = [(event.step, event.value) for event in events.Scalars("train/loss")]
+    assert len({step for step, _ in pairs}) == len(pairs), f"a step logged twice: {pairs}"
+    return dict(pairs)
 
 
 def test_kill_during_a_checkpoint_write_keeps_the_previous_checkpoint(workspace):
