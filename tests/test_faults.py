@@ -140,9 +140,7 @@ def test_an_overwrite_keeps_nothing_of_the_old_run(used_folder, capsys):
     assert samples.count("=== step") == evaluations and samples.count("=== step 0:") == 1, (
         "samples.txt holds the old run's samples"
     )
-    assert sorted(p.name for p in out.iterdir()) == RUN_FILES_HERE, (
-        "no staging or lock left"
-    )
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES_HERE, "no staging or lock left"
 
 
 def test_a_new_run_is_staged_until_its_first_checkpoint(corpus_txt, tmp_path, capsys, monkeypatch):
@@ -207,9 +205,7 @@ def test_two_runs_cannot_share_a_folder_and_a_killed_runs_lock_is_free(used_fold
     assert torch.load(out / "resume.pt", weights_only=True)["step"] == 9, (
         "the stale lock did not stop the resume"
     )
-    assert sorted(p.name for p in out.iterdir()) == RUN_FILES_HERE, (
-        "no lock or staging left"
-    )
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES_HERE, "no lock or staging left"
 
 
 def test_temporary_files_carry_the_writers_pid(tmp_path):
