@@ -35,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,7 +238,7 @@ class Checker:
         )
         return f"{processes} process(es) over {backend}{alone}, {said}, {speed(run)}"
 
-    def stages(self) -> dict[str, callable]:
+    def stages(self) -> dict[str, Callable[[], str]]:
         return {
             "float32": self.stage_float32,
             "bfloat16": self.stage_bfloat16,
