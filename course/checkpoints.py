@@ -19,6 +19,13 @@ rank 0 into single files: they are small next to the optimizer state, and every 
 is complete only once resume.pt names it: resume.pt is written last, atomically, so a
 run killed while writing shards resumes from the previous checkpoint.
 
+Every file carries a checksum of its content (the key "sha256": of every tensor's bytes
+and every other value), checked whenever it is read: torch.load does not notice a
+flipped byte in tensor data, and a resume from damaged numbers would train on
+silently. A sharded resume.pt holds the checksums of its shard files too, and their
+metadata is read by an unpickler that builds nothing but DCP's metadata classes:
+DCP itself unpickles it, so a planted file could otherwise run code.
+
 What goes into resume.pt is the lesson of TODO 8; how it gets onto the disk safely,
 and how a resume refuses a checkpoint of another model or corpus, is here. Which
 folder a file goes to, and when (a new run never touches another run's files), is
@@ -27,8 +34,11 @@ course.run_folder's.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -36,31 +46,64 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
 
 from course.distributed import ProcessGroup, full_weights, is_sharded
 from course.errors import UsageError
 from course.run_folder import (
+    BEST_FILE,
     RESUME_FILE,
     SHARDS_DIR,
     WEIGHTS_FILE,
     RunFolder,
     UnclaimedFolder,
     check_free_space,
+    open_new,
     out_of_space,
     storage_error,
     temporary_name,
 )
 
+CHECKSUM = "sha256"  # the key of a checkpoint's own checksum (content_sha256 of the rest)
+
+
+def content_sha256(obj) -> str:
+    """A checksum of a checkpoint's content: every tensor's dtype, shape and bytes, and
+    every other value's type and repr, in the order torch.save keeps them."""
+    digest = hashlib.sha256()
+    add_to_digest(digest, obj)
+    return digest.hexdigest()
+
+
+def add_to_digest(digest: hashlib._Hash, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor {flat.dtype} {tuple(obj.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy())  # the raw bytes, whatever the dtype
+    elif isinstance(obj, dict):
+        digest.update(f"dict {len(obj)}|".encode())
+        for key, value in obj.items():
+            add_to_digest(digest, key)
+            add_to_digest(digest, value)
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{type(obj).__name__} {len(obj)}|".encode())
+        for item in obj:
+            add_to_digest(digest, item)
+    else:
+        digest.update(f"{type(obj).__name__} {obj!r}|".encode())
+
 
 def save_atomic(obj: dict, path: Path) -> None:
-    """torch.save to a temporary file, then rename it over `path`. A rename is atomic,
-    so a crash mid-save leaves the previous file intact, never a half-written one. A
-    full disk is said in one line, and the temporary file does not stay behind."""
+    """torch.save, with the content's checksum, to a temporary file, then rename it over
+    `path`. A rename is atomic, so a crash mid-save leaves the previous file intact, never
+    a half-written one. A full disk is said in one line, and the temporary file does not
+    stay behind."""
     tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open_new(tmp) as f:
+            content = {key: value for key, value in obj.items() if key != CHECKSUM}  # a re-saved checkpoint's
+            torch.save({**content, CHECKSUM: content_sha256(content)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,24 +116,47 @@ def save_atomic(obj: dict, path: Path) -> None:
 
 
 def load_checkpoint(path: Path, option: str, needs: tuple[str, ...]) -> dict:
-    """A checkpoint file this script saved, holding the keys `needs`; anything else
-    (a truncated file, a bare state_dict, model.pt given as resume.pt) in one line.
-    A sharded (FSDP) resume.pt holds its weights in its shards, not under "model"."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say so in one line
-        raise UsageError(
-            f"{option}: cannot read checkpoint {path} ({type(err).__name__}); is it a file this script saved?"
-        ) from None
-    if isinstance(checkpoint, dict) and "shards" in checkpoint and "step" in needs:
+    """A checkpoint file this script saved, holding the keys `needs`, with its checksum
+    checked; anything else (a truncated or damaged file, a bare state_dict, model.pt given
+    as resume.pt) in one line. A sharded (FSDP) resume.pt holds its weights in its
+    shards, not under "model"."""
+    checkpoint = read_checked(path)
+    if isinstance(checkpoint, str):
+        raise UsageError(f"{option}: {checkpoint}")
+    if "shards" in checkpoint and "step" in needs:
         needs = tuple(key for key in needs if key != "model")
-    missing = [key for key in needs if not isinstance(checkpoint, dict) or key not in checkpoint]
+    missing = [key for key in needs if key not in checkpoint]
     if missing:
         kind = (
             "a resume checkpoint (resume.pt)" if "step" in needs else "a weights file (model.pt or best.pt)"
         )
         raise UsageError(f"{option}: {path} is not {kind} of this script: it has no {', '.join(missing)}")
     return checkpoint
+
+
+def read_checked(path: Path, name_a_good_one: bool = True) -> dict | str:
+    """The checkpoint in `path` with its checksum checked (a file saved before checkpoints
+    had one is taken as it is), or what is wrong with it, naming a good file beside it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: say so in one line
+        return f"cannot read checkpoint {path} ({type(err).__name__}); is it a file this script saved?"
+    if not isinstance(checkpoint, dict):
+        return f"{path} is not a checkpoint of this script (it holds a {type(checkpoint).__name__})"
+    saved = checkpoint.pop(CHECKSUM, None)
+    if saved is not None and saved != content_sha256(checkpoint):
+        beside = good_file_beside(path) if name_a_good_one else ""
+        return f"{path} is damaged: its content does not match its checksum{beside}"
+    return checkpoint
+
+
+def good_file_beside(path: Path) -> str:
+    """For a damaged file of a run folder: the run's other weights file, if it is intact."""
+    for name in (WEIGHTS_FILE, BEST_FILE):
+        other = path.with_name(name)
+        if other != path and other.is_file() and isinstance(read_checked(other, False), dict):
+            return f"; {other} is intact (a run can start from it with --from_weight {other})"
+    return ""
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
@@ -231,10 +297,28 @@ class RunFiles:
             return
         if not is_sharded(model):
             raise UsageError("this checkpoint was saved by an FSDP run: resume it with --parallel fsdp")
+        folder = self.checked_shards(checkpoint)
         state = {"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, optimizer)}
-        dcp.load(state, checkpoint_id=self.save_dir / checkpoint["shards"])
+        dcp.load(state, storage_reader=MetadataOnlyReader(folder))
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
         checkpoint.update(model=state["model"], optimizer=optimizer.state_dict())
+
+    def checked_shards(self, checkpoint: dict) -> Path:
+        """The shard folder that resume.pt names, once it is known to be inside the run
+        folder and to hold the files resume.pt has the checksums of (checked by rank 0,
+        which tells every process)."""
+        name, resume = checkpoint["shards"], self.folder.final_path(RESUME_FILE)
+        if not isinstance(name, str) or not SHARD_FOLDER.fullmatch(name):
+            raise UsageError(f"{resume} names shards outside its run folder ({name!r}): refused")
+        folder = self.save_dir / name
+        problem = shards_problem(folder, checkpoint.get("shards_sha256")) if self.writes else None
+        if dist.is_initialized():
+            said = [problem]
+            dist.broadcast_object_list(said, src=0)
+            problem = said[0]
+        if problem is not None:
+            raise UsageError(f"--from_resume 1: {problem}; the run cannot continue from {resume}")
+        return folder
 
     def describe(
         self, model_config: dict, tokenizer_meta: dict, data_meta: dict, options: dict, plan: dict
@@ -330,7 +414,86 @@ class RunFiles:
                 raise storage_error(folder, full) from None
             raise
         rest = {key: value for key, value in state.items() if key not in ("model", "optimizer")}
-        return {**rest, "shards": f"{SHARDS_DIR}/{name}"}
+        checksums = files_sha256(folder) if self.writes else {}  # dcp.save returns once all are written
+        return {**rest, "shards": f"{SHARDS_DIR}/{name}", "shards_sha256": checksums}
+
+
+SHARD_FOLDER = re.compile(re.escape(SHARDS_DIR) + r"/step\d+")  # what resume.pt's "shards" may name
+
+
+def files_sha256(folder: Path) -> dict[str, str]:
+    return {path.name: file_sha256(path) for path in sorted(folder.iterdir())}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def shards_problem(folder: Path, saved: dict[str, str] | None) -> str | None:
+    """What is wrong with a checkpoint's shard files, or None: each file resume.pt has a
+    checksum of is there and matches it, and there is no other file."""
+    if not folder.is_dir() or folder.is_symlink():
+        return f"its shards {folder}/ are missing"
+    if saved is None:  # saved before shards had checksums
+        return None
+    here = sorted(path.name for path in folder.iterdir())
+    if here != sorted(saved):
+        return f"{folder}/ does not hold the shard files it was saved with"
+    damaged = [name for name in here if file_sha256(folder / name) != saved[name]]
+    return f"{folder / damaged[0]} is damaged: it does not match its checksum" if damaged else None
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """Unpickles a DCP .metadata file into DCP's own metadata classes and nothing else:
+    pickle can call any function, and the file sits in a folder anyone with write access
+    could change. The allowed names are those DCP's metadata is made of."""
+
+    ALLOWED = {
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str):
+        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) in self.ALLOWED or is_dtype or module == "torch.distributed.checkpoint.metadata":
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
+
+
+class MetadataOnlyReader(dcp.FileSystemReader):
+    """DCP's file reader, with its metadata read by MetadataUnpickler, and the shard
+    files it names kept inside the checkpoint's folder."""
+
+    def read_metadata(self, *args, **kwargs) -> dcp.Metadata:
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as f:
+                metadata = MetadataUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as err:
+            raise UsageError(f"--from_resume 1: {path} is not a checkpoint's metadata ({err})") from None
+        if not isinstance(metadata, dcp.Metadata) or not all(
+            map(names_a_file_here, (metadata.storage_data or {}).values())
+        ):
+            raise UsageError(f"--from_resume 1: {path} is not a checkpoint's metadata of its own folder")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp.metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def names_a_file_here(info: object) -> bool:
+    """A shard's storage entry names a file of the checkpoint's own folder."""
+    name = getattr(info, "relative_path", None) if isinstance(info, _StorageInfo) else None
+    return isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..")
 
 
 def remove_other_shards(shards: Path, keep: str) -> None:

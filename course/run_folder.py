@@ -13,24 +13,36 @@ what a learner made safe:
   typed no longer names the run you meant. Refusing keeps `out/model.pt` meaning
   the run you trained, and makes replacing it a choice.)
 - Until its first checkpoint, a new run writes into a hidden staging folder inside
-  the run's folder (`.staging-<pid>`). Only once that checkpoint is saved are the
-  files moved into place, and, with `--overwrite 1`, the old run's files removed:
-  a run that is refused, fails, diverges or is killed before its first checkpoint
-  leaves the folder as it was, and an overwrite keeps nothing half-old. (A writer
-  that keeps a file open, as TensorBoard's does, closes it before the move: see
+  the run's folder (`.pretrain-staging-<pid>`). Once that checkpoint is saved, the run
+  is committed: a list of the staged files, `commit.json`, is written into the staging
+  folder (atomically), then the files move into place and, with `--overwrite 1`, the
+  old run's other files go. The list is the moment the new run becomes the folder's
+  run: a run killed before it leaves the old run as it was (its staging folder is
+  removed by the next run here); a run killed after it, halfway through the moves,
+  leaves a commit that the next claim of the folder finishes first (a redo log, as
+  databases keep one), so `--from_resume 1` continues the new run. Under FSDP the old
+  run's shards are removed only by that commit, after the new ones are in place. (A
+  writer that keeps a file open, as TensorBoard's does, closes it before the move: see
   `before_commit`.)
 - One run at a time: the run holds a lock on `.lock` (which holds its pid) while it
   runs. The operating system releases the lock when the process ends, however it
   ends, so a lock file left by a killed run is recognised as free.
+- Only the project's own leftovers are removed (staging folders with its prefix,
+  temporary files named after a run file), and only once the folder is claimed: a
+  refused run removes nothing. Lock and temporary files are never opened through a
+  symbolic link.
 
-Writes go to a temporary name with the writer's pid, then are renamed into place
-(`course.checkpoints.save_atomic`), so two processes never share a temporary file.
+Writes go to a temporary name with the writer's pid, created anew (never an existing
+file or link), then are renamed into place (`course.checkpoints.save_atomic`), so two
+processes never share a temporary file.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -67,7 +79,11 @@ EVERY_RUN_FILES = (
 RUN_FILES = (*EVERY_RUN_FILES[:-1], SHARDS_DIR, PROFILE_FILE, RESUME_FILE)  # resume.pt last
 
 LOCK_FILE = ".lock"
-STAGING_PREFIX = ".staging-"
+STAGING_PREFIX = ".pretrain-staging-"  # only folders with this prefix are this project's
+COMMIT_FILE = "commit.json"  # in a staging folder: the staged files, written when they are complete
+REPLACED_DIR = ".replaced"  # in a staging folder: the old run's files, removed with the folder
+# The temporary files of run files (temporary_name): the only hidden .tmp files a claim removes.
+LEFTOVER_TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.\d+\.tmp")
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file-size limit
 
 
@@ -75,6 +91,29 @@ def temporary_name(path: Path) -> Path:
     """Where `path` is written before it is renamed into place: hidden, and with this
     process's pid, so two writers never write to the same temporary file."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def open_new(path: Path, mode: str = "wb"):
+    """Open `path` for writing as a file this process creates: a file or a symbolic link
+    already there (left by a killed run, or planted) is removed first, never written
+    through, since O_EXCL refuses any existing name and O_NOFOLLOW a link."""
+    path.unlink(missing_ok=True)  # removes a link itself, not what it points to
+    exclusive = os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    return open(path, mode, opener=lambda name, flags: os.open(name, flags | exclusive, 0o644))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """A small text file, written whole or not at all (a temporary file, then a rename)."""
+    tmp = temporary_name(path)
+    try:
+        with open_new(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def out_of_space(error: BaseException) -> OSError | None:
@@ -140,7 +179,7 @@ class FileLock:
         if fcntl is None:  # no POSIX locks here (Windows): one run per folder is then up to the user
             return
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = self.open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -158,6 +197,18 @@ class FileLock:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
+
+    def open(self) -> int:
+        """The lock file, opened without following a symbolic link: a link planted at its
+        name would have this process write its pid into whatever the link points to."""
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            raise UsageError(
+                f"{self.path} is a symbolic link, not a lock file this project made; remove it and run again"
+            ) from None
 
     def release(self) -> None:
         if self.fd is not None:
@@ -190,21 +241,27 @@ class RunFolder:
 
     @classmethod
     def claim(cls, save_dir: Path, resume: bool, overwrite: bool) -> RunFolder:
-        """This run's folder: checked, locked, and for a new run a staging folder."""
+        """This run's folder: checked, locked, and for a new run a staging folder. A
+        commit that a killed run left halfway is finished first; nothing else in the
+        folder changes until this run is known to be allowed there."""
         check_folder(save_dir, "--save_dir")
-        if resume and not (save_dir / RESUME_FILE).is_file():
-            raise UsageError(f"--from_resume 1: there is no {RESUME_FILE} in {save_dir}/ to continue from")
+        no_resume = UsageError(f"--from_resume 1: there is no {RESUME_FILE} in {save_dir}/ to continue from")
+        if resume and not save_dir.is_dir():
+            raise no_resume
         save_dir.mkdir(parents=True, exist_ok=True)
         folder = cls(save_dir)
         folder.lock.acquire()
         try:
-            folder.remove_leftovers()
+            finish_interrupted_commits(save_dir)
+            if resume and not (save_dir / RESUME_FILE).is_file():
+                raise no_resume
             held = folder.run_files()
             if not resume and held and not overwrite:
                 raise UsageError(
                     f"{save_dir}/ holds a run ({', '.join(held)}): continue it with --from_resume 1, "
                     "start a new one with another --save_dir, or replace it with --overwrite 1"
                 )
+            folder.remove_leftovers()
             if resume:
                 folder.committed = True  # the folder is this run's: write in place
             else:
@@ -219,12 +276,14 @@ class RunFolder:
         return [name for name in RUN_FILES if (self.save_dir / name).exists()]
 
     def remove_leftovers(self) -> None:
-        """Staging folders and temporary files of runs that were killed: no one else
-        can be writing them, since this process holds the folder's lock."""
+        """The staging folders and temporary files of this project's runs that were
+        killed: no one else can be writing them, since this process holds the folder's
+        lock. Other files, hidden or not, are the user's."""
         for path in self.save_dir.glob(f"{STAGING_PREFIX}*"):
-            shutil.rmtree(path, ignore_errors=True)
+            remove(path)
         for path in self.save_dir.glob(".*.tmp"):
-            path.unlink(missing_ok=True)
+            if LEFTOVER_TEMPORARY.fullmatch(path.name):
+                path.unlink(missing_ok=True)
 
     def path(self, name: str) -> Path:
         """Where the file `name` of this run is written now."""
@@ -235,20 +294,15 @@ class RunFolder:
         return self.save_dir / name
 
     def commit(self) -> None:
-        """After this run's first checkpoint: its staged files go into the folder, and
-        the files of the run it replaces (--overwrite 1) that it has not written yet go."""
+        """After this run's first checkpoint: the list of its staged files makes it the
+        folder's run, then they move into place (see finish_commit)."""
         if self.staging is not None:
             for close in self.before_commit:
                 close()
-            staged = {path.name for path in self.staging.iterdir()}
-            for name in RUN_FILES:
-                if name not in staged:
-                    remove(self.save_dir / name)
-            for name in sorted(staged, key=lambda name: name == RESUME_FILE):  # resume.pt last
-                if (self.staging / name).is_dir():
-                    remove(self.save_dir / name)  # a folder cannot be renamed over another
-                os.replace(self.staging / name, self.save_dir / name)
-            self.staging.rmdir()
+            staged = sorted(path.name for path in self.staging.iterdir())
+            write_atomic(self.staging / COMMIT_FILE, json.dumps({"files": staged}) + "\n")
+            sync_folder(self.staging)
+            finish_commit(self.staging)
             self.staging = None
         self.committed = True
 
@@ -261,11 +315,68 @@ class RunFolder:
 
 
 def remove(path: Path) -> None:
-    """Remove a file or a folder of files, if it is there."""
-    if path.is_dir():
+    """Remove a file or a folder of files (never what a link points to), if it is there."""
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def sync_folder(path: Path) -> None:
+    """Make the names created in a folder durable (a power cut keeps them)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_commit_list(staging: Path) -> list[str] | None:
+    """The files a staging folder's commit moves in; None if it was never committed
+    (or its list is not one this project wrote: then it is a leftover)."""
+    try:
+        files = json.loads((staging / COMMIT_FILE).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(files, list) or not all(isinstance(name, str) and name in RUN_FILES for name in files):
+        return None
+    return files
+
+
+def finish_commit(staging: Path) -> None:
+    """Move a committed run's staged files into the folder and take the old run's away.
+    Every step can be done again: a commit stopped anywhere is finished by running
+    this once more. A file or folder the new run replaces is first moved into the
+    staging folder's REPLACED_DIR (a folder cannot be renamed over another), and goes
+    with the staging folder at the end; resume.pt moves last."""
+    files = read_commit_list(staging)
+    assert files is not None, f"{staging} has no commit list"
+    save_dir, replaced = staging.parent, staging / REPLACED_DIR
+    replaced.mkdir(exist_ok=True)
+    for name in sorted(files, key=lambda name: name == RESUME_FILE):
+        if not (staging / name).exists() and not (staging / name).is_symlink():
+            continue  # moved in before the stop
+        if (save_dir / name).is_dir() and not (save_dir / name).is_symlink():
+            os.replace(save_dir / name, replaced / name)
+        os.replace(staging / name, save_dir / name)
+    for name in RUN_FILES:
+        if name not in files and ((save_dir / name).exists() or (save_dir / name).is_symlink()):
+            os.replace(save_dir / name, replaced / name)  # the old run's, which this run does not have
+    sync_folder(save_dir)
+    remove(staging)
+
+
+def finish_interrupted_commits(save_dir: Path) -> None:
+    """A run killed in the middle of its commit left a staging folder with a commit
+    list: that run is the folder's run now, so its commit is finished, with a note."""
+    for staging in sorted(save_dir.glob(f"{STAGING_PREFIX}*")):
+        if staging.is_dir() and not staging.is_symlink() and read_commit_list(staging) is not None:
+            print(
+                f"note: finishing the commit of a run stopped while its files moved into {save_dir}/",
+                file=sys.stderr,
+            )
+            finish_commit(staging)
 
 
 class UnclaimedFolder(RunFolder):

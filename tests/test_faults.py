@@ -156,7 +156,7 @@ def test_a_new_run_is_staged_until_its_first_checkpoint(corpus_txt, tmp_path, ca
 
     monkeypatch.setattr(train.RunFiles, "save_checkpoint", look_then_save)
     assert run(["--data_path", corpus_txt, "--save_dir", out, *FAST, "--max_steps", 3], capsys)[0] == 0
-    assert seen["before"] == [".lock", f".staging-{os.getpid()}"], seen["before"]
+    assert seen["before"] == [".lock", f"{run_folder.STAGING_PREFIX}{os.getpid()}"], seen["before"]
     assert "samples.txt" in os.listdir(out) and "resume.pt" in os.listdir(out)
 
 

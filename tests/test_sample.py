@@ -13,6 +13,7 @@ from conftest import ROOT, TINY_MODEL, VERSE
 
 import train_solution as train
 from course import sample
+from course.checkpoints import save_atomic
 
 SCRIPT = ROOT / "course" / "sample.py"
 
@@ -89,7 +90,7 @@ def without_model_weights(folder: Path) -> Path:
     """A resume.pt as an unfinished TODO 8 may write it: the run's keys, but no weights."""
     checkpoint = torch.load(folder / "resume.pt", weights_only=True)
     del checkpoint["model"]
-    torch.save(checkpoint, folder / "unfinished.pt")
+    save_atomic(checkpoint, folder / "unfinished.pt")
     return folder / "unfinished.pt"
 
 
