@@ -175,7 +175,9 @@ def this_process_rng_state() -> dict:
         "python": random.getstate(),
         "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,  # this process's GPU
+        # This process's GPU, if the run uses one: reading it would start CUDA on GPU 0
+        # in every process of a --device cpu run on a GPU machine.
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
         "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # Apple silicon
     }
 

@@ -164,9 +164,13 @@ def enable_tf32(device: torch.device) -> None:
 
 
 # Dense 16-bit peak FLOP/s of common training GPUs, per number type, for model FLOPs
-# utilisation (MFU). A GPU without bfloat16 has no bfloat16 entry; float32 has none.
+# utilisation (MFU). A GPU without bfloat16 has no bfloat16 entry; float32 has none. The
+# first key found in the device's name wins, so the PCIe and NVL cards (lower clocks and
+# power) come before the SXM ones whose names they contain.
 GPU_PEAK_FLOPS = {
     "H100 PCIe": {"bfloat16": 756e12, "float16": 756e12},
+    "H100 NVL": {"bfloat16": 835e12, "float16": 835e12},
+    "H200 NVL": {"bfloat16": 835e12, "float16": 835e12},
     "H100": {"bfloat16": 989e12, "float16": 989e12},
     "H200": {"bfloat16": 989e12, "float16": 989e12},
     "A100": {"bfloat16": 312e12, "float16": 312e12},

@@ -84,6 +84,8 @@ COMMIT_FILE = "commit.json"  # in a staging folder: the staged files, written wh
 REPLACED_DIR = ".replaced"  # in a staging folder: the old run's files, removed with the folder
 # The temporary files of run files (temporary_name): the only hidden .tmp files a claim removes.
 LEFTOVER_TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.\d+\.tmp")
+# A file system without flock (Lustre mounted without -o flock, some network file systems).
+NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file-size limit
 
 
@@ -169,9 +171,10 @@ class FileLock:
     """An exclusive lock on a lock file, held while a run uses what it guards. The
     operating system releases it when the process ends, however it ends."""
 
-    def __init__(self, path: Path, busy: str) -> None:
-        """busy: what a refused (or waiting) process is told, with {pid} for the holder's pid."""
-        self.path, self.busy = path, busy
+    def __init__(self, path: Path, busy: str, unlocked: str = "run one process here at a time") -> None:
+        """busy: what a refused (or waiting) process is told, with {pid} for the holder's pid;
+        unlocked: what to do where the file system has no locks (the process goes on unlocked)."""
+        self.path, self.busy, self.unlocked = path, busy, unlocked
         self.fd: int | None = None
 
     def acquire(self, wait: bool = False) -> None:
@@ -189,6 +192,14 @@ class FileLock:
                     raise UsageError(self.busy.format(pid=holder)) from None
                 print(f"note: {self.busy.format(pid=holder)}; waiting for it", file=sys.stderr)
                 fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError as err:
+                if err.errno not in NO_LOCKS:
+                    raise
+                print(
+                    f"note: {self.path.parent} has no file locks ({err.strerror}): {self.unlocked}",
+                    file=sys.stderr,
+                )
+                break
             # The lock file may have been removed by the process that held it, between our
             # open and our lock: then the lock is on a file no one else can see. Retry.
             if os.path.exists(self.path) and os.fstat(fd).st_ino == os.stat(self.path).st_ino:

@@ -145,6 +145,17 @@ def test_peak_flops_are_per_number_type(gpu):
     assert devices.gpu_peak_flops(torch.device("cpu"), torch.bfloat16) is None
 
 
+@pytest.mark.parametrize(
+    "name, peak",
+    [("NVIDIA H200", 989e12), ("NVIDIA H200 NVL", 835e12), ("NVIDIA H100 NVL", 835e12),
+     ("NVIDIA H100 PCIe", 756e12)],
+)  # fmt: skip
+def test_the_nvl_and_pcie_cards_have_their_own_peak(name, peak, gpu):
+    """Their names contain the SXM card's: the more specific entry must win."""
+    gpu(name, "native")
+    assert devices.gpu_peak_flops(torch.device("cuda"), torch.bfloat16) == peak
+
+
 def test_tf32_is_enabled_for_float32_matmuls_on_cuda_only():
     before = torch.get_float32_matmul_precision()
     try:

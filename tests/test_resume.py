@@ -19,6 +19,7 @@ import torch
 from conftest import ROOT, VERSE
 
 import train_solution as train
+from course import checkpoints
 
 RUN = ["--device", "cpu", "--hidden_size", "64", "--num_hidden_layers", "2", "--num_attention_heads", "4",
        "--max_seq_len", "32", "--batch_size", "8", "--accumulation_steps", "2", "--dropout", "0.1",
@@ -232,3 +233,16 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(workspace, 
     assert code == 1, err
     assert "the loss became nan" in err and "lower --learning_rate" in err and "resume.pt) is kept" in err
     assert (save_dir / "resume.pt").read_bytes() == good, "the last good checkpoint must not be overwritten"
+
+
+def test_a_cpu_run_on_a_gpu_machine_does_not_start_cuda_for_its_random_state(monkeypatch):
+    """Reading the CUDA generator starts CUDA on GPU 0: a --device cpu run (every process
+    of one under torchrun) on a GPU machine must not, so it reads it only once CUDA is in use."""
+
+    def starts_cuda():
+        raise AssertionError("torch.cuda.get_rng_state() was called: it starts CUDA on GPU 0")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", starts_cuda)
+    assert checkpoints.this_process_rng_state()["cuda"] is None

@@ -366,3 +366,17 @@ def test_a_temporary_file_that_is_a_link_is_replaced_not_followed(used_folder, t
     assert (
         not (out / "resume.pt").is_symlink() and torch.load(out / "resume.pt", weights_only=True)["step"] == 7
     )
+
+
+def test_a_file_system_without_locks_is_a_note_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """Lustre without -o flock answers flock with ENOSYS: the run goes on, unlocked, and says so."""
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+    monkeypatch.setattr(run_folder.fcntl, "flock", no_locks)
+    folder = run_folder.RunFolder.claim(tmp_path / "out", resume=False, overwrite=False)
+    folder.release()
+    assert capsys.readouterr().err.strip() == (
+        f"note: {tmp_path / 'out'} has no file locks (Function not implemented): run one process here at a time"
+    )
