@@ -5,6 +5,8 @@ and temporary files are never written through a link. Real processes, real kills
 
 from __future__ import annotations
 
+import errno
+import os
 import pickle
 import shutil
 import signal
@@ -377,6 +379,5 @@ def test_a_file_system_without_locks_is_a_note_not_a_traceback(tmp_path, monkeyp
     monkeypatch.setattr(run_folder.fcntl, "flock", no_locks)
     folder = run_folder.RunFolder.claim(tmp_path / "out", resume=False, overwrite=False)
     folder.release()
-    assert capsys.readouterr().err.strip() == (
-        f"note: {tmp_path / 'out'} has no file locks (Function not implemented): run one process here at a time"
-    )
+    note = f"note: {tmp_path / 'out'} has no file locks (Function not implemented): run one process here at a time"
+    assert capsys.readouterr().err.strip() == note
