@@ -379,5 +379,6 @@ def test_a_file_system_without_locks_is_a_note_not_a_traceback(tmp_path, monkeyp
     monkeypatch.setattr(run_folder.fcntl, "flock", no_locks)
     folder = run_folder.RunFolder.claim(tmp_path / "out", resume=False, overwrite=False)
     folder.release()
-    note = f"note: {tmp_path / 'out'} has no file locks (Function not implemented): run one process here at a time"
+    no_locks = "has no file locks (Function not implemented): run one process here at a time"
+    note = f"note: {tmp_path / 'out'} {no_locks}"
     assert capsys.readouterr().err.strip() == note
