@@ -81,6 +81,8 @@ def measured_save_checkpoint(*args, **kwargs):
 train.build_model = measured_build_model
 train.save_checkpoint = measured_save_checkpoint
 code = train.main()
+if code != 0:
+    sys.exit(code)  # the run said why; it has no peaks to report
 rank = int(os.environ.get("RANK", 0))
 peak = status("VmHWM")
 report = {{"training": before["training_peak"] - before["rss"], "with_checkpoint": peak - before["rss"]}}
