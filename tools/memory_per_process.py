@@ -51,6 +51,8 @@ SETUPS = [
     ("FSDP + activation checkpointing", 2, ["--parallel", "fsdp", "--activation_checkpointing", "1"]),
 ]
 
+MOST_PROCESSES = max(processes for _, processes, _ in SETUPS)
+
 # Runs as each training process: peak resident memory above the level before the model.
 DRIVER = """
 import json, os, sys
@@ -115,7 +117,9 @@ def measure(name: str, processes: int, options: list[str], args: argparse.Namesp
                    "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.layers),
                    "--num_attention_heads", str(args.hidden_size // 64), "--max_seq_len", str(args.seq_len),
                    "--batch_size", str(args.batch_size), "--max_steps", str(args.steps),
-                   "--warmup_steps", "0", "--eval_iters", "1", "--eval_interval", "1000",
+                   "--warmup_steps", "0", "--eval_interval", "1000",
+                   # one evaluation batch per process, at the largest process count (SETUPS)
+                   "--eval_tokens", str(MOST_PROCESSES * args.batch_size * args.seq_len),
                    "--sample_tokens", "0", "--save_dir", str(tmp_path / "run"), *options]  # fmt: skip
         # A fixed threshold above which glibc's malloc maps memory for each allocation and
         # returns it when it is freed: then a process's resident memory follows the tensors
