@@ -10,6 +10,9 @@ files) and shown on the scoreboard.
 from __future__ import annotations
 
 import json
+import os
+import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,9 +282,36 @@ CHALLENGE: dict[str, tuple[str, ...]] = {
 
 
 def hints_used(path: Path | None = None) -> dict[str, int]:
-    """How many hints each TODO has taken so far."""
+    """How many hints each TODO has taken so far. The file only counts hints, it holds
+    none of the learner's work: one that is cut short or edited into something else
+    loses its counts, with a note, rather than stop the scoreboard or the next hint."""
     path = path or HINTS_USED_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        used = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
+        used = None
+    if isinstance(used, dict) and all(isinstance(count, int) and count >= 0 for count in used.values()):
+        return used
+    print(
+        f"note: {path.name} is unreadable or damaged; the hints used are counted from 0 again",
+        file=sys.stderr,
+    )
+    return {}
+
+
+def save_hints_used(used: dict[str, int], path: Path) -> None:
+    """Written whole to a temporary file beside it, then renamed over it in one step: a
+    crash or Ctrl+C while it is written leaves the previous counts, never a cut file."""
+    fd, temporary = tempfile.mkstemp(prefix=f"{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(used, indent=1, sort_keys=True) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def next_hint(todo_id: str, path: Path | None = None) -> str:
@@ -290,7 +320,7 @@ def next_hint(todo_id: str, path: Path | None = None) -> str:
     used = hints_used(path)
     layer = min(used.get(todo_id, 0), len(LAYERS) - 1)
     used[todo_id] = layer + 1
-    path.write_text(json.dumps(used, indent=1, sort_keys=True) + "\n")
+    save_hints_used(used, path)
     left = len(LAYERS) - layer - 1
     if left:
         more = f"{left} more: run the same command again."

@@ -8,11 +8,15 @@ pytest runs in a child process, watched from here, so the scoreboard is printed
 whatever a TODO does: a TODO whose test runs far longer than the reference (an
 endless loop) fails with "took longer than N s", and one that ends the process
 (`os._exit`, a crash) fails with what happened; the tests after it are then graded
-in a new child. The exit code is 0 exactly when the scoreboard says so.
+in a new child. A KeyboardInterrupt or SystemExit raised by a TODO fails that TODO's
+test alone. Ctrl+C on the grader stops the child and prints the scoreboard so far
+(exit code 130); a child whose grader is gone (killed, its terminal closed) stops
+itself. The exit code is otherwise 0 exactly when the scoreboard says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,8 +37,8 @@ from todos import CATALOG, TODOS, fallback_notes, rank  # noqa: E402
 
 from course.todos import hints_used  # noqa: E402
 
-PASSED, FAILED, NOT_STARTED = "passed", "failed", "not started"
-MARKS = {PASSED: "✓", FAILED: "✗", NOT_STARTED: "·"}
+PASSED, FAILED, NOT_STARTED, NOT_GRADED = "passed", "failed", "not started", "not graded"
+MARKS = {PASSED: "✓", FAILED: "✗", NOT_STARTED: "·", NOT_GRADED: "–"}
 # Every graded test of the reference takes well under a second (the slowest, a few
 # seconds); a TODO's test that runs this long is stuck. The environment variable is
 # for the suite's own test of an endless loop, so that it does not wait a minute.
@@ -50,6 +54,7 @@ class Scoreboard:
         self.reason: dict[str, str] = {}
         self.notes: list[str] = []
         self.shown: dict[str, tuple[bool, int]] = {}  # how the failure shown ranks, per TODO
+        self.interrupted = False  # stopped by Ctrl+C: a TODO without a result is "not graded"
 
     def record(self, todo: str, failed: bool, reason: str = "", rank: int = 0) -> None:
         """One test's result. Of a TODO's failures the one shown names the mistake most
@@ -63,6 +68,12 @@ class Scoreboard:
             return
         self.shown[todo], self.reason[todo] = key, reason
         self.status[todo] = NOT_STARTED if is_open(todo, reason) else FAILED
+
+    def interrupt(self, todo: str | None) -> None:
+        """Ctrl+C while the tests of `todo` ran: a failure found so far stands, but a TODO
+        that only passed (or only showed its NotImplementedError) so far is not graded."""
+        if todo is not None and self.status.get(todo) != FAILED:
+            self.status.pop(todo, None)
 
 
 def is_open(todo: str, reason: str) -> bool:
@@ -90,6 +101,21 @@ class Recorder:
 
     def pytest_runtest_logfinish(self, nodeid: str, location) -> None:
         self.write({"end": nodeid})
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):
+        """A KeyboardInterrupt would end pytest's whole session, and the TODOs after this
+        one would never be graded: raised by the learner's code, it fails this test alone.
+        (A real Ctrl+C never gets here: this process runs in a session of its own, and
+        the grader stops it.)"""
+        try:
+            return (yield)
+        except KeyboardInterrupt:
+            pytest.fail(
+                "the code raised KeyboardInterrupt (what Ctrl+C raises): a TODO should return or raise "
+                "an error, not stop the program",
+                pytrace=False,
+            )
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
@@ -129,7 +155,17 @@ def describe(error: BaseException) -> str:
 def child_main(argv: list[str]) -> int:
     """`python tests/scoreboard.py EVENTS_FILE PYTEST_ARGS...`: what the parent starts."""
     events, *args = argv
+    threading.Thread(target=exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     return pytest.main(args, plugins=[Recorder(events)])
+
+
+def exit_when_orphaned(grader: int) -> None:
+    """In the child: stop once the grader is gone. The child runs in a session of its
+    own, so a signal that ends the grader (SIGKILL, SIGTERM, SIGHUP from a closed
+    terminal) never reaches it, and a TODO that loops would spin on for ever."""
+    while os.getppid() == grader:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 # --- in the parent process: start the child, watch it, print the board --------------------------
@@ -154,13 +190,21 @@ def grade(path: Path, todo: str | None = None) -> int:
     board = Scoreboard()
     started: list[str] = []  # every test that began, in every child so far
     to_grade = list(ids)
-    while to_grade:
-        stopped_at = run_child(pytest_args(module, impl, to_grade, started), started, board)
-        # A child that ended early: its TODO has failed; the next child grades the others.
-        to_grade = [t for t in to_grade if stopped_at is not None and t != stopped_at]
+    try:
+        while to_grade:
+            stopped_at = run_child(pytest_args(module, impl, to_grade, started), started, board)
+            # A child that ended early: its TODO has failed; the next child grades the others.
+            to_grade = [t for t in to_grade if stopped_at is not None and t != stopped_at]
+    except KeyboardInterrupt:  # watch() has stopped the child
+        board.interrupted = True
+        print("\nstopped by Ctrl+C: the scoreboard so far", flush=True)
     for note in board.notes:
         print(f"note: {note}")
-    return print_board(path.name, ids, board)
+    code = print_board(path.name, ids, board)
+    if board.interrupted:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # watch() ignored a second Ctrl+C
+        return 130
+    return code
 
 
 def pytest_args(module: str, impl: str, ids: list[str], started: list[str]) -> list[str]:
@@ -200,32 +244,11 @@ def run_child(args: list[str], started: list[str], board: Scoreboard) -> str | N
         )
         forward = threading.Thread(target=copy_output, args=(child.stdout,), daemon=True)
         forward.start()
-        current, finished, since, timed_out = None, False, time.monotonic(), False
-        with open(events) as f:
-            while True:
-                exited = child.poll() is not None
-                for line in f.readlines():
-                    event = json.loads(line)
-                    if "start" in event:
-                        started.append(event["start"])
-                        current, since = event, time.monotonic()
-                    elif "end" in event:
-                        current = None
-                    elif "finished" in event:
-                        finished = True
-                        board.notes = event["notes"]
-                    else:
-                        board.record(event["todo"], event["failed"], event["reason"], event["rank"])
-                if exited:
-                    break
-                limit = TIME_LIMIT_S if current is not None else STARTUP_LIMIT_S
-                if time.monotonic() - since > limit:
-                    stop(child)
-                    timed_out = True
-                    break
-                time.sleep(0.05)
-        child.wait()
-        forward.join()
+        try:
+            current, finished, timed_out = watch(child, events, started, board)
+        finally:  # also after a Ctrl+C: the child's last output comes before the board
+            child.wait()
+            forward.join()
     if finished:
         return None
     if current is not None and current["todo"]:
@@ -243,6 +266,44 @@ def run_child(args: list[str], started: list[str], board: Scoreboard) -> str | N
     return None
 
 
+def watch(child: subprocess.Popen, events: Path, started: list[str], board: Scoreboard):
+    """Read the child's events into the board until the child exits or its test runs past
+    the time limit. Returns (the event of the test that was running, whether the child
+    finished its session, whether it ran past the limit). Ctrl+C stops the child here,
+    before the KeyboardInterrupt goes on to grade(), which prints the board so far."""
+    current, since, pending = None, time.monotonic(), ""  # pending: a line still being written
+    finished = False
+    try:
+        with open(events) as f:
+            while True:
+                exited = child.poll() is not None
+                *lines, pending = (pending + f.read()).split("\n")
+                for line in lines:
+                    event = json.loads(line)
+                    if "start" in event:
+                        started.append(event["start"])
+                        current, since = event, time.monotonic()
+                    elif "end" in event:
+                        current = None
+                    elif "finished" in event:
+                        finished = True
+                        board.notes = event["notes"]
+                    else:
+                        board.record(event["todo"], event["failed"], event["reason"], event["rank"])
+                if exited:
+                    return current, finished, False
+                limit = TIME_LIMIT_S if current is not None else STARTUP_LIMIT_S
+                if time.monotonic() - since > limit:
+                    stop(child)
+                    return current, finished, True
+                time.sleep(0.05)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut the board short
+        stop(child)
+        board.interrupt(current["todo"] if current else None)
+        raise
+
+
 def copy_output(stream) -> None:
     """The child's output, as it comes (its progress dots are not whole lines)."""
     while chunk := os.read(stream.fileno(), 4096):
@@ -251,17 +312,20 @@ def copy_output(stream) -> None:
 
 
 def stop(child: subprocess.Popen) -> None:
+    """The child and every process it started; nothing to do where all have ended already."""
     if hasattr(os, "killpg"):
-        os.killpg(child.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
     else:
         child.kill()
 
 
 def print_board(file: str, ids: list[str], board: Scoreboard) -> int:
     hints = hints_used()
+    statuses = {t: board.status.get(t, NOT_GRADED if board.interrupted else FAILED) for t in ids}
     print(f"\n{'TODO':<5} {'what you write':<46} result")
     for todo_id in ids:
-        status = board.status.get(todo_id, FAILED)
+        status = statuses[todo_id]
         reason = board.reason.get(todo_id, "no graded test ran" if todo_id not in board.status else "")
         title = TODOS[todo_id].title + (" (bonus)" if TODOS[todo_id].bonus else "")
         line = f"{todo_id:<5} {title:<46} {MARKS[status]} {status}"
@@ -272,13 +336,14 @@ def print_board(file: str, ids: list[str], board: Scoreboard) -> int:
         print(line)
     passed = [t for t in ids if board.status.get(t) == PASSED]
     if len(ids) == 1:
-        print(f"\nTODO {ids[0]} {'passed' if passed else 'is not done yet'}")
+        verdict = {PASSED: "passed", NOT_GRADED: "was not graded"}.get(statuses[ids[0]], "is not done yet")
+        print(f"\nTODO {ids[0]} {verdict}")
     else:
         required = [t for t in ids if not TODOS[t].bonus]
         done = sum(t in passed for t in required)
         bonus = [f"bonus TODO {t} {'done' if t in passed else 'open'}" for t in ids if TODOS[t].bonus]
         print(f"\n{done}/{len(required)} TODOs done in {file}" + "".join(f"; {b}" for b in bonus))
-    todo_next = next((t for t in ids if t not in passed), None)
+    todo_next = next((t for t in ids if statuses[t] in (FAILED, NOT_STARTED)), None)
     if todo_next:
         where = " / ".join(TODOS[todo_next].functions)
         print(

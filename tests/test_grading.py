@@ -11,8 +11,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -28,7 +31,7 @@ from conftest import (
     skip_if_learner_edited,
 )
 from scoreboard import FAILED, NOT_STARTED, Scoreboard
-from todos import CATALOG, TODOS, Learner, isolate, load, rank
+from todos import CATALOG, TODOS, Learner, isolate, load, rank, where_it_failed
 
 GRADED_MODULES = [test_todo_data, test_todo_train]
 
@@ -407,8 +410,11 @@ def test_a_half_finished_checkout_passes_pytest_and_its_graders_name_the_open_to
 # --- graders that always end with a scoreboard ----------------------------------------------
 
 # What a learner may put into a TODO that is not an answer: per checkout, the TODOs left
-# open, and (file, text, what goes before it) for each; every other TODO holds its solution.
-LOOP = "        while True:\n            pass\n"
+# open, and (file, where, text) for each change: the text goes in before the first match
+# of `where`, or None deletes the match; every other TODO holds its solution. The endless
+# loop leaves its process's id in a file: the tests wait for it, and look for the process.
+LOOP = '    Path("looping.pid").write_text(str(__import__("os").getpid()))\n    while True:\n        pass\n'
+BAD_IMPORT = "from model import GTP  # a typo\n"
 
 
 def open_todo(todo: str) -> re.Pattern:
@@ -417,42 +423,103 @@ def open_todo(todo: str) -> re.Pattern:
     return re.compile(rf'^[ ]*raise NotImplementedError\(\s*"TODO {todo}:', re.MULTILINE)
 
 
-OPEN_2A, OPEN_3A, OPEN_3B = open_todo("2a"), open_todo("3a"), open_todo("3b")
 BROKEN = {
-    "endless loop": ({"2a"}, [("train_exercise.py", OPEN_2A, LOOP)]),
-    # One checkout for three faults, one grader run: it must get past all of them. TODOs
-    # 4-8 stay open too: their graded tests (real training runs) would add nothing here.
-    "os._exit, sys.exit and a syntax error in the other chapter": ({"3a", "3b", "4", "5", "6", "8"}, [
-        ("train_exercise.py", OPEN_3A, '    __import__("os")._exit(0)\n'),
-        ("train_exercise.py", OPEN_3B, "    raise SystemExit(3)\n"),
-        ("data_exercise.py", "class BlockDataset", "(:\n"),
+    "endless loop": ({"3a"}, [("train_exercise.py", open_todo("3a"), LOOP)]),
+    # One checkout for every fault that leaves the file importable, one grader run: it must
+    # get past all of them. TODOs 5-8 stay open too: their graded tests (real training
+    # runs) would add nothing here. The hint counts beside it are cut short.
+    "faults inside TODOs": ({"3a", "3b", "3c", "4", "5", "6", "8"}, [
+        ("train_exercise.py", re.compile(r"^def set_lr\(.*?(?=^def )", re.MULTILINE | re.DOTALL), None),
+        ("train_exercise.py", open_todo("3b"), '    __import__("os")._exit(0)\n'),
+        ("train_exercise.py", open_todo("3c"), "    raise SystemExit(3)\n"),
+        ("train_exercise.py", open_todo("4"), "    raise KeyboardInterrupt\n"),
+        ("data_exercise.py", re.compile("^class BlockDataset", re.MULTILINE), "(:\n"),
+        (".hints_used.json", re.compile(""), '{"2a": 1, "2'),
+    ]),
+    "a file that does not import": ({"4", "5", "6", "8"}, [
+        ("train_exercise.py", re.compile("^def get_lr", re.MULTILINE), BAD_IMPORT),
     ]),
 }  # fmt: skip
 GRADER_TIME_LIMIT_S = 2  # the endless loop's test is stopped after this (the reference's take milliseconds)
 
 
+def break_checkout(copy: Path, name: str) -> None:
+    """A copy of the course, changed as BROKEN[name] says."""
+    left_open, changes = BROKEN[name]
+    copy_course(copy, set(TODOS) - left_open)
+    for file, where, text in changes:
+        old = (copy / file).read_text() if (copy / file).exists() else ""
+        found = where.search(old)
+        assert found, f"{name}: the exercise file has changed; update BROKEN"
+        end = found.end() if text is None else found.start()
+        (copy / file).write_text(old[: found.start()] + (text or "") + old[end:])
+
+
+def start_grader(copy: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`python train_exercise.py --test [OPTIONS]` in a copy of the course."""
+    command = lower_priority([sys.executable, "train_exercise.py", "--test", *options])
+    return subprocess.Popen(command, cwd=copy, env={**os.environ, **(env or {})}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def interrupted_grader(copy: Path) -> list:
+    """[exit code, output, whether its pytest child still ran 30 s later] for a grader in
+    the endless loop's checkout sent Ctrl+C's SIGINT once the loop runs."""
+    marker = copy / "looping.pid"
+    marker.unlink(missing_ok=True)
+    grader = start_grader(copy)
+    wait_for(lambda: marker.exists() and marker.read_text(), grader)
+    grader.send_signal(signal.SIGINT)
+    output = grader.communicate()[0]
+    return [grader.returncode, output, still_runs_30_s_later(int(marker.read_text()))]
+
+
+def wait_for(condition: Callable[[], object], process: subprocess.Popen) -> None:
+    """Until `condition()` holds; fails if `process` ends first."""
+    while not condition():
+        assert process.poll() is None, f"ended too early:\n{(process.communicate()[0] or '')[-3000:]}"
+        time.sleep(0.05)
+
+
+def still_runs_30_s_later(pid: int) -> bool:
+    """Whether process `pid` runs on for 30 s; if so it is killed here (the machine is shared)."""
+    deadline = time.monotonic() + 30
+    while is_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if is_running(pid):
+        os.kill(pid, signal.SIGKILL)
+        return True
+    return False
+
+
+def is_running(pid: int) -> bool:
+    """Whether process `pid` runs; a zombie (ended, not yet reaped by its new parent) does not."""
+    try:
+        os.kill(pid, 0)
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except ProcessLookupError:
+        return False
+    except FileNotFoundError:  # no /proc on this system: os.kill's answer stands
+        return True
+    return state != "Z"
+
+
 @background_job("broken graders")
 def broken_checkouts(workdir: Path) -> None:
     """`python train_exercise.py --test` in checkouts whose TODOs loop forever, exit the
-    process, or sit beside a data chapter that does not compile."""
+    process or lost their function, beside a data chapter that does not compile, or
+    whose file does not import; then the looping grader stopped by Ctrl+C."""
     results = {}
-    for name, (left_open, insertions) in BROKEN.items():
+    for name in BROKEN:
         copy = workdir / name.replace(" ", "_")
-        copy_course(copy, set(TODOS) - left_open)
-        for file, before, insertion in insertions:
-            text = (copy / file).read_text()
-            found = (
-                before.search(text) if isinstance(before, re.Pattern) else re.search(re.escape(before), text)
-            )
-            assert found, f"{name}: the exercise file has changed; update BROKEN"
-            (copy / file).write_text(text[: found.start()] + insertion + text[found.start() :])
+        break_checkout(copy, name)
         # Only the endless loop is graded with a short limit, and only its own TODO: the
         # other graded tests (TODO 8's runs a real training twice) keep the usual one.
-        option = ["2a"] if name == "endless loop" else []
-        limit = {"COURSE_GRADING_TIME_LIMIT": str(GRADER_TIME_LIMIT_S)} if option else {}
-        command = lower_priority([sys.executable, "train_exercise.py", "--test", *option])
-        done = subprocess.run(command, cwd=copy, env={**os.environ, **limit}, capture_output=True, text=True)
-        results[name] = [done.returncode, done.stdout + done.stderr]
+        limit = {"COURSE_GRADING_TIME_LIMIT": str(GRADER_TIME_LIMIT_S)}
+        grader = start_grader(copy, "3a", env=limit) if name == "endless loop" else start_grader(copy)
+        output = grader.communicate()[0]
+        results[name] = [grader.returncode, output]
+    results["Ctrl+C"] = interrupted_grader(workdir / "endless_loop")
     (workdir / "results.json").write_text(json.dumps(results))
 
 
@@ -460,26 +527,96 @@ def board_row(todo: str, result: str) -> str:
     return f"{todo:<5} {TODOS[todo].title:<46} {result}"
 
 
+def line_of(path: Path, text: str) -> int:
+    """The number of the line where `text` starts in the file."""
+    content = path.read_text()
+    return content[: content.index(text)].count("\n") + 1
+
+
 @pytest.mark.background("broken graders")
 def test_a_todo_that_never_ends_fails_after_the_time_limit(background):
     code, output = json.loads((background / "results.json").read_text())["endless loop"]
     assert code == 1, output
     assert (
-        board_row("2a", f"✗ failed: took longer than {GRADER_TIME_LIMIT_S} s: an endless loop?") in output
+        board_row("3a", f"✗ failed: took longer than {GRADER_TIME_LIMIT_S} s: an endless loop?") in output
     ), output
-    assert "TODO 2a is not done yet" in output
+    assert "TODO 3a is not done yet" in output
 
 
 @pytest.mark.background("broken graders")
-def test_a_todo_that_exits_the_process_or_a_broken_data_chapter_still_give_a_scoreboard(background):
-    results = json.loads((background / "results.json").read_text())
-    code, output = results["os._exit, sys.exit and a syntax error in the other chapter"]
+def test_faults_inside_todos_fail_those_todos_alone_and_the_others_are_graded(background):
+    code, output = json.loads((background / "results.json").read_text())["faults inside TODOs"]
     assert code == 1, f"os._exit(0) inside a TODO must not make the grader exit 0:\n{output}"
-    assert board_row("3a", "✗ failed: the test ended the grading process (exit code 0)") in output, output
-    assert board_row("3b", "✗ failed: the code called sys.exit(3) (SystemExit)") in output, output
-    for todo, result in [("2a", "✓ passed"), ("2b", "✓ passed"), ("3c", "✓ passed"), ("4", "· not started")]:
-        assert board_row(todo, result) in output, f"TODO {todo} must still be graded:\n{output}"
-    assert "3/9 TODOs done in train_exercise.py" in output
-    assert "note: data_exercise.py does not import (SyntaxError" in output, "the broken data chapter is named"
+    for todo, result in [
+        ("2a", "✓ passed"),
+        ("2b", "✓ passed"),
+        ("3a", "✗ failed: train_exercise.py has no set_lr (deleted or renamed?): TODO 3a is graded through "
+               "that name; put it back"),
+        ("3b", "✗ failed: the test ended the grading process (exit code 0)"),
+        ("3c", "✗ failed: the code called sys.exit(3) (SystemExit)"),
+        ("4", "✗ failed: the code raised KeyboardInterrupt (what Ctrl+C raises): a TODO should return"),
+        ("5", "· not started"),
+        ("8", "· not started"),
+    ]:  # fmt: skip
+        assert board_row(todo, result) in output, f"TODO {todo} must be graded on its own:\n{output}"
+    assert "2/9 TODOs done in train_exercise.py" in output
+    line = line_of(background / "faults_inside_TODOs" / "data_exercise.py", "(:\n")
+    assert f"note: data_exercise.py does not import (line {line}: SyntaxError: " in output, output
     assert "graded with data_solution.py in its place" in output
+    assert "note: .hints_used.json is unreadable or damaged; the hints used are counted from 0" in output
     assert "Traceback" not in output, output
+
+
+@pytest.mark.background("broken graders")
+def test_a_file_that_does_not_import_fails_each_of_its_todos_with_the_line(background):
+    code, output = json.loads((background / "results.json").read_text())["a file that does not import"]
+    line = line_of(background / "a_file_that_does_not_import" / "train_exercise.py", BAD_IMPORT)
+    error = f"train_exercise.py does not import: line {line}: ImportError: cannot import name 'GTP'"
+    assert code == 1
+    for todo in (todo.id for todo in CATALOG if todo.module == "train"):
+        assert board_row(todo, f"✗ failed: {error}") in output, output
+    assert "Traceback" not in output, output
+
+
+def test_a_syntax_error_is_named_by_its_line():
+    with pytest.raises(SyntaxError) as error:
+        compile("x = 1\nif x\n    pass\n", "train_exercise.py", "exec")
+    assert where_it_failed(error.value, "train_exercise") == "line 2: SyntaxError: expected ':'"
+
+
+@pytest.mark.background("broken graders")
+def test_ctrl_c_on_the_grader_stops_its_pytest_and_prints_the_scoreboard_so_far(background):
+    code, output, child_runs = json.loads((background / "results.json").read_text())["Ctrl+C"]
+    assert code == 130, output
+    assert "stopped by Ctrl+C: the scoreboard so far" in output
+    for todo, result in [("2a", "✓ passed"), ("3a", "– not graded"), ("8", "– not graded")]:
+        assert board_row(todo, result) in output, output
+    assert "2/9 TODOs done in train_exercise.py" in output and "Traceback" not in output, output
+    assert not child_runs, "pytest runs in a session of its own: the grader must stop it"
+
+
+LOOPING_TEST = """
+import os
+from pathlib import Path
+
+def test_loops():
+    Path("looping.pid").write_text(str(os.getpid()))
+    while True:
+        pass
+"""
+
+
+def test_the_pytest_child_of_a_killed_grader_stops_by_itself(tmp_path):
+    """No signal that ends the grader (SIGKILL, a closed terminal's SIGHUP) reaches its
+    pytest child, in a session of its own: the child must notice, or a TODO that loops
+    spins on for ever. A stand-in grader starts the child as grade() does, on one test."""
+    (tmp_path / "test_loop.py").write_text(LOOPING_TEST)
+    child = [sys.executable, str(ROOT / "tests" / "scoreboard.py"), str(tmp_path / "events.jsonl"),
+             "test_loop.py", f"--rootdir={tmp_path}", "-p", "no:cacheprovider"]  # fmt: skip
+    start = f"import subprocess; subprocess.Popen({child!r}, start_new_session=True).wait()"
+    grader = subprocess.Popen([sys.executable, "-c", start], cwd=tmp_path)
+    marker = tmp_path / "looping.pid"
+    wait_for(lambda: marker.exists() and marker.read_text(), grader)
+    grader.kill()
+    grader.wait()
+    assert not still_runs_30_s_later(int(marker.read_text()))

@@ -55,6 +55,31 @@ def test_the_scoreboard_shows_how_many_hints_were_used(hints_file, capsys):
     assert not any(row.startswith("2a ") and "hint" in row for row in rows)
 
 
+@pytest.mark.parametrize("damaged", [b'{"2a": 2, "2', b"[1, 2]", b'{"2a": "two"}', b"\xff\xfe"])
+def test_a_damaged_hints_file_costs_the_counts_not_the_hint(damaged, hints_file, capsys):
+    hints_file.write_bytes(damaged)
+    assert grading.show_hint("2a", ROOT / "train_exercise.py") == 0
+    out, err = capsys.readouterr()
+    assert "TODO 2a, hint 1/3 (the idea)" in out
+    note = f"note: {hints_file.name} is unreadable or damaged; the hints used are counted from 0 again"
+    assert err == note + "\n", "one line"
+    assert todos.hints_used() == {"2a": 1}, "the file is whole again"
+
+
+def test_a_hint_count_is_written_whole_or_not_at_all(hints_file, monkeypatch):
+    grading.show_hint("2a", ROOT / "train_exercise.py")
+    before = hints_file.read_text()
+
+    def interrupted(*args):  # Ctrl+C just before the new file takes the old one's place
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(todos.os, "replace", interrupted)
+        grading.show_hint("2a", ROOT / "train_exercise.py")
+    assert hints_file.read_text() == before, "the previous counts stay"
+    assert not list(hints_file.parent.glob("*.tmp")), "no temporary file is left"
+
+
 def code_lines(region: str) -> list[str]:
     """The non-trivial code lines of a solution region: not comments, not short."""
     lines = (line.strip() for line in region.splitlines())
