@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -104,12 +105,27 @@ def stop_with_the_launcher() -> None:
         _launcher_pid = os.getppid()
 
 
+def launcher_is_gone() -> bool:
+    """PR_SET_PDEATHSIG fires as the launcher's main thread ends, while its other threads
+    may still be ending: until they have, the launcher stays this worker's parent, with a
+    main thread that is a zombie ("Z" in /proc/PID/stat)."""
+    if _launcher_pid is None:
+        return False
+    if os.getppid() != _launcher_pid:
+        return True
+    try:
+        stat = Path(f"/proc/{_launcher_pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"  # the field after the (name), which may hold spaces
+
+
 def orphans_shutdown_time() -> int | None:
     """A worker whose launcher died has no one left to SIGKILL it if its stop hangs (a
     peer that no longer answers a collective): SIGALRM, whose default ends the process
     wherever it is, does so after the time torchrun would have given it. The seconds
     given, or None while the launcher lives."""
-    if _launcher_pid is None or os.getppid() == _launcher_pid:
+    if not launcher_is_gone():
         return None
     seconds = int(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
     signal.alarm(seconds)

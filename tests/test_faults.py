@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY_MODEL, VERSE
+from test_ddp import gone
 
 import train_solution as train
 from course import corpus, run_folder
@@ -557,14 +558,6 @@ with guards.StopRequests():
     Path(sys.argv[2]).write_text(str(os.getpid()))
     threading.Event().wait()
 """
-
-
-def gone(pid: int) -> bool:
-    """Ended (an orphan's zombie counts: it may wait long for init to reap it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
