@@ -25,7 +25,8 @@ The rules for signals that come more than once, or at a bad moment:
 - Under torchrun on Linux a worker also stops when its launcher dies (`stop_with_the_launcher`):
   torchrun starts each worker in a session of its own, so a SIGKILL of torchrun (the
   OOM killer, `kill -9`) would leave them training on as orphans. The kernel sends
-  the worker a SIGTERM instead, so it saves a checkpoint as for any SIGTERM; and since
+  the worker a SIGTERM instead (once more as the launcher's last threads end: a
+  repeat), so it saves a checkpoint as for any SIGTERM; and since
   no launcher is left to SIGKILL it should that save hang (its peers may be stopping
   too), it gives itself the time torchrun would have given it
   (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, default 30 s), then SIGALRM ends it.
@@ -50,7 +51,9 @@ from tqdm import tqdm
 from course.errors import StopNow, TrainingDiverged
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl+C", signal.SIGTERM: "SIGTERM"}
-REPEAT_WINDOW = 2.0  # seconds: a thousand times the delay of the copy that torchrun forwards
+# Seconds. The two copies come about 1 ms apart, but the second's handler runs only once the
+# main thread is back from the C call it is in (a collective that waits for the other processes).
+REPEAT_WINDOW = 2.0
 
 _first_came: dict[int, float] = {}  # when this process first got each stop signal
 _saves_in_progress = 0
@@ -134,7 +137,8 @@ def orphans_shutdown_time() -> int | None:
 
 def stop_at_once(signum: int, frame) -> None:
     """Outside the training loop (preparing data, building the model) a signal stops the
-    run at once; the exception unwinds, so temporary files and folders are removed."""
+    run at once; the exception unwinds, so temporary files and folders are removed (a
+    repeat is ignored: it would cut that cleanup short)."""
     if not is_a_repeat(signum):
         orphans_shutdown_time()
         quit_at_once(signum)
