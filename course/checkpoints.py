@@ -51,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, se
 
 from course.distributed import ProcessGroup, full_weights, is_sharded
 from course.errors import UsageError
+from course.guards import saves_finish_first
 from course.run_folder import (
     BEST_FILE,
     RESUME_FILE,
@@ -355,6 +356,7 @@ class RunFiles:
         n_numbers = sum(p.numel() for p in model.parameters())
         check_free_space(self.save_dir, int(1.25 * 4 * n_numbers * 8) + 10**7, "one checkpoint")
 
+    @saves_finish_first()  # a second signal quits once the file is written
     def save_weights(self, model: torch.nn.Module, name: str = WEIGHTS_FILE, **extra) -> None:
         """model.pt or best.pt, written by rank 0. Under FSDP every process must call it
         (the weights are gathered from all of them)."""
@@ -368,6 +370,7 @@ class RunFiles:
         }
         save_atomic({**weights, **extra}, self.folder.path(name))
 
+    @saves_finish_first()  # ... once the whole checkpoint is written
     def save_checkpoint(
         self,
         model: torch.nn.Module,

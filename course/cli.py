@@ -40,6 +40,7 @@ from course.errors import (
     StorageError,
     TrainingDiverged,
     UsageError,
+    says_the_error,
 )
 from course.grading import show_hint
 from course.guards import STOP_SIGNALS, stop_at_once_on_sigterm
@@ -768,7 +769,8 @@ def main(train: Callable[[CommandLine], None], argv: list[str] | None, script: P
     try:
         train(command_line)
     except (UsageError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if says_the_error():  # under torchrun: once per machine, not once per process
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except (TrainingDiverged, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -779,11 +781,13 @@ def main(train: Callable[[CommandLine], None], argv: list[str] | None, script: P
             print(f"stopped by {signal_name}: {stop}; continue with --from_resume 1", file=sys.stderr)
         return 128 + stop.signum
     except StopNow as stop:
-        signal_name = STOP_SIGNALS[stop.signum]
-        print(f"stopped at once by {signal_name}: the last saved checkpoint is kept", file=sys.stderr)
+        if says_the_error():
+            signal_name = STOP_SIGNALS[stop.signum]
+            print(f"stopped at once by {signal_name}: the last saved checkpoint is kept", file=sys.stderr)
         return 128 + stop.signum
     except KeyboardInterrupt:
-        print("stopped at once by Ctrl+C: the last saved checkpoint is kept", file=sys.stderr)
+        if says_the_error():
+            print("stopped at once by Ctrl+C: the last saved checkpoint is kept", file=sys.stderr)
         return 130
     except OSError as err:
         if out_of_space(err) is None:

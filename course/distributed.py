@@ -34,6 +34,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from course.errors import UsageError
+from course.guards import stop_with_the_launcher
 
 PARALLEL_MODES = ("ddp", "fsdp")
 
@@ -130,6 +131,7 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
         torch.cuda.set_device(device)
+    stop_with_the_launcher()  # torchrun starts each worker in a session of its own
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else None  # None: the gloo default
     local = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])

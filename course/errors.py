@@ -7,6 +7,15 @@ anything is written), 1 for a training run that diverged or a disk that filled u
 """
 
 import argparse
+import os
+
+
+def says_the_error() -> bool:
+    """Under torchrun every process finds the same mistake in the options or the saved
+    run: the first process of each machine (LOCAL_RANK 0) says it, once on one machine.
+    Not rank 0 alone: a mistake that only one machine finds (its own copy of the data, a
+    folder it cannot write) would go unsaid."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -17,7 +26,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
         super().__init__(allow_abbrev=False, **kwargs)
 
     def error(self, message: str) -> None:
-        self.exit(2, f"error: {message} (see --help)\n")
+        self.exit(2, f"error: {message} (see --help)\n" if says_the_error() else None)
 
 
 class UsageError(Exception):

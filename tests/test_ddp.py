@@ -4,6 +4,7 @@ documents and with gradient accumulation, and a DDP run resumes where it stopped
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -69,16 +71,17 @@ def kill_after_step_4(args: list[str], workdir: Path) -> None:
         assert process.poll() is None, f"the run ended before step 4 was saved:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, "the run did not save step 4 in 600 s"
         time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun, then both workers, as a lost machine would
+    # Both workers, then torchrun, as a lost machine would (in this order: the workers would
+    # get a SIGTERM if torchrun died first, course.guards.stop_with_the_launcher).
     for pid_file in pid_files:
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
 
 
-# train_solution.py whose processes, resumed from the checkpoint of step 4, wait in step 6
-# (their second) until their stop handler has seen the signal that torchrun forwards, so
-# the signal always lands mid-run.
-WAIT_FOR_SIGTERM_AT_STEP_6 = f"""
+# train_solution.py whose processes, resumed from a checkpoint, wait in their STOP_IN_CALL-th
+# step until their stop handler has seen a signal, so the signal always lands mid-run.
+WAIT_FOR_A_STOP_SIGNAL = f"""
 import os, signal, sys, time
 from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
@@ -88,10 +91,10 @@ train_step, calls = train.train_step, [0]
 
 def wait_then_step(*args, **kwargs):
     calls[0] += 1
-    if calls[0] == 2:  # step 6 of a run resumed at step 4
+    if calls[0] == int(os.environ["STOP_IN_CALL"]):
         handler = signal.getsignal(signal.SIGTERM)  # the run's course.guards.StopRequests
         save_dir = Path(sys.argv[sys.argv.index("--save_dir") + 1])
-        (save_dir / f"6.{{os.getpid()}}.ready").touch()  # tell the test: this process is in step 6
+        (save_dir / f"{{os.getpid()}}.ready").touch()  # tell the test: this process is in that step
         while handler.__self__.requested is None:
             time.sleep(0.01)
     return train_step(*args, **kwargs)
@@ -101,26 +104,63 @@ sys.exit(train.main())
 """
 
 
-def terminate_during_step_6(args: list[str], workdir: Path) -> str:
-    """Resume a two-process run saved at step 4 and send torchrun SIGTERM (as Slurm or
-    `docker stop` would) once both workers are in step 6; returns what the run printed."""
-    driver = workdir / "wait_for_sigterm.py"
-    driver.write_text(WAIT_FOR_SIGTERM_AT_STEP_6)
+def gone(pid: int) -> bool:
+    """Ended (an orphan's zombie counts: it may wait long for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+# The time torchrun gives its workers to stop, and that workers without a launcher give themselves:
+# longer than the 30 s default, for a machine busy with other tests.
+SHUTDOWN_TIME = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "600"}
+
+
+def stop_mid_run(args: list[str], workdir: Path, call: int, stop: Callable[[int, list[int]], None]) -> str:
+    """Resume a two-process run and, once both workers are in their `call`-th step,
+    `stop(torchrun's pid, the workers' pids)`; returns what the run printed once every
+    process has ended."""
+    driver = workdir / "wait_for_a_stop_signal.py"
+    driver.write_text(WAIT_FOR_A_STOP_SIGNAL)
     save_dir = Path(args[args.index("--save_dir") + 1])
-    log = workdir / "terminated_run.log"
+    log = workdir / "stopped_run.log"
     with log.open("w") as output:
         process = subprocess.Popen(lower_priority(torchrun(args, str(driver))), cwd=ROOT,
+                                   env={**os.environ, "STOP_IN_CALL": str(call), **SHUTDOWN_TIME},
                                    start_new_session=True, stdout=output, stderr=output)  # fmt: skip
     deadline = time.monotonic() + 600  # only keeps a broken run from hanging the suite
-    while len(list(save_dir.glob("6.*.ready"))) < 2:
-        assert process.poll() is None, f"the run ended before step 6:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, "the run did not reach step 6 in 600 s"
+    while len(ready := list(save_dir.glob("*.ready"))) < 2:
+        assert process.poll() is None, f"the run ended before its step {call}:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"the run did not reach its step {call} in 600 s"
         time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+    workers = [int(path.stem) for path in ready]
+    stop(process.pid, workers)
     process.wait()
-    for ready in save_dir.glob("6.*.ready"):
-        ready.unlink()
+    while not all(gone(pid) for pid in workers):
+        if time.monotonic() > deadline:  # no orphans left behind by a failing test
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            raise AssertionError(
+                f"workers {workers} still ran 600 s after the stop:\n{log.read_text()[-3000:]}"
+            )
+        time.sleep(0.01)
+    for path in ready:
+        path.unlink()
     return log.read_text()
+
+
+def scancel(launcher: int, workers: list[int]) -> None:
+    """SIGTERM to torchrun and every worker at once, as Slurm's scancel and systemd send it
+    (torchrun also forwards its own to the workers: each gets two)."""
+    for pid in [launcher, *workers]:
+        os.kill(pid, signal.SIGTERM)
+
+
+def kill_the_launcher(launcher: int, workers: list[int]) -> None:
+    """SIGKILL to torchrun alone, as the OOM killer or `kill -9` of the job would send it."""
+    os.kill(launcher, signal.SIGKILL)
 
 
 # train_solution.py with a TODO 6 that forgets the other processes: each process's loss
@@ -191,13 +231,20 @@ def ddp_runs(workdir: Path) -> None:
         with_dropout = pool.submit(
             run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]), nice=True
         )
-        # Killed (SIGKILL) after step 4, resumed and stopped by SIGTERM in step 6, resumed to step 8.
-        # With TensorBoard's events (test_only_rank_0_tracks_and_a_resumed_ddp_run_logs_each_step_once).
+        # Killed (SIGKILL) after step 4; resumed and stopped by SIGTERM to every process in step 6;
+        # resumed, its launcher killed in step 7; resumed to step 8; a refused resume. With
+        # TensorBoard's events (test_only_rank_0_tracks_and_a_resumed_ddp_run_logs_each_step_once).
         resumed = [*ddp_args(workdir, "resumed"), *dropout, "--tensorboard", "1"]
         kill_after_step_4(resumed, workdir)
-        said = terminate_during_step_6([*resumed, "--from_resume", "1"], workdir)
+        said = stop_mid_run([*resumed, "--from_resume", "1"], workdir, 2, scancel)
         (workdir / "terminated.log").write_text(said)
-        run_checked(torchrun([*resumed, "--from_resume", "1"]), nice=True)
+        said = stop_mid_run([*resumed, "--from_resume", "1"], workdir, 1, kill_the_launcher)
+        (workdir / "orphaned.log").write_text(said)
+        last = run_checked(torchrun([*resumed, "--from_resume", "1"]), nice=True)
+        (workdir / "last_resume.log").write_text(last.stdout)
+        refused = subprocess.run(torchrun([*resumed, "--from_resume", "1", "--batch_size", "8"]), cwd=ROOT,
+                                 capture_output=True, text=True)  # fmt: skip
+        (workdir / "refused.log").write_text(refused.stderr)
         documents.result(), with_dropout.result()  # raise if a run failed
 
 
@@ -281,9 +328,12 @@ def test_only_rank_0_tracks_and_a_resumed_ddp_run_logs_each_step_once(background
 
 
 @pytest.mark.background("ddp")
-def test_sigterm_to_torchrun_stops_every_process_after_the_same_step_with_one_checkpoint(background):
+def test_sigterm_to_torchrun_and_every_worker_stops_them_after_the_same_step_with_one_checkpoint(background):
+    """As Slurm's scancel sends it: each worker gets SIGTERM twice (directly and from torchrun),
+    which counts once; the resume from that checkpoint ends bit-identical to the straight run
+    (test_a_ddp_run_with_dropout_resumes_where_it_stopped)."""
     said = (background / "terminated.log").read_text()
-    stops = [line for line in said.splitlines() if line.startswith("stopped by SIGTERM")]
+    stops = [line for line in said.splitlines() if line.startswith("stopped")]
     assert stops == [f"stopped by SIGTERM: checkpoint of step 6 saved in {background / 'resumed'}; "
                      "continue with --from_resume 1"], said[-3000:]  # fmt: skip
     assert said.count("SIGTERM: saving a checkpoint after this step") == 1, "said once, by rank 0"
@@ -291,8 +341,25 @@ def test_sigterm_to_torchrun_stops_every_process_after_the_same_step_with_one_ch
     frames = [line.strip() for line in said.splitlines() if line.strip().startswith('File "')]
     ours = [frame for frame in frames if "site-packages" not in frame and "<frozen" not in frame]
     assert not ours, f"a traceback from the workers: {ours}"
-    # The final weights, after the SIGKILL, the SIGTERM and both resumes, are compared with
-    # the uninterrupted run's in test_a_ddp_run_with_dropout_resumes_where_it_stopped.
+
+
+@pytest.mark.background("ddp")
+def test_workers_whose_launcher_is_killed_save_their_step_and_stop(background):
+    said = (background / "orphaned.log").read_text()
+    announced = ") is gone: saving a checkpoint after this step (ended by SIGALRM in 600 s if it hangs)"
+    assert said.count(announced) == 1, said[-3000:]
+    stops = [line for line in said.splitlines() if line.startswith("stopped")]
+    assert stops == [f"stopped by SIGTERM: checkpoint of step 7 saved in {background / 'resumed'}; "
+                     "continue with --from_resume 1"], said[-3000:]  # fmt: skip
+    assert "steps 7 → 8" in (background / "last_resume.log").read_text(), "the next resume starts there"
+
+
+@pytest.mark.background("ddp")
+def test_a_refusal_under_torchrun_is_said_once(background):
+    said = (background / "refused.log").read_text()
+    errors = [line for line in said.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, said[-3000:]
+    assert errors[0].startswith("error: --batch_size 8 would change the saved run (batch_size=4)")
 
 
 def test_each_process_draws_its_own_dropout_masks():

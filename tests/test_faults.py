@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ROOT, TINY_MODEL, VERSE
+from test_ddp import gone
 
 import train_solution as train
 from course import corpus, run_folder
@@ -491,3 +492,89 @@ def test_a_full_disk_during_preparation_is_one_line_and_leaves_nothing(
     one_error_line(lines, "could not write", "val.bin: No space left on device; free some disk space")
     assert list((tmp_path / "prepared").iterdir()) == [], "no staging folder or lock left behind"
     assert list((tmp_path / "out").iterdir()) == [], "the run wrote nothing"
+
+
+# --- 6: signals at bad moments ------------------------------------------------------------------
+
+
+# train_solution.py whose resume.pt of step 2 is written by a torch.save that gets two SIGTERMs
+# midway (real signals to this process): the first during one write, the second during a later
+# one, once the stop handler has seen the first. The window in which a repeated signal counts
+# once (course.guards.REPEAT_WINDOW) is 0 here, so the second stands for a person who insists.
+TWO_SIGNALS_DURING_A_SAVE = """
+import os, signal, sys, torch
+import train_solution
+from course import guards
+guards.REPEAT_WINDOW = 0.0
+real_save, sent = torch.save, []
+
+class SignalledFile:
+    def __init__(self, f):
+        self.f = f
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+    def write(self, data):
+        first_seen = signal.getsignal(signal.SIGTERM).__self__.requested is not None
+        if len(sent) == 0 or (len(sent) == 1 and first_seen):
+            os.kill(os.getpid(), signal.SIGTERM)
+            sent.append(signal.SIGTERM)
+        return self.f.write(data)
+
+def save(obj, f):
+    is_resume = getattr(f, "name", "").endswith(f".resume.pt.{os.getpid()}.tmp")
+    real_save(obj, SignalledFile(f) if is_resume and obj["step"] == 2 else f)
+
+torch.save = save
+sys.exit(train_solution.main(sys.argv[1:]))
+"""
+
+
+def test_two_sigterms_during_a_save_finish_the_save_then_quit(corpus_txt, tmp_path):
+    out = tmp_path / "out"
+    args = ["--data_path", corpus_txt, "--data_dir", tmp_path / "prepared", "--save_dir", out, *FAST,
+            "--max_steps", 4, "--save_interval", 2]  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", TWO_SIGNALS_DURING_A_SAVE, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 128 + signal.SIGTERM, done.stderr[-2000:]
+    said = [line for line in done.stderr.splitlines() if line.startswith(("stopped", "error", "Traceback"))]
+    assert said == ["stopped at once by SIGTERM: the last saved checkpoint is kept"], done.stderr[-2000:]
+    assert torch.load(out / "resume.pt", weights_only=True)["step"] == 2, "the save was finished first"
+    assert not list(out.glob(".*")), "no temporary file, lock or staging folder is left"
+
+
+# A torchrun worker in miniature: a launcher that starts a worker in a session of its own
+# (as torchrun does) and waits. The worker asks for a signal at the launcher's death, then
+# hangs in its training loop, as a worker whose peer no longer answers a collective would.
+ORPHANED_WORKER = f"""
+import os, subprocess, sys, threading
+from pathlib import Path
+if sys.argv[1] == "launcher":
+    subprocess.Popen([sys.executable, sys.argv[0], "worker", sys.argv[2]], start_new_session=True)
+    threading.Event().wait()
+sys.path.insert(0, {str(ROOT)!r})
+from course import guards
+guards.stop_with_the_launcher()
+with guards.StopRequests():
+    Path(sys.argv[2]).write_text(str(os.getpid()))
+    threading.Event().wait()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_whose_launcher_is_killed_stops_within_its_shutdown_time(tmp_path):
+    driver, pid_file, log = tmp_path / "orphan.py", tmp_path / "worker.pid", tmp_path / "worker.log"
+    driver.write_text(ORPHANED_WORKER)
+    env = {**os.environ, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "1"}
+    with log.open("w") as output:
+        launcher = subprocess.Popen([sys.executable, str(driver), "launcher", str(pid_file)], env=env,
+                                    stdout=output, stderr=output)  # fmt: skip
+    wait_until(lambda: pid_file.exists() and pid_file.read_text(), launcher, "the worker in its loop", log)
+    worker = int(pid_file.read_text())
+    launcher.kill()  # as the OOM killer or `kill -9` would: torchrun forwards nothing
+    launcher.wait()
+    deadline = time.monotonic() + 600  # only keeps a worker that never stops from hanging the suite
+    while not gone(worker):
+        assert time.monotonic() < deadline, f"the orphaned worker {worker} still runs after 600 s"
+        time.sleep(0.01)
+    assert f"the launcher (pid {launcher.pid}) is gone: saving a checkpoint after this step (ended by " \
+           "SIGALRM in 1 s if it hangs)" in log.read_text(), log.read_text()  # fmt: skip
