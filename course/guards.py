@@ -130,7 +130,8 @@ def orphans_shutdown_time() -> int | None:
     given, or None while the launcher lives."""
     if not launcher_is_gone():
         return None
-    seconds = int(os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "30"))
+    given = os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "")
+    seconds = int(given) if given.isdigit() else 30  # torchrun's default; it reads only a number
     signal.alarm(seconds)
     return seconds
 
