@@ -264,6 +264,10 @@ def test_a_touched_or_copied_corpus_is_the_same_corpus_and_resumes(corpus_txt, t
         ("a flipped byte in val.bin", "val.bin does not match its checksum"),
         ("val.bin missing", "val.bin is missing"),
         ("meta.json not JSON", "meta.json is damaged"),
+        ("eot_id one less in meta.json", "meta.json does not match its checksum"),
+        ("two chars swapped in meta.json", "meta.json does not match its checksum"),
+        ('"files": [] in meta.json', "meta.json does not match its checksum"),
+        ("meta.json of an older version", "meta.json has no checksum (prepared by an older version)"),
     ],
 )
 def test_damaged_prepared_files_are_prepared_again_with_a_note(damage, note, corpus_txt, tmp_path, capsys):
@@ -280,13 +284,45 @@ def test_damaged_prepared_files_are_prepared_again_with_a_note(damage, note, cor
         (out / "val.bin").write_bytes(bytes(flipped))
     elif damage == "val.bin missing":
         (out / "val.bin").unlink()
-    else:
+    elif damage == "meta.json not JSON":
         (out / "meta.json").write_text('{"tokenizer": "ch')
+    else:
+        edit_meta(out / "meta.json", damage)
     capsys.readouterr()
     corpus.prepare("char", corpus_txt, out)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and note in notes[0] and "preparing the corpus again" in notes[0], notes
     assert prepared_bytes(out) == good, f"{damage}: the corpus must be prepared again, whole"
+
+
+def edit_meta(path: Path, damage: str) -> None:
+    """A meta.json that is still valid JSON, with one field changed (or its checksum gone)."""
+    meta = json.loads(path.read_text("utf-8"))
+    if damage.startswith("eot_id"):
+        meta["eot_id"] -= 1  # a character's id would end every document
+    elif damage.startswith("two chars"):
+        chars = meta["chars"]  # a string: the character of each id
+        meta["chars"] = chars[0] + chars[2] + chars[1] + chars[3:]
+    elif damage.startswith('"files"'):
+        meta["files"] = []
+    else:
+        del meta[corpus.META_CHECKSUM]
+    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
+
+
+def test_every_bit_flipped_in_meta_json_is_found(corpus_txt, tmp_path, capsys):
+    """One bit flipped anywhere in meta.json (a bad sector, a bad copy): a note, never a
+    traceback, and the corpus is prepared again rather than read with a wrong field."""
+    out = corpus.prepare("char", corpus_txt, tmp_path / "p")
+    good = (out / "meta.json").read_bytes()
+    capsys.readouterr()
+    for bit in range(len(good) * 8):
+        flipped = bytearray(good)
+        flipped[bit // 8] ^= 1 << bit % 8
+        (out / "meta.json").write_bytes(bytes(flipped))
+        assert corpus.read_meta_or_none(out) is None, f"a flip of bit {bit} went unnoticed"
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == len(good) * 8 and all("preparing the corpus again" in n for n in notes)
 
 
 PAUSE_WHILE_PREPARING = """
