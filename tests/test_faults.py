@@ -484,6 +484,26 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(used_folder, ca
     assert not list(out.glob(".*")), "the temporary file and the lock are gone"
 
 
+def test_a_resume_that_cannot_rewrite_metrics_jsonl_leaves_it_whole(used_folder, capsys, monkeypatch):
+    """A resume keeps the metrics up to its checkpoint by writing metrics.jsonl anew, beside
+    it first: a write that fails midway (the disk fills up) leaves the old file whole."""
+    out, base = used_folder
+    before = checksums(out)
+    write_text = Path.write_text
+
+    def half_then_full(path: Path, text: str, *args, **kwargs):
+        if "metrics.jsonl" in path.name:  # the file itself, or its temporary
+            write_text(path, text[: len(text) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write_text(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    code, lines = run([*base, "--from_resume", 1, "--max_steps", 8], capsys)
+    assert code == 1
+    one_error_line(lines, "No space left on device; free some disk space")
+    assert checksums(out) == before, "metrics.jsonl and every other file as they were, no temporary file"
+
+
 def limit_file_size(size: int):
     """For a child process: files may not grow past `size` bytes; a write beyond fails
     with EFBIG (SIGXFSZ ignored) — a real failing write, without root or a small disk."""
