@@ -285,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--use_compile", type=int, default=0, choices=(0, 1), help="1: torch.compile the model"
     )
     system.add_argument(
-        "--num_workers", type=int, help=preset_help("num_workers", "DataLoader worker processes")
+        "--num_workers",
+        type=int,
+        help=preset_help("num_workers", "DataLoader worker processes (at most the CPU cores)"),
     )
     system.add_argument(
         "--parallel",
