@@ -338,8 +338,9 @@ def evaluate(
     # A batch's mean times its count is its sum: sums add up over batches and processes.
     loss_sum = sum(loss * count for loss, count in zip(lm_losses, counts, strict=True))
     totals = sum_over_processes(torch.stack([loss_sum, sum(counts).float()]))  # one all-reduce
-    loss = (totals[0] / totals[1]).item()
-    return EvalResult(loss=loss, perplexity=math.exp(loss))
+    loss = totals[0] / totals[1]
+    # The tensor's exp, not math.exp: a diverged model's huge loss gives inf, where math.exp raises.
+    return EvalResult(loss=loss.item(), perplexity=loss.exp().item())
     # END TODO 6
 
 

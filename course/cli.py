@@ -30,7 +30,7 @@ from course import corpus, tracking
 from course.checkpoints import RunFiles
 from course.config import RunConfig
 from course.corpus import TOKENIZERS
-from course.devices import enable_tf32, resolve_device, resolve_dtype
+from course.devices import enable_tf32, memory_of, resolve_device, resolve_dtype, usable_cpus
 from course.distributed import PARALLEL_MODES, ProcessGroup, init_distributed, shut_down
 from course.errors import (
     DataError,
@@ -44,7 +44,14 @@ from course.errors import (
 )
 from course.grading import show_hint
 from course.guards import STOP_SIGNALS, stop_at_once_on_sigterm
-from course.run_folder import RESUME_FILE, RunFolder, UnclaimedFolder, check_folder, out_of_space
+from course.run_folder import (
+    RESUME_FILE,
+    RUN_FILES,
+    RunFolder,
+    UnclaimedFolder,
+    check_folder,
+    out_of_space,
+)
 from course.todos import TODOS
 from course.tracking import BACKENDS
 from model import CHOICES, GPTConfig
@@ -89,6 +96,13 @@ PRESETS = {
 MAX_STEPS = 10**9  # more optimizer steps than any run here could take: a typo (--epochs 1e300)
 MAX_SAMPLE_TOKENS = 10_000  # a sample at every evaluation; longer ones would stall the run
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; each process seeds with seed + rank
+# Learning rates the optimizer could not even apply are refused: AdamW's first update is 10 x lr
+# (its bias correction), more than float32 holds (3.4e38) from about 3e37 on; 1e30 leaves a margin.
+# A lower one that is far too high (3e4 typed for 3e-4) ends in the divergence guard's one line.
+MAX_LR = 1e30
+# Training memory below which no model fits: float32 weights, their gradients and at least
+# one optimizer moment (AdamW keeps two, Muon one), 4 bytes each, before any activation.
+TRAINING_BYTES_PER_PARAMETER = 12
 # Validation tokens per evaluation, chosen with tools/eval_budget.py: how close each budget
 # comes to the whole split is in docs/reference-runs.md ("How the validation loss is measured").
 EVAL_TOKENS = 196_608
@@ -272,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--use_compile", type=int, default=0, choices=(0, 1), help="1: torch.compile the model"
     )
     system.add_argument(
-        "--num_workers", type=int, help=preset_help("num_workers", "DataLoader worker processes")
+        "--num_workers",
+        type=int,
+        help=preset_help("num_workers", "DataLoader worker processes (at most the CPU cores)"),
     )
     system.add_argument(
         "--parallel",
@@ -433,6 +449,19 @@ def check_options(config: RunConfig) -> None:
         value = getattr(config, name)
         if value is not None and not math.isfinite(value):  # nan passes every comparison above
             raise UsageError(f"--{name} must be a finite number, got {value}")
+    for name in ["learning_rate", "muon_lr"]:
+        if getattr(config, name) > MAX_LR:
+            raise UsageError(
+                f"--{name} {getattr(config, name)} is more than {MAX_LR:g}, too large for the optimizer to "
+                "apply in float32 (useful ones are about 1e-3 for AdamW, 0.02 for Muon; is a minus sign "
+                "missing from its exponent?)"
+            )
+    if "num_workers" in config.options_given and config.num_workers > usable_cpus():  # presets: 0 or 2
+        raise UsageError(
+            f"--num_workers {config.num_workers} is more than the {usable_cpus()} CPU cores this process "
+            "may use: each DataLoader worker is a process of its own; give at most that many (0 loads "
+            "in the training process)"
+        )
     if config.max_steps is not None and config.max_steps > MAX_STEPS:
         raise UsageError(f"--max_steps {config.max_steps} is more than {MAX_STEPS:,} steps; is it a typo?")
     if config.sample_tokens > MAX_SAMPLE_TOKENS:
@@ -465,6 +494,84 @@ def check_seed(seed: int, world_size: int) -> None:
     if not 0 <= seed <= highest:
         processes = f" with {world_size} processes (each seeds with seed + rank)" if world_size > 1 else ""
         raise UsageError(f"--seed must be between 0 and {highest}{processes}, got {seed}")
+
+
+def check_model_fits(config: RunConfig, device: torch.device, world_size: int) -> None:
+    """A model too large for the device's memory would end in the allocator's traceback (or the
+    kernel's OOM killer): refused before anything is built. The bound is a floor (the blocks'
+    matrices alone, 12 x layers x hidden_size^2, without embeddings or activations), so it
+    refuses only what cannot fit; under FSDP each process holds its share."""
+    memory = memory_of(device)
+    parameters = 12 * config.num_hidden_layers * config.hidden_size**2
+    needed = parameters * TRAINING_BYTES_PER_PARAMETER // world_size
+    if memory is not None and needed > memory:
+        per_process = f" per process (over {world_size})" if world_size > 1 else ""
+        where = "GPU" if device.type == "cuda" else "machine"
+        raise UsageError(
+            f"--hidden_size {config.hidden_size} with --num_hidden_layers {config.num_hidden_layers} is a "
+            f"model of at least {parameters:.3g} parameters: training it needs at least {gigabytes(needed)}"
+            f"{per_process} (weights, gradients, optimizer state), and this {where} has "
+            f"{gigabytes(memory)}; choose a smaller --hidden_size or --num_hidden_layers"
+        )
+
+
+def gigabytes(n_bytes: int) -> str:
+    """1,234.5 GB; 1.23e+26 GB for the sizes a typo gives."""
+    return f"{n_bytes / 1e9:,.1f} GB" if n_bytes < 1e15 else f"{n_bytes / 1e9:.3g} GB"
+
+
+def check_folders(config: RunConfig) -> None:
+    """The run's folder and the prepared corpora's, before anything is written: no
+    symbolic link to nowhere on the way to either (creating the folder would fail), and
+    neither inside the other. Preparing a corpus again replaces its folder whole
+    (course.corpus.replace_dir), which would delete a run folder inside it; and a
+    corpus inside a run folder would go with that run's folder."""
+    save_dir, data_dir = Path(config.save_dir), data_root(config)
+    for path, option in ((save_dir, "--save_dir"), (data_dir, "--data_dir")):
+        for part in (path, *path.parents):
+            if part.is_symlink() and not part.exists():
+                raise UsageError(
+                    f"{option} {path}: {part} is a symbolic link to {os.readlink(part)}, which does not "
+                    f"exist; create that folder or give another {option}"
+                )
+    run, data = save_dir.resolve(), data_dir.resolve()
+    for corpora in (data, corpus.DATA_DIR.resolve()):
+        if run.is_relative_to(corpora):
+            where = "is" if run == corpora else "is inside"
+            raise UsageError(
+                f"--save_dir {save_dir} {where} {corpora}, where prepared corpora are kept and replaced "
+                "whole when prepared again: give a --save_dir outside it"
+            )
+    for folder in (data, *data.parents):
+        if folder == run or (folder / RESUME_FILE).is_file():  # this run's folder, or another run's
+            raise UsageError(
+                f"the prepared corpora's folder {data_dir} (--data_dir) is inside the run folder {folder}: "
+                "a run folder holds one run's files only; give a --data_dir outside it"
+            )
+
+
+def data_root(config: RunConfig) -> Path:
+    """Where this run's prepared corpora are kept: --data_dir, or data/."""
+    return Path(config.data_dir) if config.data_dir else corpus.DATA_DIR
+
+
+def check_run_files_writable(save_dir: Path, resume: bool) -> None:
+    """A resume appends to its run's files and replaces them, an overwrite replaces or
+    removes them: a file made read-only (chmod 444) in a writable folder is a sign to
+    keep it, and an append to it would fail mid-run. Refused before anything is written."""
+    paths = [save_dir / name for name in RUN_FILES]
+    read_only = [path.name for path in paths if path.exists() and not writable(path)]
+    if read_only:
+        option = "--from_resume 1" if resume else "--overwrite 1"
+        raise UsageError(
+            f"--save_dir {save_dir}: read-only: {', '.join(read_only)}, and {option} writes to them; "
+            f"make them writable (chmod -R u+w {save_dir}) or give another --save_dir"
+        )
+
+
+def writable(path: Path) -> bool:
+    """Can this process change it: write to a file, or add and remove a folder's entries?"""
+    return os.access(path, (os.W_OK | os.X_OK) if path.is_dir() else os.W_OK)
 
 
 def count_total_steps(config: RunConfig, batches_per_epoch: int) -> int:
@@ -683,7 +790,9 @@ def configure(command_line: CommandLine) -> tuple[ProcessGroup, torch.device, to
     config = run_config(command_line, device)
     check_options(config)
     check_seed(config.seed, group.world_size)
-    check_folder(Path(config.data_dir) if config.data_dir else corpus.DATA_DIR, "--data_dir")
+    check_model_fits(config, device, group.world_size)
+    check_folders(config)
+    check_folder(data_root(config), "--data_dir")
     return group, device, dtype, config
 
 
@@ -697,6 +806,8 @@ def claim_run_folder(config: RunConfig, group: ProcessGroup) -> RunFiles:
     save_dir, folder, error = Path(config.save_dir), None, None
     if group.is_main:
         try:
+            if config.from_resume or config.overwrite:
+                check_run_files_writable(save_dir, resume=bool(config.from_resume))
             folder = RunFolder.claim(
                 save_dir, resume=bool(config.from_resume), overwrite=bool(config.overwrite)
             )

@@ -286,11 +286,13 @@ def write_prepared(tokenizer_name: str, data_path: Path | None, out_dir: Path, v
             # What a later run checks before it trusts the token files.
             "files": {name: file_record(staging / name) for name in TOKEN_FILES},
         }
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+        meta[META_CHECKSUM] = meta_sha256(meta)
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
         replace_dir(staging, out_dir)
 
 
 TOKEN_FILES = ("train.bin", "val.bin")
+META_CHECKSUM = "meta_sha256"  # meta.json's checksum of its other fields, stored in it
 STAGING = ".staging-"  # .<name>.staging-<random>: a preparation in progress, or killed
 
 
@@ -298,15 +300,21 @@ def file_record(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+def meta_sha256(meta: dict) -> str:
+    """The SHA-256 of meta.json's fields but the checksum itself, in one canonical form
+    (sorted keys, no spaces), so that reading the file back gives the same digest."""
+    fields = {key: value for key, value in meta.items() if key != META_CHECKSUM}
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def files_intact(prepared: Path, meta: dict) -> bool:
     """The token files are those meta.json describes (size and checksum); if not, say
     what is wrong in one line (they are then prepared again)."""
     for name in TOKEN_FILES:
         path = prepared / name
-        expected = meta.get("files", {}).get(name)
-        if expected is None:
-            problem = "has no checksum in meta.json (prepared by an older version)"
-        elif not path.is_file():
+        expected = meta["files"][name]
+        if not path.is_file():
             problem = "is missing"
         elif path.stat().st_size != expected["bytes"]:
             problem = f"has {path.stat().st_size:,} bytes instead of {expected['bytes']:,}"
@@ -415,18 +423,34 @@ def replace_dir(new: Path, target: Path) -> None:
 
 def read_meta(prepared: Path) -> dict | None:
     path = prepared / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text("utf-8")) if path.is_file() else None
 
 
 def read_meta_or_none(prepared: Path) -> dict | None:
-    """meta.json, or None (with a note) when it is damaged: then the corpus is prepared again."""
+    """meta.json, or None (with a note) when it is missing or cannot be trusted: then the
+    corpus is prepared again. Every field is covered by the checksum stored with them: a
+    changed eot_id or vocabulary would otherwise train, or save a wrong tokenizer, silently."""
     try:
         meta = read_meta(prepared)
-        if meta is None or isinstance(meta, dict):
-            return meta
+        problem = meta_problem(meta)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        pass
-    print(f"note: {prepared / 'meta.json'} is damaged; preparing the corpus again", file=sys.stderr)
+        problem = "is damaged"
+    if problem is not None:
+        print(f"note: {prepared / 'meta.json'} {problem}; preparing the corpus again", file=sys.stderr)
+        return None
+    return meta
+
+
+def meta_problem(meta) -> str | None:
+    """What is wrong with a parsed meta.json (None: nothing, or no meta.json yet)."""
+    if meta is None:
+        return None
+    if not isinstance(meta, dict):
+        return "is damaged"
+    if META_CHECKSUM not in meta:
+        return "has no checksum (prepared by an older version)"
+    if meta[META_CHECKSUM] != meta_sha256(meta):
+        return "does not match its checksum (damaged or edited)"
     return None
 
 

@@ -190,3 +190,21 @@ def gpu_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
     name = torch.cuda.get_device_name(device)
     peaks = next((peaks for key, peaks in GPU_PEAK_FLOPS.items() if key in name), {})
     return peaks.get(str(dtype).removeprefix("torch."))
+
+
+def memory_of(device: torch.device) -> int | None:
+    """Bytes of memory a run on this device has at most: the GPU's own, else the machine's
+    RAM (which Apple silicon's GPU shares); None where the system does not say (Windows)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (a container or `taskset` may allow fewer than the machine's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

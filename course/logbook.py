@@ -18,13 +18,16 @@ process the same, also with padded documents; tokens/s counts real targets too, 
 training steps only, not evaluation or saving. Only rank 0 writes.
 
 A run stopped mid-write (a kill, a full disk) may leave metrics.jsonl with a cut last
-line: reading it, a line that is not a whole record is left out, with one note.
+line: reading it, a line that is not a whole record is left out, with one note. A
+resume, which keeps the records up to its checkpoint, writes the file anew beside it and
+renames it into place, so a kill or a full disk then leaves the old one whole.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +50,7 @@ from course.run_folder import (
     SAMPLES_FILE,
     TENSORBOARD_DIR,
     WEIGHTS_FILE,
+    temporary_name,
 )
 from course.tracking import open_tracker
 
@@ -63,6 +67,18 @@ def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
 def append_metrics(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def rewrite_metrics(path: Path, records: list[dict]) -> None:
+    """metrics.jsonl holding exactly `records`: written beside it, then renamed over it,
+    so a run killed meanwhile leaves the old file whole (a resume reads it again)."""
+    tmp = temporary_name(path)
+    try:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_metrics(path: Path, up_to_step: int | None = None, note: bool = True) -> list[dict]:
@@ -217,7 +233,7 @@ class Logbook:
             else []
         )
         if group.is_main and resumed_at is not None:
-            folder.path(METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            rewrite_metrics(folder.path(METRICS_FILE), self.records)
         # TensorBoard, W&B or SwanLab: the same records, from rank 0 (course.tracking).
         self.tracker = open_tracker(config, group.is_main, run, resumed_at)
 

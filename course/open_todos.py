@@ -17,6 +17,8 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
+from course.errors import TrainingDiverged
+
 _notes_shown: set[str] = set()
 
 
@@ -77,7 +79,8 @@ def evaluate_or_none(evaluate: Callable, group, *args):
     the processes must agree on the loss (each scored its share of the windows and they
     added up their sums): if they do not, TODO 6 is not done, and the run stops there
     rather than let each process keep other best weights (under FSDP a process saving
-    best.pt alone would wait for the others for ever)."""
+    best.pt alone would wait for the others for ever). A perplexity that overflows math.exp
+    is a diverged model, and stops the run as the NaN guard does."""
     try:
         result = evaluate(*args)
     except NotImplementedError as todo:
@@ -85,6 +88,11 @@ def evaluate_or_none(evaluate: Callable, group, *args):
             f"{open_todo(todo)} is not done yet, so there is no validation loss (samples are still written)."
         )
         return None
+    except OverflowError:  # math.exp of a loss above 709 nats per token: no model learns that
+        raise TrainingDiverged(
+            "the validation loss became too large for math.exp to give its perplexity: the model "
+            "diverged (lower --learning_rate or raise --warmup_steps); the tensor's exp() gives inf instead"
+        ) from None
     if not group.agree(result.loss):
         raise NotImplementedError(
             f"TODO 6: the processes measured different validation losses (this one {result.loss:.4f}): "

@@ -3,7 +3,8 @@
     python train_solution.py --profile 5 --max_steps 20 --save_dir out_profile
 
 The profiler records N training steps after the run's first one (which pays one-time
-costs: memory allocation, compilation, the first DataLoader batch), writes them to the
+costs: memory allocation, compilation, the first DataLoader batch; a run that ends
+sooner gives the steps it had, and says how many), writes them to the
 run's folder as profile.pt.trace.json, and prints a table of the operations that took
 the most time. The trace opens in Perfetto (ui.perfetto.dev, "Open trace file") or in
 chrome://tracing, and TensorBoard's profiler plugin reads the folder. Rank 0 alone
@@ -26,6 +27,7 @@ class StepProfiler:
 
     def __init__(self, steps: int, folder: RunFolder, device: torch.device, is_main: bool) -> None:
         self.steps, self.folder, self.device = steps, folder, device
+        self.steps_done = 0  # training steps so far; the first is the warmup, not recorded
         self.profiler: profile | None = None
         if steps > 0 and is_main:
             activities = [ProfilerActivity.CPU]
@@ -49,17 +51,25 @@ class StepProfiler:
 
     def step(self) -> None:
         if self.profiler is not None:
+            self.steps_done += 1  # first: the step that ends the recording calls report
             self.profiler.step()
 
     def report(self, prof: profile) -> None:
-        """Called by the profiler once the N steps are recorded: the trace and the table."""
+        """Called by the profiler once the N steps are recorded, or when the run ends
+        before: the trace and the table, per step of those it recorded."""
+        recorded = min(self.steps, self.steps_done - 1)
+        if recorded <= 0:
+            tqdm.write(
+                f"note: --profile {self.steps} recorded no step: the run ended at its first one, which "
+                "the profiler leaves out (it pays one-time costs); give the run more steps"
+            )
+            return
         path = self.folder.path(PROFILE_FILE)
         prof.export_chrome_trace(str(path))
         on_gpu = self.device.type == "cuda"
-        tqdm.write(time_table(prof.key_averages(), self.steps, on_gpu))
-        tqdm.write(
-            f"trace of {self.steps} steps in {self.folder.final_path(PROFILE_FILE)} (open it in Perfetto)"
-        )
+        tqdm.write(time_table(prof.key_averages(), recorded, on_gpu))
+        where = self.folder.final_path(PROFILE_FILE)
+        tqdm.write(f"trace of {recorded} steps in {where} (open it in Perfetto)")
 
 
 def time_table(events, steps: int, on_gpu: bool) -> str:

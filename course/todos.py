@@ -150,13 +150,14 @@ HINTS: dict[str, tuple[str, str, str]] = {
         "each batch's mean LM loss first (the auxiliary loss is a training aid, not reported); "
         "(y != IGNORE_INDEX).sum() counts a batch's real targets, and a mean times its count is "
         "a sum; sum_over_processes(tensor) is an all-reduce (torch.stack packs two numbers into "
-        "one tensor, one call); .item() turns a one-element tensor into a Python float; math.exp.",
+        "one tensor, one call); .item() turns a one-element tensor into a Python float; a tensor's "
+        ".exp() (a diverged model's huge loss gives inf, where math.exp raises OverflowError).",
         "model.eval()\n"
         "with no_grad and amp_ctx: losses = [the LM loss of compute_loss(model, x, y) for each batch]\n"
         "model.train()\n"
         "counts = [real targets of y for each batch]\n"
         "totals = sum_over_processes(stack([sum(loss * count), sum(counts)]))\n"
-        "loss = totals[0] / totals[1] as a float; return EvalResult(loss, math.exp(loss))",
+        "loss = totals[0] / totals[1]; return EvalResult(loss as a float, loss.exp() as a float)",
     ),
     "7": (
         "MiniMind trains on one document per sequence: BOS marks its start, EOS its end. A "

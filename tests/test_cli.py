@@ -1,14 +1,17 @@
 """The training program end to end: a real (tiny) run, resume, and every bad input
 ending with a one-line error and exit code 2 while earlier outputs stay untouched."""
 
+import hashlib
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, VERSE, background_job, run_checked
+from conftest import ROOT, TINY_MODEL, VERSE, background_job, lower_priority, run_checked
 
 import train_solution as train
 from course import checkpoints
@@ -475,6 +478,134 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(
     assert snapshot(out) == before, f"{case}: earlier outputs were modified"
 
 
+# Values that once ended in a traceback (math.exp of a diverged loss, the optimizer's float32
+# overflow, the allocator's, a DataLoader starting 10**30 workers, a mkdir through a link to
+# nowhere, an append to a read-only file mid-run), and folders that would let preparing a
+# corpus delete a run. Each is given to a real process: one line and exit 2 before anything
+# is prepared or written, or, for a learning rate that trains into NaN, the divergence
+# guard's line and exit 1 with nothing of the run kept. A case: (its options, given the
+# case's folder and a finished run; the exit code; what the line says).
+def read_only_copy(folder: Path, finished: Path) -> Path:
+    """A copy of a finished run whose files are read-only (chmod 444), in a writable folder."""
+    out = shutil.copytree(finished, folder / "out")
+    for path in out.iterdir():
+        path.chmod(0o444)
+    return out
+
+
+def link_to_nowhere(folder: Path) -> Path:
+    link = folder / "link"
+    link.symlink_to(folder / "nowhere")
+    return link
+
+
+DIVERGED = "this run had saved no checkpoint yet, so nothing of it was kept"
+TOO_LARGE = "is more than 1e+30, too large for the optimizer to apply in float32"
+READ_ONLY = "read-only: model.pt, best.pt, metrics.jsonl, metrics.png, samples.txt, resume.pt"
+TYPOS = {
+    "learning rate 100000": (lambda w, f: ["--learning_rate", 100000, "--max_steps", 20], 1, DIVERGED),
+    "learning rate 1e300": (
+        lambda w, f: ["--learning_rate", 1e300],
+        2,
+        f"--learning_rate 1e+300 {TOO_LARGE}",
+    ),
+    "Muon LR 1e300": (lambda w, f: ["--muon_lr", 1e300], 2, f"--muon_lr 1e+300 {TOO_LARGE}"),
+    "hidden size 100000": (
+        lambda w, f: ["--hidden_size", 100000],
+        2,
+        "a model of at least 2.4e+11 parameters: training it needs at least 2,880.0 GB",
+    ),
+    "10**30 layers": (
+        lambda w, f: ["--num_hidden_layers", 10**30],
+        2,
+        "a model of at least 1.23e+34 parameters",
+    ),
+    "10**30 workers": (lambda w, f: ["--num_workers", 10**30], 2, "CPU cores this process may use"),
+    "a save_dir through a link to nowhere": (
+        lambda w, f: ["--save_dir", link_to_nowhere(w) / "run"],
+        2,
+        "link is a symbolic link to",
+    ),
+    "a read-only run, resumed": (
+        lambda w, f: ["--save_dir", read_only_copy(w, f), "--from_resume", 1],
+        2,
+        f"{READ_ONLY}, and --from_resume 1 writes to them",
+    ),
+    "a read-only run, overwritten": (
+        lambda w, f: ["--save_dir", read_only_copy(w, f), "--overwrite", 1],
+        2,
+        f"{READ_ONLY}, and --overwrite 1 writes to them",
+    ),
+    "a save_dir in a prepared corpus": (
+        lambda w, f: ["--save_dir", w / "prepared" / "verse_char" / "run"],
+        2,
+        "prepared/verse_char/run is inside",
+    ),
+    "a data_dir in a run folder": (
+        lambda w, f: ["--data_dir", shutil.copytree(f, w / "out") / "prepared"],
+        2,
+        "is inside the run folder",
+    ),
+}
+# Root writes to read-only files: these processes run without that privilege (util-linux's setpriv).
+AS_A_USER = ["setpriv", "--bounding-set=-dac_override,-dac_read_search,-fowner"] if os.geteuid() == 0 else []
+
+
+def every_entry(folder: Path) -> dict[str, str]:
+    """Every file, folder and link under `folder`, hidden ones too, with what it holds."""
+    return {str(p.relative_to(folder)): entry_content(p) for p in sorted(folder.rglob("*"))}
+
+
+def entry_content(path: Path) -> str:
+    if path.is_symlink():
+        return f"a link to {os.readlink(path)}"
+    return "a folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@background_job("typos")
+def typo_runs(workdir: Path) -> None:
+    """Each case of TYPOS in a process of its own, after one finished run to copy (about 2 s
+    each, mostly importing torch), one after the other beside the rest of the suite."""
+    (workdir / "verse.txt").write_text(VERSE * 40)
+    train_py = [sys.executable, "train_solution.py", "--data_path", str(workdir / "verse.txt"), *TINY]
+    finished = workdir / "finished"
+    run_checked([*train_py, "--data_dir", str(workdir / "prepared"), "--save_dir", str(finished),
+                 "--max_steps", "2"], nice=True)  # fmt: skip
+    for number, (make_args, _, _) in enumerate(TYPOS.values()):
+        folder = workdir / f"case{number}"
+        folder.mkdir()
+        case_args = [str(a) for a in make_args(folder, finished)]
+        before = every_entry(folder)
+        done = subprocess.run(
+            lower_priority([*AS_A_USER, *train_py, "--data_dir", str(folder / "prepared"), "--save_dir",
+                            str(folder / "out"), "--max_steps", "4", *case_args]),
+            cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        after = every_entry(folder)
+        changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+        result = {"rc": done.returncode, "stderr": done.stderr, "changed": changed}
+        (workdir / f"case{number}.json").write_text(json.dumps(result))
+
+
+@pytest.mark.background("typos")
+@pytest.mark.parametrize("case", TYPOS)
+def test_a_value_that_ended_in_a_traceback_is_one_line_in_a_real_process(case, background):
+    _, code, message = TYPOS[case]
+    result = json.loads((background / f"case{list(TYPOS).index(case)}.json").read_text())
+    progress = ("tokenizing", "training")
+    lines = [line for line in result["stderr"].splitlines() if line.strip() and not line.startswith(progress)]
+    assert result["rc"] == code and len(lines) == 1 and lines[0].startswith("error: "), f"{case}: {result}"
+    assert message in lines[0], f"{case}: {lines[0]}"
+    # Exit 2: found before the corpus was prepared. A divergence prepared it, and left the run's
+    # folder (created to stage the run in) empty.
+    written = [
+        name
+        for name in result["changed"]
+        if not (code == 1 and (name == "out" or name.startswith("prepared")))
+    ]
+    assert not written, f"{case}: written: {written}"
+
+
 def test_fsdp_refuses_float16_whose_overflow_check_would_see_one_shard(monkeypatch):
     from course.cli import check_parallel
     from course.distributed import ProcessGroup
@@ -586,6 +717,22 @@ def test_profile_writes_a_trace_and_prints_where_the_time_goes(corpus_txt, tmp_p
     rows = [line for line in table[2:] if line.startswith("  ") and "%" in line]
     assert 3 <= len(rows) <= 12, f"a one-screen table of operations, got:\n{printed}"
     assert f"trace of 2 steps in {out / 'profile.pt.trace.json'}" in printed
+
+
+@pytest.mark.parametrize("steps, recorded", [(4, 3), (1, 0)])
+def test_profile_counts_the_steps_it_recorded_when_the_run_is_shorter(
+    steps, recorded, corpus_txt, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    code, _ = run(
+        ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", steps, "--profile", 20, *TINY]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0
+    if recorded:  # the first step is left out: it pays one-time costs
+        assert f"per step, over {recorded} steps):" in printed and f"trace of {recorded} steps in" in printed
+    else:
+        assert "--profile 20 recorded no step" in printed and not (out / "profile.pt.trace.json").exists()
 
 
 # --- every option through a resume ---------------------------------------------------------

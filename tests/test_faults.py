@@ -265,6 +265,10 @@ def test_a_touched_or_copied_corpus_is_the_same_corpus_and_resumes(corpus_txt, t
         ("a flipped byte in val.bin", "val.bin does not match its checksum"),
         ("val.bin missing", "val.bin is missing"),
         ("meta.json not JSON", "meta.json is damaged"),
+        ("eot_id one less in meta.json", "meta.json does not match its checksum"),
+        ("two chars swapped in meta.json", "meta.json does not match its checksum"),
+        ('"files": [] in meta.json', "meta.json does not match its checksum"),
+        ("meta.json of an older version", "meta.json has no checksum (prepared by an older version)"),
     ],
 )
 def test_damaged_prepared_files_are_prepared_again_with_a_note(damage, note, corpus_txt, tmp_path, capsys):
@@ -281,13 +285,46 @@ def test_damaged_prepared_files_are_prepared_again_with_a_note(damage, note, cor
         (out / "val.bin").write_bytes(bytes(flipped))
     elif damage == "val.bin missing":
         (out / "val.bin").unlink()
-    else:
+    elif damage == "meta.json not JSON":
         (out / "meta.json").write_text('{"tokenizer": "ch')
+    else:
+        edit_meta(out / "meta.json", damage)
     capsys.readouterr()
     corpus.prepare("char", corpus_txt, out)
     notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and note in notes[0] and "preparing the corpus again" in notes[0], notes
     assert prepared_bytes(out) == good, f"{damage}: the corpus must be prepared again, whole"
+
+
+def edit_meta(path: Path, damage: str) -> None:
+    """A meta.json that is still valid JSON, with one field changed (or its checksum gone)."""
+    meta = json.loads(path.read_text("utf-8"))
+    if damage.startswith("eot_id"):
+        meta["eot_id"] -= 1  # a character's id would end every document
+    elif damage.startswith("two chars"):
+        chars = meta["chars"]  # a string: the character of each id
+        meta["chars"] = chars[0] + chars[2] + chars[1] + chars[3:]
+    elif damage.startswith('"files"'):
+        meta["files"] = []
+    else:
+        del meta[corpus.META_CHECKSUM]
+    path.write_text(json.dumps(meta, indent=2, ensure_ascii=False), "utf-8")
+
+
+def test_a_bit_flipped_in_any_byte_of_meta_json_is_found(corpus_txt, tmp_path, capsys):
+    """One bit flipped in meta.json (a bad sector, a bad copy), in each of its bytes in turn
+    (bit 0 of the first, bit 1 of the second, ...): a note, never a traceback, and the corpus
+    is prepared again rather than read with a wrong field."""
+    out = corpus.prepare("char", corpus_txt, tmp_path / "p")
+    good = (out / "meta.json").read_bytes()
+    capsys.readouterr()
+    for position in range(len(good)):
+        flipped = bytearray(good)
+        flipped[position] ^= 1 << position % 8
+        (out / "meta.json").write_bytes(bytes(flipped))
+        assert corpus.read_meta_or_none(out) is None, f"a flipped bit in byte {position} went unnoticed"
+    notes = capsys.readouterr().err.splitlines()
+    assert len(notes) == len(good) and all("preparing the corpus again" in n for n in notes)
 
 
 PAUSE_WHILE_PREPARING = """
@@ -447,6 +484,26 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(used_folder, ca
     assert torch.load(out / "resume.pt", weights_only=True)["step"] == 6, "the checkpoint of step 6 is kept"
     assert checksums(out)["resume.pt"] == before["resume.pt"]
     assert not list(out.glob(".*")), "the temporary file and the lock are gone"
+
+
+def test_a_resume_that_cannot_rewrite_metrics_jsonl_leaves_it_whole(used_folder, capsys, monkeypatch):
+    """A resume keeps the metrics up to its checkpoint by writing metrics.jsonl anew, beside
+    it first: a write that fails midway (the disk fills up) leaves the old file whole."""
+    out, base = used_folder
+    before = checksums(out)
+    write_text = Path.write_text
+
+    def half_then_full(path: Path, text: str, *args, **kwargs):
+        if "metrics.jsonl" in path.name:  # the file itself, or its temporary
+            write_text(path, text[: len(text) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return write_text(path, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    code, lines = run([*base, "--from_resume", 1, "--max_steps", 8], capsys)
+    assert code == 1
+    one_error_line(lines, "No space left on device; free some disk space")
+    assert checksums(out) == before, "metrics.jsonl and every other file as they were, no temporary file"
 
 
 def limit_file_size(size: int):

@@ -155,6 +155,29 @@ def test_check_finite_stops_on_a_bad_loss_or_gradient():
         check_finite(fine, torch.ones((), dtype=torch.int), 1, 5, kept)
 
 
+def test_a_loss_too_large_for_math_exp_is_an_infinite_perplexity_or_a_divergence():
+    """A model thrown far by one huge step scores the validation windows with a loss of
+    thousands of nats per token: its perplexity is inf, never an OverflowError; a learner's
+    evaluate that raises one (math.exp) stops the run as a divergence, in one line."""
+    from course.distributed import ProcessGroup
+    from course.open_todos import evaluate_or_none
+
+    model = tiny_gpt()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e5)  # logits of ~1e4: a loss far above math.exp's 709
+    batches = [random_batch(4, seed=0)]
+    result = train.evaluate(model, batches)
+    assert result.loss > 1000 and result.perplexity == math.inf
+
+    def evaluate_with_math_exp(*args):
+        return train.EvalResult(result.loss, math.exp(result.loss))
+
+    with pytest.raises(
+        TrainingDiverged, match="too large for math.exp to give its perplexity: the model diverged"
+    ):
+        evaluate_or_none(evaluate_with_math_exp, ProcessGroup(), model, batches)
+
+
 def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
     """tokens/s counts the tokens of every process; MFU divides by the peak of all the GPUs."""
     import argparse
