@@ -246,6 +246,7 @@ class RunFolder:
         )
         self.staging: Path | None = None
         self.committed = False  # has this run saved a checkpoint into the folder?
+        self.created = False  # did this run create the folder? (then a run that saved nothing removes it)
         # Called before the staged files move: a writer with a file open in the staging
         # folder closes it there (and opens a new one where path() then points).
         self.before_commit: list[Callable[[], None]] = []
@@ -259,8 +260,10 @@ class RunFolder:
         no_resume = UsageError(f"--from_resume 1: there is no {RESUME_FILE} in {save_dir}/ to continue from")
         if resume and not save_dir.is_dir():
             raise no_resume
+        created = not save_dir.exists()
         save_dir.mkdir(parents=True, exist_ok=True)
         folder = cls(save_dir)
+        folder.created = created
         folder.lock.acquire()
         try:
             finish_interrupted_commits(save_dir)
@@ -323,6 +326,8 @@ class RunFolder:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
         self.lock.release()
+        if self.created and not self.committed and not any(self.save_dir.iterdir()):
+            self.save_dir.rmdir()  # a folder this run made and never wrote to: as it was, not there
 
 
 def remove(path: Path) -> None:

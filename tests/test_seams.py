@@ -382,3 +382,15 @@ def test_a_file_system_without_locks_is_a_note_not_a_traceback(tmp_path, monkeyp
     no_locks = "has no file locks (Function not implemented): run one process here at a time"
     note = f"note: {tmp_path / 'out'} {no_locks}"
     assert capsys.readouterr().err.strip() == note
+
+
+def test_a_run_that_saved_nothing_leaves_no_folder_it_made(finished_run, tmp_path, capsys):
+    """Diverged before its first checkpoint: the folder it created is gone again, as the
+    message says ("is as it was")."""
+    out = tmp_path / "new" / "run"
+    diverging = ["--learning_rate", 1e30, "--min_lr", 1e30, "--save_interval", 1000, "--max_steps", 20]
+    code, lines = run(["--data_path", finished_run / "verse.txt", "--data_dir", finished_run / "prepared",
+                       "--save_dir", out, *FAST, *diverging], capsys)  # fmt: skip
+    assert code == 1
+    one_error_line(lines, "this run had saved no checkpoint yet", f"({out}/ is as it was)")
+    assert not out.exists()
