@@ -2,7 +2,7 @@
 with Muon, measured next to the ZeRO arithmetic (Linux: it reads the processes' peak
 resident memory).
 
-    python tools/memory_per_process.py            # about 10 minutes on 2 CPU cores
+    python tools/memory_per_process.py            # about 6 minutes on 2 CPU cores
     python tools/memory_per_process.py --steps 2 --hidden_size 256
 
 Each setup trains the same model (25M parameters at the default size, float32) for a few
