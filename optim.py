@@ -10,8 +10,9 @@ decay, which get Muon) and builds the optimizer the training script steps:
   (Keller Jordan, 2024; `orthogonalize`) for the matrices inside the Transformer
   blocks, AdamW for the embedding, lm_head and the 1-D gains.
 
-Under FSDP each process holds a shard of every matrix; Muon needs the whole one
-(`whole_matrix`, `shard_like`).
+Under FSDP each process holds some rows of every matrix, and Muon needs whole ones: the
+processes share the matrices out, each orthogonalising its own few whole
+(`orthogonalize_shards`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import inspect
 
 import torch
-from torch.distributed.tensor import DTensor, Replicate
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.tensor import DTensor, Shard
 
 from model import GPT
 
@@ -127,22 +130,27 @@ class MuonAdamW(torch.optim.Optimizer):
                     self._adamw_step(p, group)
 
     def _muon_step(self, params: list[torch.Tensor], group: dict) -> None:
-        updates = {}
-        for p in params:
-            state = self.state[p]
-            if not state:
-                state["momentum"] = torch.zeros_like(p)
-            state["momentum"].lerp_(p.grad, 1 - group["momentum"])  # m ← β·m + (1 - β)·g
-            # Nesterov: g + β·(m - g); under FSDP the whole matrix (see whole_matrix)
-            updates[p] = whole_matrix(p.grad.lerp(state["momentum"], group["momentum"]))
         # Matrices of one shape (the same layer in every block) are orthogonalised together.
-        for shape in {p.shape for p in params}:
+        for shape in dict.fromkeys(p.shape for p in params):  # in order: every process alike
             same = [p for p in params if p.shape == shape]
-            orthogonal = orthogonalize(torch.stack([updates[p] for p in same]), dtype=self.ns_dtype)
+            updates = [self._nesterov_momentum(p, group) for p in same]
+            if isinstance(same[0], DTensor):  # FSDP: each process holds some rows of each
+                orthogonal = orthogonalize_shards(updates, shape[0], row_shard_group(same[0]), self.ns_dtype)
+            else:
+                orthogonal = orthogonalize(torch.stack(updates), dtype=self.ns_dtype)
             # An orthogonal update of a tall matrix has smaller entries: scale them back up.
             scale = max(1.0, shape[0] / shape[1]) ** 0.5
             for p, update in zip(same, orthogonal, strict=True):
-                p.add_(shard_like(p, update), alpha=-group["lr"] * scale)
+                local_part(p).add_(update, alpha=-group["lr"] * scale)
+
+    def _nesterov_momentum(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """What Muon orthogonalises: Nesterov's look-ahead g + β·(m - g) (this process's
+        rows of it under FSDP), after updating the momentum m ← β·m + (1 - β)·g."""
+        state = self.state[p]
+        if not state:
+            state["momentum"] = torch.zeros_like(p)
+        state["momentum"].lerp_(p.grad, 1 - group["momentum"])
+        return local_part(p.grad.lerp(state["momentum"], group["momentum"]))
 
     def _adamw_step(self, p: torch.Tensor, group: dict) -> None:
         """Adam's update, as torch.optim.AdamW computes it (weight decay applied above)."""
@@ -158,21 +166,69 @@ class MuonAdamW(torch.optim.Optimizer):
         p.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / (1 - beta1 ** state["step"]))
 
 
-def whole_matrix(t: torch.Tensor) -> torch.Tensor:
-    """The full matrix behind `t`: under FSDP each process holds some rows of every
-    weight (a DTensor shard), but orthogonalisation needs all of them. So every process
-    gathers each update (an all-gather) and orthogonalises it whole, which gives exactly
-    the single-process result. (nanochat and modded-nanogpt instead give each process its
-    own share of the matrices to orthogonalise, then exchange the results: less
-    repeated work, more code.) A plain tensor is already whole."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+def local_part(t: torch.Tensor) -> torch.Tensor:
+    """The rows of `t` this process holds (a view: writing to it writes to `t`). Under
+    FSDP `t` is a DTensor; without FSDP it is whole, and this is `t` itself."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
 
-def shard_like(p: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
-    """The part of a whole-matrix `update` that this process's shard of `p` holds
-    (the inverse of whole_matrix: a local slice, no communication)."""
-    if not isinstance(p, DTensor):
-        return update
-    return DTensor.from_local(update, p.device_mesh, [Replicate()] * p.device_mesh.ndim).redistribute(
-        p.device_mesh, p.placements
-    )
+def row_shard_group(p: DTensor) -> dist.ProcessGroup:
+    """The processes among which FSDP shares out `p`'s rows (course.distributed.shard_model
+    shards dim 0 over a 1-D mesh of all processes, as FSDP2 does by default)."""
+    if p.placements != (Shard(0),):
+        raise NotImplementedError(f"Muon under FSDP needs row shards on a 1-D mesh, got {p.placements}")
+    return p.device_mesh.get_group()
+
+
+def orthogonalize_shards(shards: list[torch.Tensor], rows: int, process_group: dist.ProcessGroup,
+                         dtype: torch.dtype) -> list[torch.Tensor]:  # fmt: skip
+    """Muon's orthogonalisation under FSDP, where this process holds some rows of each of
+    the k matrices of one shape (`shards`): returns this process's rows of each result.
+
+    Orthogonalising needs whole matrices. Gathering each on every process would have
+    every process hold the whole group and repeat the same Newton–Schulz work. Instead,
+    as in nanochat and modded-nanogpt, the matrices are shared out: each of the N
+    processes orthogonalises m = ⌈k/N⌉ of them whole (process d the d-th m; zero matrices
+    fill up the last share), so it holds and computes about 1/N of the group. Two
+    collectives per shape: an all-to-all brings each process the other processes' rows
+    of its m matrices, a second one sends the orthogonalised rows back where they came
+    from. The result is one process's (tests/test_fsdp.py).
+    """
+    world = dist.get_world_size(process_group)
+    share = -(-len(shards) // world)  # ⌈k/N⌉
+    # FSDP's row shards: ⌈rows/N⌉ rows each, fewer (even none) on the last processes;
+    # zero rows pad each to the full size, as all-to-all needs equal parts.
+    shard_rows = -(-rows // world)
+    sent = shards[0].new_zeros(world * share, shard_rows, shards[0].size(1))
+    for slot, shard in zip(sent, shards, strict=False):  # the zero matrices' slots stay zero
+        slot[: len(shard)] = shard
+    mine = gather_my_matrices(sent, process_group)[:, :rows]  # the padding rows are not the matrix's
+    orthogonal = F.pad(orthogonalize(mine, dtype=dtype), (0, 0, 0, world * shard_rows - rows))
+    returned = return_my_matrices(orthogonal, process_group)
+    return [slot[: len(shard)] for slot, shard in zip(returned, shards, strict=False)]
+
+
+def gather_my_matrices(sent: torch.Tensor, process_group: dist.ProcessGroup) -> torch.Tensor:
+    """The all-to-all that gives each process its m matrices whole. `sent` is (N·m, rows
+    per shard, cols): this process's rows of every matrix of the group, in order; its d-th
+    part of m slots goes to process d, which orthogonalises those m matrices."""
+    world = dist.get_world_size(process_group)
+    received = torch.empty_like(sent)
+    dist.all_to_all_single(received, sent, group=process_group)
+    share, shard_rows, cols = sent.size(0) // world, sent.size(1), sent.size(2)
+    # received[d·m + t] holds process d's rows of my t-th matrix: stack them in process order
+    by_process = received.view(world, share, shard_rows, cols)
+    return by_process.transpose(0, 1).reshape(share, world * shard_rows, cols)
+
+
+def return_my_matrices(mine: torch.Tensor, process_group: dist.ProcessGroup) -> torch.Tensor:
+    """The inverse of gather_my_matrices: each of this process's m whole matrices is cut
+    into N row shards, the d-th of each going back to process d; returns this process's
+    rows of every matrix of the group, as `sent` held them."""
+    world = dist.get_world_size(process_group)
+    share, rows, cols = mine.shape
+    by_process = mine.reshape(share, world, rows // world, cols).transpose(0, 1)
+    sent = by_process.contiguous().view(world * share, rows // world, cols)  # in one piece, for all-to-all
+    received = torch.empty_like(sent)
+    dist.all_to_all_single(received, sent, group=process_group)
+    return received

@@ -1,12 +1,14 @@
 """FSDP2 (--parallel fsdp) on the CPU with gloo: two processes that each hold half of
 every weight, gradient and optimizer moment train like one process with the whole
-batch (packed blocks with activation checkpointing and Muon's whole-matrix updates, on
-two "machines" of one process each; padded documents with AdamW; with accumulation);
-a run killed with SIGKILL resumes bit-identically from its sharded (DCP) checkpoint;
-and one process refuses a checkpoint of two."""
+batch (packed blocks with activation checkpointing and Muon, on two "machines" of one
+process each; padded documents with AdamW; with accumulation); Muon's step, each
+process orthogonalising its share of the matrices, is one process's step, at 2 and 3
+processes; a run killed with SIGKILL resumes bit-identically from its sharded (DCP)
+checkpoint; and one process refuses a checkpoint of two."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -33,7 +35,7 @@ FSDP = ["--parallel", "fsdp"]
 # them, and these runs are about the training. float32: bfloat16 (the default on CPUs with
 # bfloat16 instructions) rounds a batch of 8 and four micro-batches of 2 differently.
 QUIET = ["--dtype", "float32", "--eval_interval", "100", "--sample_tokens", "0"]
-# Blocks, Muon (the default optimizer: whole-matrix updates), activation checkpointing.
+# Blocks, Muon (the default optimizer), activation checkpointing.
 BLOCKS = [
     *ARGS,
     *QUIET,
@@ -122,7 +124,7 @@ def one_process(args: list[str]) -> list[str]:
 
 @pytest.mark.background("fsdp")
 def test_two_fsdp_processes_train_like_one_with_the_whole_batch(background, tmp_path):
-    """Sharded weights, gradients reduce-scattered, Muon orthogonalising whole matrices,
+    """Sharded weights, gradients reduce-scattered, Muon's matrices shared out,
     gradient sync off for all but the last micro-batch, activation checkpointing: the
     weights after 8 steps on blocks (6 on padded documents) are those of one process
     with batch 8."""
@@ -136,6 +138,39 @@ def test_two_fsdp_processes_train_like_one_with_the_whole_batch(background, tmp_
     assert_same_weights(weights(tmp_path / "one_documents"), weights(background / "fsdp_documents"),
                         "2 FSDP processes × batch 2 × 2 micro-batches should train like 1 process × "
                         "batch 8 on padded documents", atol=1e-5)  # fmt: skip
+
+
+MUON_PROCESSES = (2, 3)
+
+
+@background_job("muon_fsdp")
+def muon_steps_under_fsdp(workdir: Path) -> None:
+    """tests/muon_under_fsdp.py under 2 and 3 processes at once: each writes a report."""
+    runs = []
+    for processes in MUON_PROCESSES:
+        out = workdir / str(processes)
+        out.mkdir()
+        torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command = [sys.executable, *torchrun, "tests/muon_under_fsdp.py", str(out)]
+        runs.append(subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        _, err = run.communicate()
+        assert run.returncode == 0, f"tests/muon_under_fsdp.py failed:\n{err[-3000:]}"
+
+
+@pytest.mark.background("muon_fsdp")
+def test_muon_under_fsdp_steps_as_one_process_with_two_all_to_alls_per_shape(background):
+    """Each process orthogonalises its share of the matrices of each shape, whole, and the
+    rows go back to their shards: three steps give one process's weights (float32), at 2
+    processes and at 3 (rows that do not divide, a shard without rows, fewer matrices
+    than processes). The collectives: one all-to-all there and one back per shape, not
+    an all-gather of every matrix to every process."""
+    for processes in MUON_PROCESSES:
+        for rank in range(processes):
+            report = json.loads((background / str(processes) / f"rank{rank}.json").read_text())
+            assert report["difference"] < 1e-6, f"{processes} processes, rank {rank}: {report['difference']}"
+            per_step = {"c10d.alltoall_base_": 2 * report["shapes"]}
+            assert report["collectives"] == [per_step] * 3, f"{processes} processes: {report['collectives']}"
 
 
 @pytest.mark.background("fsdp")

@@ -33,20 +33,28 @@ def memory_results() -> dict:
 
 
 def memory_row(row: dict) -> str:
-    return f"| {row['setup']} | {row['processes']} | {row['peak_mb']:,.0f} | {row['state_mb']:,.0f} |"
+    return (f"| {row['setup']} | {row['processes']} | {row['optimizer']} | {row['peak_mb']:,.0f} | "
+            f"{row['state_mb']:,.0f} |")  # fmt: skip
+
+
+def memory_rows(optimizer: str) -> dict[tuple[str, int], dict]:
+    """The committed measurement of each (setup, processes) with `optimizer`."""
+    rows = memory_results()["setups"]
+    return {(row["setup"], row["processes"]): row for row in rows if row["optimizer"] == optimizer}
 
 
 def test_the_readme_shows_every_committed_memory_figure():
     for row in memory_results()["setups"]:
-        assert memory_row(row) in README, f"the results page lacks {row['setup']} × {row['processes']}"
+        assert memory_row(row) in README, (
+            f"the results page lacks {row['setup']} × {row['processes']} with {row['optimizer']}"
+        )
 
 
 def test_fsdp_memory_falls_with_the_processes_as_the_zero_arithmetic_predicts():
     """Going from 2 to 4 FSDP processes saves 16·P/2 - 16·P/4 = 4·P bytes per process, and
-    DDP → FSDP at 2 processes 16·P - 16·P/2 = 8·P; measured within 25% of that."""
-    results = memory_results()
-    params = results["params"]
-    peak = {(row["setup"], row["processes"]): row["peak_mb"] * 1e6 for row in results["setups"]}
+    DDP → FSDP at 2 processes 16·P - 16·P/2 = 8·P; measured within 25% of that (AdamW)."""
+    params = memory_results()["params"]
+    peak = {setup: row["peak_mb"] * 1e6 for setup, row in memory_rows("adamw").items()}
     for (more, fewer), predicted in [((("FSDP", 2), ("FSDP", 4)), 4 * params),
                                      ((("DDP", 2), ("FSDP", 2)), 8 * params)]:  # fmt: skip
         saved = peak[more] - peak[fewer]
@@ -57,3 +65,15 @@ def test_fsdp_memory_falls_with_the_processes_as_the_zero_arithmetic_predicts():
     assert checkpointed < peak[("FSDP", 2)] - 0.5 * (peak[("FSDP", 2)] - 16 * params / 2), (
         "activation checkpointing should save at least half of what is not the model's state"
     )
+
+
+def test_muon_peaks_no_higher_than_adamw_under_fsdp():
+    """Muon keeps one momentum where Adam keeps two moments, and under FSDP each process
+    orthogonalises only its share of the matrices: at 2 and 4 FSDP processes the peak of
+    every process is no higher with Muon than with AdamW."""
+    adamw, muon = memory_rows("adamw"), memory_rows("muon")
+    for setup in [("FSDP", 2), ("FSDP", 4)]:
+        with_adamw, with_muon = adamw[setup]["peak_mb_each"], muon[setup]["peak_mb_each"]
+        assert all(m <= a for m, a in zip(with_muon, with_adamw, strict=True)), (
+            f"{setup}: peak per process with Muon {with_muon} MB, with AdamW {with_adamw} MB"
+        )

@@ -1,13 +1,17 @@
-"""Memory per process of DDP, FSDP and FSDP with activation checkpointing, measured
-next to the ZeRO arithmetic (Linux: it reads the processes' peak resident memory).
+"""Memory per process of DDP, FSDP and FSDP with activation checkpointing, with AdamW and
+with Muon, measured next to the ZeRO arithmetic (Linux: it reads the processes' peak
+resident memory).
 
-    python tools/memory_per_process.py            # about 5 minutes on 2 CPU cores
+    python tools/memory_per_process.py            # about 6 minutes on 2 CPU cores
     python tools/memory_per_process.py --steps 2 --hidden_size 256
 
-Each setup trains the same model (25M parameters at the default size, float32, AdamW:
-every parameter costs 4 bytes of weight, 4 of gradient and 8 of Adam's two moments,
-16 bytes in all, as in mixed precision's 2 + 2 + 4 (master copy) + 8) for a few steps
-on the Shakespeare corpus, with the training script itself under torchrun. Each process
+Each setup trains the same model (25M parameters at the default size, float32) for a few
+steps on the Shakespeare corpus, once with each optimizer, with the training script
+itself under torchrun. With AdamW every parameter costs 4 bytes of weight, 4 of gradient
+and 8 of Adam's two moments, 16 bytes in all, as in mixed precision's 2 + 2 + 4 (master
+copy) + 8; Muon keeps one momentum (4 bytes) for the Blocks' matrices instead of two
+moments, so 12 bytes for those. Under FSDP each process orthogonalises only its share of
+Muon's matrices (optim.orthogonalize_shards), so Muon's working memory is sharded too. Each process
 reports how far its resident memory rose above what it held before the model was built:
 the peak of the training steps (activations come and go every step), and the peak with
 the final checkpoint too (gathering model.pt on rank 0 and writing shards need more). The ZeRO arithmetic
@@ -21,7 +25,7 @@ the final checkpoint too (gathering model.pt on rank 0 and writing shards need m
 plus, for each of them, the activations of the batch (the same for every setup: each
 process has a batch of its own), and for FSDP one Block's full weights and gradients at
 a time. Activation checkpointing trades the activations for a second forward pass per
-Block. The results go to tools/results/memory.json (the notebook draws them).
+Block. The results go to tools/results/memory.json (the notebook draws AdamW's).
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,10 +40,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmark_main_job import this_cpu  # noqa: E402
+
 from model import GPT, GPTConfig  # noqa: E402
 
 RESULTS = ROOT / "tools" / "results" / "memory.json"
 BYTES_PER_PARAMETER = 16  # float32 weight, gradient, two Adam moments
+OPTIMIZERS = ("adamw", "muon")
 
 # (name, processes, options)
 SETUPS = [
@@ -104,7 +110,18 @@ def zero_arithmetic(params: int, processes: int) -> dict[str, float]:
     }
 
 
-def measure(name: str, processes: int, options: list[str], args: argparse.Namespace, params: int) -> dict:
+def state_bytes(model: GPT, optimizer: str, processes: int, sharded: bool) -> float:
+    """Bytes per process of the weights, gradients and optimizer moments: 16 per parameter
+    with AdamW; with Muon, 12 for the Blocks' matrices (one momentum) and 16 for the rest
+    (the AdamW half). FSDP shards all of it over the processes; DDP copies it to each."""
+    total = 16 * sum(p.numel() for p in model.parameters())
+    if optimizer == "muon":
+        total -= 4 * sum(p.numel() for p in model.transformer.h.parameters() if p.dim() >= 2)
+    return total / processes if sharded else total
+
+
+def measure(name: str, processes: int, options: list[str], optimizer: str, args: argparse.Namespace,
+            model: GPT) -> dict:  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         out = tmp_path / "reports"
@@ -113,7 +130,7 @@ def measure(name: str, processes: int, options: list[str], args: argparse.Namesp
         driver.write_text(DRIVER.format(root=str(ROOT), out=str(out)))
         torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
         launcher = [sys.executable, *(torchrun if processes > 1 else [])]
-        command = [*launcher, str(driver), "--device", "cpu", "--dtype", "float32", "--optimizer", "adamw",
+        command = [*launcher, str(driver), "--device", "cpu", "--dtype", "float32", "--optimizer", optimizer,
                    "--hidden_size", str(args.hidden_size), "--num_hidden_layers", str(args.layers),
                    "--num_attention_heads", str(args.hidden_size // 64), "--max_seq_len", str(args.seq_len),
                    "--batch_size", str(args.batch_size), "--max_steps", str(args.steps),
@@ -127,14 +144,14 @@ def measure(name: str, processes: int, options: list[str], args: argparse.Namesp
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
         if result.returncode != 0:
-            sys.exit(f"{name} with {processes} processes failed:\n{result.stderr[-3000:]}")
+            sys.exit(f"{name} with {processes} processes and {optimizer} failed:\n{result.stderr[-3000:]}")
         reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(processes)]
-    state = zero_arithmetic(params, processes)["DDP" if "fsdp" not in options else "ZeRO-3 / FSDP"]
+    state = state_bytes(model, optimizer, processes, sharded="fsdp" in options)
     training = [report["training"] / 1e6 for report in reports]
     with_checkpoint = [report["with_checkpoint"] / 1e6 for report in reports]
-    return {"setup": name, "processes": processes, "peak_mb": sum(training) / processes,
-            "peak_mb_each": training, "peak_with_checkpoint_mb_each": with_checkpoint,
-            "state_mb": state / 1e6}  # fmt: skip
+    return {"setup": name, "processes": processes, "optimizer": optimizer,
+            "peak_mb": sum(training) / processes, "peak_mb_each": training,
+            "peak_with_checkpoint_mb_each": with_checkpoint, "state_mb": state / 1e6}  # fmt: skip
 
 
 def main() -> None:
@@ -150,18 +167,23 @@ def main() -> None:
         sys.exit("this script reads Linux's /proc to measure each process's peak memory")
     config = GPTConfig(vocab_size=65, block_size=args.seq_len, n_layer=args.layers,
                        n_head=args.hidden_size // 64, n_embd=args.hidden_size)  # fmt: skip
-    params = sum(p.numel() for p in GPT(config).parameters())
-    print(f"{params / 1e6:.1f}M parameters, float32 + AdamW: {BYTES_PER_PARAMETER} bytes each = "
-          f"{BYTES_PER_PARAMETER * params / 1e6:,.0f} MB of state; batch {args.batch_size} × {args.seq_len} "
-          f"per process; {platform.processor() or platform.machine()}")  # fmt: skip
+    model = GPT(config)
+    params = sum(p.numel() for p in model.parameters())
+    model_name, cpu_class = this_cpu()
+    machine = f"{os.cpu_count()}-core {model_name} with {cpu_class}, Linux"
+    muon_state = state_bytes(model, "muon", 1, sharded=False)
+    print(f"{params / 1e6:.1f}M parameters, float32: {BYTES_PER_PARAMETER} bytes each with AdamW = "
+          f"{BYTES_PER_PARAMETER * params / 1e6:,.0f} MB of state, {muon_state / 1e6:,.0f} MB with Muon; "
+          f"batch {args.batch_size} × {args.seq_len} per process; {machine}")  # fmt: skip
     rows = []
     for name, processes, options in SETUPS:
-        row = measure(name, processes, options, args, params)
-        rows.append(row)
-        print(f"  {name:<32} {processes} process(es): peak {row['peak_mb']:>7,.0f} MB per process "
-              f"(state by the arithmetic {row['state_mb']:>6,.0f} MB, the rest: activations and buffers "
-              f"{row['peak_mb'] - row['state_mb']:>6,.0f} MB)", flush=True)  # fmt: skip
-    by = {(r["setup"], r["processes"]): r["peak_mb"] for r in rows}
+        for optimizer in OPTIMIZERS:
+            row = measure(name, processes, options, optimizer, args, model)
+            rows.append(row)
+            print(f"  {name:<32} {processes} process(es), {optimizer:<5}: peak {row['peak_mb']:>5,.0f} MB "
+                  f"per process (state by the arithmetic {row['state_mb']:>5,.0f} MB, the rest: activations "
+                  f"and buffers {row['peak_mb'] - row['state_mb']:>5,.0f} MB)", flush=True)  # fmt: skip
+    by = {(r["setup"], r["processes"]): r["peak_mb"] for r in rows if r["optimizer"] == "adamw"}
     checks = {
         "FSDP 2 → 4 processes saves (measured, predicted 4·P)": (
             by[("FSDP", 2)] - by[("FSDP", 4)], 4 * params / 1e6),
@@ -170,13 +192,19 @@ def main() -> None:
         "activation checkpointing saves at 2 FSDP processes (measured)": (
             by[("FSDP", 2)] - by[("FSDP + activation checkpointing", 2)], None),
     }  # fmt: skip
+    print("With AdamW:")
     for what, (measured, predicted) in checks.items():
         ratio = f" ({measured / predicted:.2f}× the prediction)" if predicted else ""
-        print(f"{what}: {measured:,.0f} MB{ratio}" + (f" vs {predicted:,.0f} MB" if predicted else ""))
+        print(f"  {what}: {measured:,.0f} MB{ratio}" + (f" vs {predicted:,.0f} MB" if predicted else ""))
+    print("Muon's peak per process minus AdamW's (measured, and the state by the arithmetic):")
+    for adamw, muon in zip(rows[::2], rows[1::2], strict=True):  # the rows alternate: AdamW, Muon
+        measured, arithmetic = muon["peak_mb"] - adamw["peak_mb"], muon["state_mb"] - adamw["state_mb"]
+        where = f"{adamw['setup']:<32} {adamw['processes']} process(es)"
+        print(f"  {where}: {measured:+5,.0f} MB measured, {arithmetic:+5,.0f} MB of state")
     if not args.no_save:
         RESULTS.write_text(json.dumps({
             "params": params, "bytes_per_parameter": BYTES_PER_PARAMETER, "options": vars(args),
-            "machine": f"{platform.processor() or platform.machine()}, Linux", "setups": rows,
+            "machine": machine, "setups": rows,
             "arithmetic_mb": {n: {k: v / 1e6 for k, v in zero_arithmetic(params, n).items()}
                               for n in (1, 2, 4, 8)},
         }, indent=1) + "\n")  # fmt: skip
