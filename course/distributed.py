@@ -21,6 +21,7 @@ Every process trains on its own share of every batch (see `course.batches.BatchS
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -139,8 +140,12 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
 
 
 def shut_down() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one. The run's model, its
+    DeviceMesh and FSDP's state (held in reference cycles) are collected first: a group
+    destroyed while a mesh still refers to it lives on to the interpreter's exit, where
+    gloo often aborts the process (SIGABRT, "terminate called without an active exception")."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
