@@ -195,8 +195,13 @@ def capture_rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    """Each process takes back its own generators' states from capture_rng_state()'s dict."""
-    mine = state["ranks"][dist.get_rank() if dist.is_initialized() else 0]
+    """Each process takes back its own generators' states from capture_rng_state()'s dict.
+    A run resumed on more processes than it saved (course.cli.check_global_batch) has
+    none for the extra ones: they keep the generators seed_everything gave them."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank >= len(state["ranks"]):
+        return
+    mine = state["ranks"][rank]
     random.setstate(mine["python"])
     np.random.set_state(mine["numpy"])
     torch.set_rng_state(mine["torch"])

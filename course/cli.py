@@ -660,7 +660,12 @@ def run_plan(config: RunConfig, schedule: Schedule, group: ProcessGroup) -> dict
     """What a resume must continue: saved with every resume checkpoint."""
     plan = {name: getattr(config, name) for name in PLAN_OPTIONS}
     plan.update(total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps, min_lr=schedule.min_lr)
-    return {**plan, "world_size": group.world_size}
+    return {**plan, "world_size": group.world_size, "global_batch": global_batch(config, group.world_size)}
+
+
+def global_batch(config: RunConfig, world_size: int) -> int:
+    """The windows (or documents) of one optimizer step, over all processes."""
+    return config.batch_size * config.accumulation_steps * world_size
 
 
 # Options a resume may change, with an honest meaning: the rest of the schedule keeps its
@@ -720,17 +725,15 @@ def continue_plan(
     if plan is None:
         return with_eval_budget(config), None
     plan = {"optimizer": "adamw", "parallel": "ddp", **plan}  # saved before Muon or FSDP existed
-    if plan["world_size"] != group.world_size:
-        raise UsageError(
-            f"the saved run trained with {plan['world_size']} process(es), this one has {group.world_size}: "
-            "each process reads its own share of every batch, so resume with the same number"
-        )
+    split = check_global_batch(config, plan, group)
     saved = {}
     for name in PLAN_OPTIONS:
         if name not in plan:  # saved by an older version of this script
             continue
         value, given = getattr(config, name), name in config.options_given
-        if given and value != plan[name] and name in RESUME_MAY_CHANGE:
+        if name in split:
+            saved[name] = split[name]
+        elif given and value != plan[name] and name in RESUME_MAY_CHANGE:
             print(f"note: --{name} {value} replaces the saved run's {plan[name]!r} from here on")
         elif given and value != plan[name]:
             raise UsageError(
@@ -746,6 +749,52 @@ def continue_plan(
             "give --min_lr too"
         )
     return with_eval_budget(config), {**plan, "step": checkpoint["step"]}
+
+
+SPLIT_OPTIONS = ("batch_size", "accumulation_steps")  # with the processes: how a step's batch is split
+
+
+def check_global_batch(config: RunConfig, plan: dict, group: ProcessGroup) -> dict:
+    """The batch size and accumulation a resume goes on with: the saved run's where they
+    are left out. On another number of processes, or with another split of the step's
+    batch, the global batch (batch size × accumulation × processes) must stay the same:
+    then the step reads the same windows (course.batches.BatchStream), its gradient is
+    the mean over the same targets, and DCP reshards the model and the optimizer; any
+    other change would change the run, and is refused."""
+    split = {
+        name: getattr(config, name) if name in config.options_given else plan[name] for name in SPLIT_OPTIONS
+    }
+    new = (split["batch_size"], split["accumulation_steps"], group.world_size)
+    saved = (plan["batch_size"], plan["accumulation_steps"], plan["world_size"])
+    if new == saved:
+        return split
+    if "global_batch" not in plan:  # saved before a resume could change the split (its data position cannot)
+        raise UsageError(
+            f"the saved run trained with --batch_size {saved[0]}, --accumulation_steps {saved[1]} on "
+            f"{saved[2]} process(es), and was saved by an older version of this script: resume it with those"
+        )
+    if math.prod(new) != plan["global_batch"]:
+        raise UsageError(
+            f"--batch_size {new[0]} × --accumulation_steps {new[1]} × {new[2]} process(es) is a step of "
+            f"{math.prod(new)} windows, the saved run's is {saved[0]} × {saved[1]} × {saved[2]} = "
+            f"{plan['global_batch']}: {how_to_keep(plan['global_batch'], *new)}"
+        )
+    if group.is_main:
+        print(
+            f"note: resumed as --batch_size {new[0]} × --accumulation_steps {new[1]} × {new[2]} process(es) "
+            f"(saved: {saved[0]} × {saved[1]} × {saved[2]}), the same {plan['global_batch']} windows a step: "
+            "each process's share and the dropout masks are drawn anew, so it goes on not bit-identically"
+        )
+    return split
+
+
+def how_to_keep(windows: int, batch_size: int, accumulation: int, world_size: int) -> str:
+    """How to give a step of `windows` windows on `world_size` processes."""
+    if windows % (batch_size * world_size) == 0:
+        return f"keep the global batch with --accumulation_steps {windows // (batch_size * world_size)}"
+    if windows % (accumulation * world_size) == 0:
+        return f"keep the global batch with --batch_size {windows // (accumulation * world_size)}"
+    return f"{world_size} process(es) cannot share it: resume on a number of processes that divides {windows}"
 
 
 def with_eval_budget(config: RunConfig) -> RunConfig:
