@@ -354,12 +354,13 @@ BAD_INPUTS = {
     "not a number": (lambda t: ["--max_steps", "ten"], "invalid int value: 'ten'"),
     "resume with another batch size": (
         lambda t: ["--from_resume", 1, "--batch_size", 8],
-        "--batch_size 8 would change the saved run (batch_size=4)",
+        "--batch_size 8 × --accumulation_steps 1 × 1 process(es) is a step of 8 windows, the saved run's "
+        "4 × 1 × 1 = 4: keep the global batch with --batch_size 4",
     ),
     "resume with another seed": (lambda t: ["--from_resume", 1, "--seed", 7], "(seed=1337)"),
     "resume with another accumulation": (
         lambda t: ["--from_resume", 1, "--accumulation_steps", 2],
-        "--accumulation_steps 2 would change the saved run (accumulation_steps=1)",
+        "--batch_size 4 × --accumulation_steps 2 × 1 process(es) is a step of 8 windows",
     ),
     "resume with another optimizer": (
         lambda t: ["--from_resume", 1, "--optimizer", "adamw"],
@@ -741,8 +742,8 @@ def test_profile_counts_the_steps_it_recorded_when_the_run_is_shorter(
 # one-line refusal names. The run: muon, blocks, seed 1337, batch 4, the tiny model.
 REFUSED_ON_RESUME = {
     "warmup_steps": (1, "(warmup_steps=0)"),
-    "batch_size": (8, "--batch_size 8 would change the saved run (batch_size=4)"),
-    "accumulation_steps": (2, "(accumulation_steps=1)"),
+    "batch_size": (8, "is a step of 8 windows, the saved run's 4 × 1 × 1 = 4"),
+    "accumulation_steps": (2, "--batch_size 4 × --accumulation_steps 2 × 1 process(es) is a step of 8"),
     "seed": (7, "(seed=1337)"),
     "max_train_tokens": (500, "(max_train_tokens=0)"),
     "dataset_mode": ("documents", "--dataset_mode documents"),
@@ -750,7 +751,7 @@ REFUSED_ON_RESUME = {
     "muon_lr": (0.05, "(muon_lr=0.02)"),
     "beta2": (0.99, "(beta2=0.95)"),
     "weight_decay": (0.5, "--weight_decay 0.5 would change the saved run (weight_decay=0.1)"),
-    "parallel": ("fsdp", "--parallel fsdp"),
+    "parallel": ("fsdp", "--parallel fsdp shards the model over the processes that torchrun starts"),
     "hidden_size": (48, "model config"),
     "num_hidden_layers": (3, "model config"),
     "num_attention_heads": (4, "model config"),
