@@ -166,17 +166,34 @@ def test_resume_without_max_steps_continues_the_saved_plan(corpus_txt, tmp_path,
     )
 
 
-def test_resume_with_another_number_of_processes_is_refused():
-    from course.cli import continue_plan
+def test_resume_on_another_number_of_processes_must_keep_the_global_batch(capsys):
+    """A plan of 2 processes × batch 4: on 1 process, --batch_size 4 alone would halve the
+    step (refused, naming the accumulation that keeps it); with --accumulation_steps 2 the
+    run goes on, with a note. A plan saved before a resume could change the split is
+    refused whatever the batch: its data position counts one process's batches."""
+    from course.cli import continue_plan, parse_args, run_config
     from course.distributed import ProcessGroup
     from course.errors import UsageError
 
     config = config_for_plan()
     names = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumulation_steps", "seed",
              "max_train_tokens")  # fmt: skip
-    plan = {**{name: getattr(config, name) for name in names}, "world_size": 2}
-    with pytest.raises(UsageError, match="the saved run trained with 2 process.es., this one has 1"):
+    old_plan = {**{name: getattr(config, name) for name in names}, "world_size": 2}
+    with pytest.raises(
+        UsageError, match="on 2 process.es., and was saved by an older version of this script"
+    ):
+        continue_plan(config, {"plan": old_plan, "step": 1}, ProcessGroup(rank=0, world_size=1))
+    plan = {**old_plan, "global_batch": 8}
+    with pytest.raises(
+        UsageError, match="is a step of 4 windows, .* = 8: keep the global batch with --accum"
+    ):
         continue_plan(config, {"plan": plan, "step": 1}, ProcessGroup(rank=0, world_size=1))
+    kept = run_config(parse_args(["--accumulation_steps", "2"]), torch.device("cpu"))
+    resumed, _ = continue_plan(kept, {"plan": plan, "step": 1}, ProcessGroup(rank=0, world_size=1))
+    assert (resumed.batch_size, resumed.accumulation_steps) == (4, 2)
+    assert "note: resumed as ddp × 1 process(es), batch 4 × 2 micro-batch(es) (saved: ddp × 2, 4 × 1)" in (
+        capsys.readouterr().out
+    )
 
 
 def config_for_plan():
