@@ -114,7 +114,10 @@ class BatchStream:
     the run would have seen next: no batch is replayed and none is skipped.
     Under DDP, DistributedSampler gives each of the world_size processes every
     world_size-th window of that permutation, so together they read each global
-    batch once (with world_size = 1 it is the plain permutation).
+    batch once (with world_size = 1 it is the plain permutation). Micro-batch p of
+    all processes together is thus windows p·B·W to (p+1)·B·W of the permutation,
+    whatever the split of B·W into batch size and processes: a run resumed with
+    another split goes on from the same window (state()'s "windows").
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class BatchStream:
         seed: int,
         epoch: int = 0,
         position: int = 0,
+        windows: int | None = None,
         rank: int = 0,
         world_size: int = 1,
         **loader_options,
@@ -134,7 +138,6 @@ class BatchStream:
                 f"of {batch_size} per process; use a smaller --batch_size or more text"
             )
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
-        self.epoch, self.position = epoch, position
         self.rank, self.world_size = rank, world_size
         self.batches_per_epoch = len(dataset) // world_size // batch_size
         # The loader draws its workers' seeds from its own generator; without one it would
@@ -149,13 +152,31 @@ class BatchStream:
             persistent_workers=loader_options.get("num_workers", 0) > 0,
             **loader_options,
         )
-        self._iterator = None
+        self.seek(epoch, position, windows)
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        """Where the stream is: the epoch, this process's batches of it served, and the
+        windows of it that all processes together were served."""
+        return {"epoch": self.epoch, "position": self.position, "windows": self.windows_served()}
 
-    def seek(self, epoch: int, position: int) -> None:
-        """Continue from batch `position` of epoch `epoch` (a state() from a checkpoint)."""
+    def windows_served(self) -> int:
+        return self.position * self.batch_size * self.world_size
+
+    def seek(self, epoch: int, position: int, windows: int | None = None) -> None:
+        """Continue from batch `position` of epoch `epoch` (a state() from a checkpoint),
+        or, where `windows` is given, from that window of the epoch: the same place for a
+        run resumed with another batch size or number of processes (a checkpoint saved
+        before state() had "windows" is resumed with the same ones, course.cli)."""
+        if windows is not None:
+            micro_batch = self.batch_size * self.world_size  # windows, over all processes
+            if windows % micro_batch:
+                raise DataError(
+                    f"the checkpoint is {windows} windows into epoch {epoch}, which is no whole number of "
+                    f"micro-batches of {self.batch_size} × {self.world_size} process(es) (its last step "
+                    "spanned the end of an epoch): resume with the saved run's --batch_size and number of "
+                    "processes, or a multiple of its --accumulation_steps"
+                )
+            position = windows // micro_batch
         self.epoch, self.position, self._iterator = epoch, position, None
 
     def remaining_windows(self) -> list[int]:
@@ -170,7 +191,9 @@ class BatchStream:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.position == self.batches_per_epoch:  # epoch finished: start the next one
+        # Epoch finished: start the next one. (Past its end only when resumed with a larger
+        # micro-batch, whose epoch leaves out more of the windows left over by drop_last.)
+        if self.position >= self.batches_per_epoch:
             self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
         if self._iterator is None:
             self._iterator = iter(self.loader)

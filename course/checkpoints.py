@@ -47,7 +47,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from course.distributed import ProcessGroup, full_weights, is_sharded
 from course.errors import UsageError
@@ -195,8 +200,13 @@ def capture_rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    """Each process takes back its own generators' states from capture_rng_state()'s dict."""
-    mine = state["ranks"][dist.get_rank() if dist.is_initialized() else 0]
+    """Each process takes back its own generators' states from capture_rng_state()'s dict.
+    A run resumed on more processes than it saved (course.cli.check_global_batch) has
+    none for the extra ones: they keep the generators seed_everything gave them."""
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank >= len(state["ranks"]):
+        return
+    mine = state["ranks"][rank]
     random.setstate(mine["python"])
     np.random.set_state(mine["numpy"])
     torch.set_rng_state(mine["torch"])
@@ -290,19 +300,24 @@ class RunFiles:
         """An FSDP checkpoint: every process reads its shards of the weights and the
         optimizer state into checkpoint["model"] and checkpoint["optimizer"], which
         restore_checkpoint then loads as usual. DCP reads into tensors that exist, so they
-        are made first: the model's sharded state dict, and the optimizer's state, which
+        are made first: the model's state dict, and the optimizer's state, which
         appears only at its first step (get_optimizer_state_dict makes it, with a step
         at learning rate 0). The optimizer state is read in DCP's own form, keyed by
         parameter names (see save_shards), loaded into the optimizer, and handed to
-        restore_checkpoint as the optimizer's state_dict(). Nothing to do for a
-        checkpoint that is not sharded."""
+        restore_checkpoint as the optimizer's state_dict().
+
+        DCP reshards: the tensors it reads into may be split over another number of
+        processes than the saved ones, or be whole (a DDP or single-process run goes on
+        from an FSDP checkpoint, without a process group in the latter). The other way
+        round, an FSDP run shares out the whole tensors of a checkpoint that is not
+        sharded (shard_whole_state); for any other run there is nothing to do."""
         if "shards" not in checkpoint:
+            if is_sharded(model):
+                shard_whole_state(checkpoint, model, optimizer)
             return
-        if not is_sharded(model):
-            raise UsageError("this checkpoint was saved by an FSDP run: resume it with --parallel fsdp")
         folder = self.checked_shards(checkpoint)
         state = {"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, optimizer)}
-        dcp.load(state, storage_reader=MetadataOnlyReader(folder))
+        dcp.load(state, storage_reader=MetadataOnlyReader(folder), no_dist=not dist.is_initialized())
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
         checkpoint.update(model=state["model"], optimizer=optimizer.state_dict())
 
@@ -421,6 +436,28 @@ class RunFiles:
         rest = {key: value for key, value in state.items() if key not in ("model", "optimizer")}
         checksums = files_sha256(folder) if self.writes else {}  # dcp.save returns once all are written
         return {**rest, "shards": f"{SHARDS_DIR}/{name}", "shards_sha256": checksums}
+
+
+def shard_whole_state(checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The whole weights and optimizer state of a DDP or single-process checkpoint (every
+    process read resume.pt), into this FSDP run's shards, each process keeping its own;
+    then handed to restore_checkpoint in this run's form, as read_shards does. The saved
+    optimizer numbers the parameters in the order of its groups, DCP's form names them:
+    the numbers are those of this run's optimizer, built alike for the same model."""
+    whole = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, checkpoint["model"], options=whole)
+    names = {param: name for name, param in model.named_parameters()}
+    name_of = [names[param] for group in optimizer.param_groups for param in group["params"]]
+    saved = checkpoint["optimizer"]
+    named = {
+        "state": {name_of[number]: state for number, state in saved["state"].items()},
+        "param_groups": [
+            {**group, "params": [name_of[number] for number in group["params"]]}
+            for group in saved["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(model, optimizer, named, options=whole)
+    checkpoint.update(model=model.state_dict(), optimizer=optimizer.state_dict())
 
 
 SHARD_FOLDER = re.compile(re.escape(SHARDS_DIR) + r"/step\d+")  # what resume.pt's "shards" may name

@@ -656,11 +656,19 @@ PLAN_OPTIONS = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumu
                 "parallel")  # fmt: skip
 
 
+# How a step is split over the processes: a resume may change them while the global batch
+# (batch size × accumulation × processes) stays the same (check_global_batch).
+SPLIT_OPTIONS = ("batch_size", "accumulation_steps", "parallel")
+
+
 def run_plan(config: RunConfig, schedule: Schedule, group: ProcessGroup) -> dict:
     """What a resume must continue: saved with every resume checkpoint."""
     plan = {name: getattr(config, name) for name in PLAN_OPTIONS}
     plan.update(total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps, min_lr=schedule.min_lr)
-    return {**plan, "world_size": group.world_size}
+    # The windows of a step over all processes; a plan that has it comes with a data
+    # position that a resume on another split of it can continue (check_global_batch).
+    global_batch = config.batch_size * config.accumulation_steps * group.world_size
+    return {**plan, "world_size": group.world_size, "global_batch": global_batch}
 
 
 # Options a resume may change, with an honest meaning: the rest of the schedule keeps its
@@ -671,6 +679,10 @@ RESUME_MAY_CHANGE = ("learning_rate", "min_lr")
 # What each option does to a run continued with --from_resume 1 (docs/faq.md: "Stopping
 # and resuming"). tests/test_cli.py walks every option of --help through a resume.
 PLAN = "refused when changed: part of the saved plan"
+SPLIT = (
+    "applied where the global batch (batch size × accumulation × processes) stays the saved one: each "
+    "step reads the same windows, shared out anew (a note says so); refused where it changes"
+)
 MODEL = "refused when it changes the saved model's config"
 DATA = "refused when it changes the saved run's data (tokenizer or content)"
 NEW_LR = "applied: the rest of the schedule keeps its shape at the new learning rate (a note says so)"
@@ -687,7 +699,8 @@ NAMES_THE_TRACKED_RUN = (
     "run id is continued); applied while the run has none"
 )
 ON_RESUME = {
-    **dict.fromkeys((name for name in PLAN_OPTIONS if name not in RESUME_MAY_CHANGE), PLAN), **dict.fromkeys(
+    **dict.fromkeys((name for name in PLAN_OPTIONS if name not in RESUME_MAY_CHANGE), PLAN),
+    **dict.fromkeys(SPLIT_OPTIONS, SPLIT), **dict.fromkeys(
         ("hidden_size", "num_hidden_layers", "num_attention_heads", "max_seq_len", "dropout", "use_moe",
          "position", "norm", "mlp", "qk_norm", "zero_init", "tie_weights", "preset"), MODEL),
     "data_path": DATA, "tokenizer": DATA,
@@ -720,17 +733,15 @@ def continue_plan(
     if plan is None:
         return with_eval_budget(config), None
     plan = {"optimizer": "adamw", "parallel": "ddp", **plan}  # saved before Muon or FSDP existed
-    if plan["world_size"] != group.world_size:
-        raise UsageError(
-            f"the saved run trained with {plan['world_size']} process(es), this one has {group.world_size}: "
-            "each process reads its own share of every batch, so resume with the same number"
-        )
+    split = check_global_batch(config, plan, group)
     saved = {}
     for name in PLAN_OPTIONS:
         if name not in plan:  # saved by an older version of this script
             continue
         value, given = getattr(config, name), name in config.options_given
-        if given and value != plan[name] and name in RESUME_MAY_CHANGE:
+        if name in split:
+            saved[name] = split[name]
+        elif given and value != plan[name] and name in RESUME_MAY_CHANGE:
             print(f"note: --{name} {value} replaces the saved run's {plan[name]!r} from here on")
         elif given and value != plan[name]:
             raise UsageError(
@@ -748,6 +759,50 @@ def continue_plan(
     return with_eval_budget(config), {**plan, "step": checkpoint["step"]}
 
 
+def check_global_batch(config: RunConfig, plan: dict, group: ProcessGroup) -> dict:
+    """The batch size, accumulation and --parallel a resume goes on with: the saved
+    run's where they are left out. On another number of processes, with another split
+    of the step's batch, or another --parallel, the global batch (batch size ×
+    accumulation × processes) must stay the same: then each step reads the same windows
+    (course.batches.BatchStream), its gradient is the mean over the same targets, and
+    the saved weights and optimizer state are read into this run's layout (DCP
+    reshards them, course.checkpoints.RunFiles.read_shards). A note says that this is
+    not bit-identical; any other change of the global batch is refused."""
+    split = {
+        name: getattr(config, name) if name in config.options_given else plan[name] for name in SPLIT_OPTIONS
+    }
+    new = (split["batch_size"], split["accumulation_steps"], group.world_size)
+    saved = (plan["batch_size"], plan["accumulation_steps"], plan["world_size"])
+    if new != saved and "global_batch" not in plan:  # its data position counts this process's batches only
+        raise UsageError(
+            f"the saved run trained with --batch_size {saved[0]}, --accumulation_steps {saved[1]} on "
+            f"{saved[2]} process(es), and was saved by an older version of this script: resume it with those"
+        )
+    if math.prod(new) != math.prod(saved):
+        raise UsageError(
+            f"--batch_size {new[0]} × --accumulation_steps {new[1]} × {new[2]} process(es) is a step of "
+            f"{math.prod(new)} windows, the saved run's {saved[0]} × {saved[1]} × {saved[2]} = "
+            f"{math.prod(saved)}: {how_to_keep(math.prod(saved), *new)}"
+        )
+    if (new, split["parallel"]) != (saved, plan["parallel"]) and group.is_main:
+        print(
+            f"note: resumed as {split['parallel']} × {new[2]} process(es), batch {new[0]} × {new[1]} "
+            f"micro-batch(es) (saved: {plan['parallel']} × {saved[2]}, {saved[0]} × {saved[1]}), the same "
+            f"{math.prod(saved)} windows a step: each process's share and the dropout masks are drawn anew, "
+            "so the run goes on, but not bit-identically"
+        )
+    return split
+
+
+def how_to_keep(windows: int, batch_size: int, accumulation: int, world_size: int) -> str:
+    """How to give a step of `windows` windows on `world_size` processes."""
+    if windows % (batch_size * world_size) == 0:
+        return f"keep the global batch with --accumulation_steps {windows // (batch_size * world_size)}"
+    if windows % (accumulation * world_size) == 0:
+        return f"keep the global batch with --batch_size {windows // (accumulation * world_size)}"
+    return f"{world_size} process(es) cannot share it: resume on a number of processes that divides {windows}"
+
+
 def with_eval_budget(config: RunConfig) -> RunConfig:
     """--eval_iters N, nanoGPT's way to give the budget, as the tokens it stands for."""
     if config.eval_iters is None:
@@ -761,9 +816,10 @@ def check_parallel(config: RunConfig, group: ProcessGroup, dtype: torch.dtype) -
     if config.parallel != "fsdp":
         return
     if "RANK" not in os.environ:
+        resume = " (or resume it in this one process with --parallel ddp)" if config.from_resume else ""
         raise UsageError(
             "--parallel fsdp shards the model over the processes that torchrun starts: run "
-            "`torchrun --standalone --nproc_per_node=N train_solution.py --parallel fsdp ...`"
+            f"`torchrun --standalone --nproc_per_node=N train_solution.py --parallel fsdp ...`{resume}"
         )
     if dtype == torch.float16:
         raise UsageError(

@@ -166,17 +166,34 @@ def test_resume_without_max_steps_continues_the_saved_plan(corpus_txt, tmp_path,
     )
 
 
-def test_resume_with_another_number_of_processes_is_refused():
-    from course.cli import continue_plan
+def test_resume_on_another_number_of_processes_must_keep_the_global_batch(capsys):
+    """A plan of 2 processes × batch 4: on 1 process, --batch_size 4 alone would halve the
+    step (refused, naming the accumulation that keeps it); with --accumulation_steps 2 the
+    run goes on, with a note. A plan saved before a resume could change the split is
+    refused whatever the batch: its data position counts one process's batches."""
+    from course.cli import continue_plan, parse_args, run_config
     from course.distributed import ProcessGroup
     from course.errors import UsageError
 
     config = config_for_plan()
     names = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumulation_steps", "seed",
              "max_train_tokens")  # fmt: skip
-    plan = {**{name: getattr(config, name) for name in names}, "world_size": 2}
-    with pytest.raises(UsageError, match="the saved run trained with 2 process.es., this one has 1"):
+    old_plan = {**{name: getattr(config, name) for name in names}, "world_size": 2}
+    with pytest.raises(
+        UsageError, match="on 2 process.es., and was saved by an older version of this script"
+    ):
+        continue_plan(config, {"plan": old_plan, "step": 1}, ProcessGroup(rank=0, world_size=1))
+    plan = {**old_plan, "global_batch": 8}
+    with pytest.raises(
+        UsageError, match="is a step of 4 windows, .* = 8: keep the global batch with --accum"
+    ):
         continue_plan(config, {"plan": plan, "step": 1}, ProcessGroup(rank=0, world_size=1))
+    kept = run_config(parse_args(["--accumulation_steps", "2"]), torch.device("cpu"))
+    resumed, _ = continue_plan(kept, {"plan": plan, "step": 1}, ProcessGroup(rank=0, world_size=1))
+    assert (resumed.batch_size, resumed.accumulation_steps) == (4, 2)
+    assert "note: resumed as ddp × 1 process(es), batch 4 × 2 micro-batch(es) (saved: ddp × 2, 4 × 1)" in (
+        capsys.readouterr().out
+    )
 
 
 def config_for_plan():
@@ -354,12 +371,13 @@ BAD_INPUTS = {
     "not a number": (lambda t: ["--max_steps", "ten"], "invalid int value: 'ten'"),
     "resume with another batch size": (
         lambda t: ["--from_resume", 1, "--batch_size", 8],
-        "--batch_size 8 would change the saved run (batch_size=4)",
+        "--batch_size 8 × --accumulation_steps 1 × 1 process(es) is a step of 8 windows, the saved run's "
+        "4 × 1 × 1 = 4: keep the global batch with --batch_size 4",
     ),
     "resume with another seed": (lambda t: ["--from_resume", 1, "--seed", 7], "(seed=1337)"),
     "resume with another accumulation": (
         lambda t: ["--from_resume", 1, "--accumulation_steps", 2],
-        "--accumulation_steps 2 would change the saved run (accumulation_steps=1)",
+        "--batch_size 4 × --accumulation_steps 2 × 1 process(es) is a step of 8 windows",
     ),
     "resume with another optimizer": (
         lambda t: ["--from_resume", 1, "--optimizer", "adamw"],
@@ -741,8 +759,8 @@ def test_profile_counts_the_steps_it_recorded_when_the_run_is_shorter(
 # one-line refusal names. The run: muon, blocks, seed 1337, batch 4, the tiny model.
 REFUSED_ON_RESUME = {
     "warmup_steps": (1, "(warmup_steps=0)"),
-    "batch_size": (8, "--batch_size 8 would change the saved run (batch_size=4)"),
-    "accumulation_steps": (2, "(accumulation_steps=1)"),
+    "batch_size": (8, "is a step of 8 windows, the saved run's 4 × 1 × 1 = 4"),
+    "accumulation_steps": (2, "--batch_size 4 × --accumulation_steps 2 × 1 process(es) is a step of 8"),
     "seed": (7, "(seed=1337)"),
     "max_train_tokens": (500, "(max_train_tokens=0)"),
     "dataset_mode": ("documents", "--dataset_mode documents"),
@@ -750,7 +768,7 @@ REFUSED_ON_RESUME = {
     "muon_lr": (0.05, "(muon_lr=0.02)"),
     "beta2": (0.99, "(beta2=0.95)"),
     "weight_decay": (0.5, "--weight_decay 0.5 would change the saved run (weight_decay=0.1)"),
-    "parallel": ("fsdp", "--parallel fsdp"),
+    "parallel": ("fsdp", "--parallel fsdp shards the model over the processes that torchrun starts"),
     "hidden_size": (48, "model config"),
     "num_hidden_layers": (3, "model config"),
     "num_attention_heads": (4, "model config"),

@@ -359,7 +359,10 @@ def test_a_refusal_under_torchrun_is_said_once(background):
     said = (background / "refused.log").read_text()
     errors = [line for line in said.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, said[-3000:]
-    assert errors[0].startswith("error: --batch_size 8 would change the saved run (batch_size=4)")
+    assert errors[0].startswith(
+        "error: --batch_size 8 × --accumulation_steps 1 × 2 process(es) is a step of 16 windows, the saved "
+        "run's 4 × 1 × 2 = 8: keep the global batch with --batch_size 4"
+    )
 
 
 def test_each_process_draws_its_own_dropout_masks():

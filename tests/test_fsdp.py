@@ -4,11 +4,14 @@ batch (packed blocks with activation checkpointing and Muon, on two "machines" o
 process each; padded documents with AdamW; with accumulation); Muon's step, each
 process orthogonalising its share of the matrices, is one process's step, at 2 and 3
 processes; a run killed with SIGKILL resumes bit-identically from its sharded (DCP)
-checkpoint; and one process refuses a checkpoint of two."""
+checkpoint; its checkpoint of two processes goes on, with the same global batch, on one
+FSDP process, in one plain process, and from there on two FSDP processes again, to the
+weights of the straight run; a changed global batch is refused in one line."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,18 +105,39 @@ def two_machines(args: list[str]) -> None:
 def fsdp_runs(workdir: Path) -> None:
     """Two FSDP processes on blocks: straight to step 8 on two 'machines' of one process
     each, and on one machine killed after the checkpoint of step 4, then resumed to step
-    8; and on padded documents, with AdamW."""
+    8; and on padded documents, with AdamW. The checkpoint of step 4 also goes on on
+    other processes (resharded_runs)."""
     (workdir / "verse.txt").write_text(VERSE * 60)
     write_documents(workdir / "documents.jsonl")
     documents = [*documents_args(workdir / "documents.jsonl", workdir, "fsdp_documents", 2, 2), *QUIET, *FSDP,
                  "--optimizer", "adamw"]  # fmt: skip
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=3) as pool:
         jobs = [pool.submit(two_machines, blocks_args(workdir, "fsdp_straight")),
                 pool.submit(run_checked, torchrun(documents), nice=True)]  # fmt: skip
         kill_after_step_4(blocks_args(workdir, "fsdp_resumed"), workdir)
+        for run in ("fsdp_one", "fsdp_plain_fsdp"):  # its checkpoint of step 4, before the resume moves on
+            shutil.copytree(workdir / "fsdp_resumed", workdir / run)
+        jobs.append(pool.submit(resharded_runs, workdir))
         run_checked(torchrun([*blocks_args(workdir, "fsdp_resumed"), "--from_resume", "1"]), nice=True)
         for job in jobs:
             job.result()  # raise if a run failed
+
+
+def resharded_runs(workdir: Path) -> None:
+    """The checkpoint of step 4 of two FSDP processes, batch 2 × 2 micro-batches, goes on
+    with the same 8 windows a step: on one FSDP process with 4 micro-batches (torchrun) to
+    step 8; and in one plain process with batch 8 to step 6, whose whole-tensor checkpoint
+    two FSDP processes take to step 8. What each run prints is kept in its folder."""
+    one = torchrun([*blocks_args(workdir, "fsdp_resumed"), "--save_dir", str(workdir / "fsdp_one"),
+                    "--from_resume", "1", "--accumulation_steps", "4"])  # fmt: skip
+    one[one.index("--nproc_per_node=2")] = "--nproc_per_node=1"
+    (workdir / "fsdp_one" / "said.log").write_text(run_checked(one, nice=True).stdout)
+    plain_fsdp = [*blocks_args(workdir, "fsdp_resumed"), "--save_dir", str(workdir / "fsdp_plain_fsdp"),
+                  "--from_resume", "1"]  # fmt: skip
+    plain = run_checked([sys.executable, "train_solution.py", *one_process(plain_fsdp), "--parallel", "ddp",
+                         "--max_steps", "6"], nice=True)  # fmt: skip
+    again = run_checked(torchrun(plain_fsdp), nice=True)
+    (workdir / "fsdp_plain_fsdp" / "said.log").write_text(plain.stdout + again.stdout)
 
 
 def one_process(args: list[str]) -> list[str]:
@@ -201,14 +225,44 @@ def test_model_pt_of_an_fsdp_run_is_one_plain_file(background):
     assert all(type(p) is torch.nn.Parameter for p in model.parameters())
 
 
+NOTE = "note: resumed as {} (saved: fsdp × 2, 2 × 2), the same 8 windows a step: "
+
+
 @pytest.mark.background("fsdp")
-def test_an_fsdp_checkpoint_of_two_processes_is_refused_by_one(background, capsys):
-    """Each process drew its own dropout masks and its own share of every batch: one
-    process cannot continue that run exactly, so it is refused in one line."""
+def test_an_fsdp_checkpoint_of_two_processes_goes_on_on_one_with_the_same_global_batch(background):
+    """DCP reshards the weights and Muon's and AdamW's moments onto one process, the
+    batch stream goes on from the same window (a window seen twice or skipped would move
+    the weights by about the learning rate), and a note says it is not bit-identical."""
+    said = (background / "fsdp_one" / "said.log").read_text()
+    assert said.count("note: resumed as") == 1, said
+    assert NOTE.format("fsdp × 1 process(es), batch 2 × 4 micro-batch(es)") in said, said
+    assert_same_weights(weights(background / "fsdp_straight"), weights(background / "fsdp_one"),
+                        "2 FSDP processes × batch 2 × 2 micro-batches to step 4, then 1 FSDP process "
+                        "× batch 2 × 4 micro-batches, should train like 2 throughout", atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.background("fsdp")
+def test_an_fsdp_checkpoint_goes_on_in_a_plain_process_and_back_on_fsdp(background):
+    """FSDP's shards read into whole tensors without a process group (a checkpoint with
+    the model and optimizer inline), and those shared out over two FSDP processes again."""
+    said = (background / "fsdp_plain_fsdp" / "said.log").read_text()
+    assert NOTE.format("ddp × 1 process(es), batch 8 × 1 micro-batch(es)") in said, said
+    assert (
+        "note: resumed as fsdp × 2 process(es), batch 2 × 2 micro-batch(es) (saved: ddp × 1, 8 × 1)" in said
+    )
+    assert_same_weights(weights(background / "fsdp_straight"), weights(background / "fsdp_plain_fsdp"),
+                        "2 FSDP processes to step 4, 1 plain process × batch 8 to step 6, 2 FSDP "
+                        "processes to step 8 should train like 2 throughout", atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.background("fsdp")
+def test_a_changed_global_batch_is_refused_in_one_line(background, capsys):
+    """One process with the two processes' batch size and accumulation would train on half
+    the windows a step: refused, naming the accumulation that keeps the global batch."""
     code = train.main([*blocks_args(background, "fsdp_resumed"), "--from_resume", "1", "--max_steps", "9"])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.strip().splitlines()[-1] == (
-        "error: the saved run trained with 2 process(es), this one has 1: each process reads its own "
-        "share of every batch, so resume with the same number"
-    ), err
+    assert err.strip().splitlines() == [
+        "error: --batch_size 2 × --accumulation_steps 2 × 1 process(es) is a step of 4 windows, the saved "
+        "run's 2 × 2 × 2 = 8: keep the global batch with --accumulation_steps 4"
+    ], err

@@ -145,6 +145,42 @@ def test_batch_stream_restarts_mid_epoch_with_the_same_batches():
     assert not torch.equal(torch.cat(expected[:15]), torch.cat(expected[15:30])), "each epoch is reshuffled"
 
 
+def streams(dataset, batch_size: int, world_size: int, **state) -> list[BatchStream]:
+    """The streams of every process of a run (seed 7), sent to `state` if given."""
+    return [BatchStream(dataset, batch_size, 7, rank=rank, world_size=world_size, **state)
+            for rank in range(world_size)]  # fmt: skip
+
+
+def step_windows(processes: list[BatchStream], accumulation: int) -> set[int]:
+    """The windows (by their first token) that one optimizer step reads over all processes."""
+    return {int(x[0]) for stream in processes for _ in range(accumulation) for x in next(stream)[0]}
+
+
+def test_a_stream_resumed_with_another_split_of_the_global_batch_reads_the_same_windows_each_step():
+    """8 windows a step: 2 processes × batch 2 × 2 micro-batches, resumed after 3 steps as 1
+    process × batch 4 × 2 (the same 4 windows a micro-batch: exactly the same steps, across
+    the end of the epoch too) or × batch 2 × 4 (the same steps to the end of the epoch,
+    whose leftover windows then differ: fewer than one micro-batch). A checkpoint whose last
+    step spanned the end of an epoch cannot go on with a larger micro-batch: refused."""
+    dataset = BlockDataset(np.arange(500, dtype=np.uint16), 8)  # 62 windows: 7.5 steps an epoch
+    saved = streams(dataset, 2, 2)
+    expected = [step_windows(saved, 2) for _ in range(12)]
+    assert len(set().union(*expected[:7])) == 56, "the 7 steps of epoch 0 read each window once"
+    first = streams(dataset, 2, 2)
+    for _ in range(3):
+        step_windows(first, 2)
+    state = first[0].state()
+    assert state == first[1].state() == {"epoch": 0, "position": 6, "windows": 24}
+    same_micro_batch = streams(dataset, 4, 1, **state)
+    assert [step_windows(same_micro_batch, 2) for _ in range(9)] == expected[3:]
+    more_micro_batches = streams(dataset, 2, 1, **state)
+    assert [step_windows(more_micro_batches, 4) for _ in range(4)] == expected[3:7]
+    for _ in range(5):  # into step 8, which began at the end of epoch 0
+        step_windows(first, 2)
+    with pytest.raises(DataError, match="4 windows into epoch 1, which is no whole number of micro-batches"):
+        streams(dataset, 8, 1, **first[0].state())
+
+
 def test_check_finite_stops_on_a_bad_loss_or_gradient():
     fine, no_bad_steps = torch.tensor(3.0), torch.zeros((), dtype=torch.int)
     kept = "this run had saved no checkpoint yet"
