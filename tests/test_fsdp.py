@@ -3,10 +3,12 @@ every weight, gradient and optimizer moment train like one process with the whol
 batch (packed blocks with activation checkpointing and Muon's whole-matrix updates, on
 two "machines" of one process each; padded documents with AdamW; with accumulation);
 a run killed with SIGKILL resumes bit-identically from its sharded (DCP) checkpoint;
-and one process refuses a checkpoint of two."""
+one process refuses a checkpoint of two; and an evaluation with its sample gathers the
+weights once, not once per token, and stays out of --profile's training steps."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, VERSE, background_job, lower_priority, run_checked
+from conftest import ROOT, TINY_MODEL, VERSE, background_job, lower_priority, run_checked
 from test_ddp import (
     ARGS,
     assert_same_weights,
@@ -177,3 +179,68 @@ def test_an_fsdp_checkpoint_of_two_processes_is_refused_by_one(background, capsy
         "error: the saved run trained with 2 process(es), this one has 1: each process reads its own "
         "share of every batch, so resume with the same number"
     ), err
+
+
+# train_solution.py whose processes count FSDP's all-gathers (dist.all_gather_single, the
+# collective FSDP2 gathers each module's shards with) during every evaluation with its
+# text sample (validate) and every training step, and write them to rank<N>.json.
+COUNT_ALL_GATHERS = f"""
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {str(ROOT)!r})
+import torch.distributed as dist
+import train_solution as train
+
+all_gather_single, gathers, counts = dist.all_gather_single, [0], []
+
+def counted_all_gather(*args, **kwargs):
+    gathers[0] += 1
+    return all_gather_single(*args, **kwargs)
+
+def counting(function, name):
+    def call(*args, **kwargs):
+        before = gathers[0]
+        result = function(*args, **kwargs)
+        counts.append((name, gathers[0] - before))
+        return result
+    return call
+
+dist.all_gather_single = counted_all_gather
+train.validate = counting(train.validate, "validate")
+train.train_step = counting(train.train_step, "step")
+code = train.main()
+save_dir = Path(sys.argv[sys.argv.index("--save_dir") + 1])
+(save_dir / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps(counts))
+sys.exit(code)
+"""
+SAMPLE_TOKENS = 300  # what an evaluation samples by default
+LAYERS = int(TINY_MODEL[TINY_MODEL.index("--num_hidden_layers") + 1])
+
+
+@background_job("fsdp_sampling")
+def fsdp_sampling_run(workdir: Path) -> None:
+    """Two FSDP processes, 4 steps, evaluating (with a sample of 300 tokens) at steps 0,
+    1, 2 and 4, and profiling steps 2 and 3, in whose windows the evaluations of steps 1
+    and 2 fall."""
+    (workdir / "verse.txt").write_text(VERSE * 20)
+    driver = workdir / "count_all_gathers.py"
+    driver.write_text(COUNT_ALL_GATHERS)
+    args = [*TINY_MODEL, *FSDP, "--max_steps", "4", "--eval_interval", "2", "--profile", "2",
+            "--sample_tokens", str(SAMPLE_TOKENS), "--data_path", str(workdir / "verse.txt"),
+            "--data_dir", str(workdir / "prepared"), "--save_dir", str(workdir / "run")]  # fmt: skip
+    run_checked(torchrun(args, str(driver)), nice=True)
+
+
+@pytest.mark.background("fsdp_sampling")
+def test_an_fsdp_evaluation_gathers_the_weights_once_not_once_per_token(background):
+    """Each evaluation and its 300-token sample gather each FSDP module (the Blocks and
+    the rest of the model) at most once: a bound independent of the number of tokens,
+    where gathering every Block for every token made over 600 at 2 Blocks."""
+    for rank in range(2):
+        counts = json.loads((background / "run" / f"rank{rank}.json").read_text())
+        evaluations = [n for name, n in counts if name == "validate"]
+        assert len(evaluations) == 4, counts
+        assert all(n <= LAYERS + 1 for n in evaluations), (
+            f"rank {rank}: an evaluation with a sample of {SAMPLE_TOKENS} tokens made {evaluations} "
+            f"all-gathers; the weights of {LAYERS + 1} FSDP modules should be gathered once each"
+        )
