@@ -580,12 +580,13 @@ def train(command_line: cli.CommandLine) -> None:
                 logbook.check_finite(done, window)
             if at_log:
                 logbook.log_train(done, lr, model.flops_per_token(), window)
-            if at_eval:  # every process evaluates its share of the windows (one all-reduce)
-                best_val_loss = validate(
-                    done, model, eval_batches, amp_ctx, best_val_loss, logbook, run, group
-                )
-            if at_save:
-                save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)
+            with profiler.paused():  # --profile records training steps only
+                if at_eval:  # every process evaluates its share of the windows (one all-reduce)
+                    best_val_loss = validate(
+                        done, model, eval_batches, amp_ctx, best_val_loss, logbook, run, group
+                    )
+                if at_save:
+                    save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)
             if at_eval or at_save:
                 logbook.restart_clock()  # tokens/s counts training steps only
             if stop:

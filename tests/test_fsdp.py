@@ -244,3 +244,22 @@ def test_an_fsdp_evaluation_gathers_the_weights_once_not_once_per_token(backgrou
             f"rank {rank}: an evaluation with a sample of {SAMPLE_TOKENS} tokens made {evaluations} "
             f"all-gathers; the weights of {LAYERS + 1} FSDP modules should be gathered once each"
         )
+
+
+@pytest.mark.background("fsdp_sampling")
+def test_the_fsdp_profile_holds_training_steps_only(background):
+    """The evaluations after steps 1 and 2 fall inside the profiled steps 2 and 3, and
+    are left out: the trace holds no sampling, and as many of FSDP's all-gathers as the
+    two training steps made."""
+    counts = json.loads((background / "run" / "rank0.json").read_text())
+    per_step = [n for name, n in counts if name == "step"]
+    trace = json.loads((background / "run" / "profile.pt.trace.json").read_text())
+    names = [e.get("name", "") for e in trace["traceEvents"]]
+    assert "aten::multinomial" not in names, "the evaluations' samples should not be in the profile"
+    # FSDP2's own names for its all-gathers: "FSDP::all_gather (transformer.h.0)" for a Block,
+    # "FSDP::all_gather" for the root module (not its "FSDP::all_gather_copy_out").
+    gathered = [n for n in names if n == "FSDP::all_gather" or n.startswith("FSDP::all_gather (")]
+    assert len(gathered) == sum(per_step[1:3]), (
+        f"the profile of steps 2 and 3 holds {len(gathered)} FSDP all-gathers, those training "
+        f"steps made {per_step[1:3]}"
+    )
