@@ -58,6 +58,7 @@ from course.distributed import (
     mean_over_processes,
     shard_model,
     sum_over_processes,
+    whole_weights,
     wrap_for_training,
 )
 from course.errors import Interrupted
@@ -501,12 +502,14 @@ def validate(
     """Evaluate [6], log it with a text sample, and keep the weights of the best
     validation loss so far in best.pt (what nanoGPT keeps); returns the best loss.
     Every process runs this on its share of the validation windows, and gets the
-    loss over all of them; rank 0 writes."""
-    result = open_todos.evaluate_or_none(evaluate, group, model, eval_batches, amp_ctx)
+    loss over all of them; rank 0 writes. Under FSDP the weights are gathered once for
+    the evaluation and its sample (whole_weights), not once per forward pass."""
+    with whole_weights(model):
+        result = open_todos.evaluate_or_none(evaluate, group, model, eval_batches, amp_ctx)
+        logbook.log_eval(step, result, model)
     if result is not None and result.loss < best_val_loss:
         best_val_loss = result.loss
         run.save_weights(model, BEST_FILE, step=step, val_loss=result.loss)
-    logbook.log_eval(step, result, model)
     return best_val_loss
 
 
@@ -618,12 +621,13 @@ def train(command_line: cli.CommandLine) -> None:
                 logbook.check_finite(done, window)
             if at_log:
                 logbook.log_train(done, lr, model.flops_per_token(), window)
-            if at_eval:  # every process evaluates its share of the windows (one all-reduce)
-                best_val_loss = validate(
-                    done, model, eval_batches, amp_ctx, best_val_loss, logbook, run, group
-                )
-            if at_save:
-                save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)
+            with profiler.paused():  # --profile records training steps only
+                if at_eval:  # every process evaluates its share of the windows (one all-reduce)
+                    best_val_loss = validate(
+                        done, model, eval_batches, amp_ctx, best_val_loss, logbook, run, group
+                    )
+                if at_save:
+                    save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)
             if at_eval or at_save:
                 logbook.restart_clock()  # tokens/s counts training steps only
             if stop:

@@ -16,7 +16,8 @@ Every process trains on its own share of every batch (see `course.batches.BatchS
   its gradients are summed and split back into shards (reduce-scatter). Memory per
   process: about 1/N of the model's state, plus one Block's full parameters at a time.
   Every process takes part in every forward pass, so under FSDP all of them evaluate
-  and sample (with the same results); rank 0 alone logs and writes the single files.
+  and sample (with the same results), with the weights gathered once for all of it
+  (`whole_weights`); rank 0 alone logs and writes the single files.
 """
 
 from __future__ import annotations
@@ -186,6 +187,34 @@ def gradient_sync_off(model: FSDPModule) -> Iterator[None]:
 
 def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
+
+
+@contextmanager
+def whole_weights(model: torch.nn.Module) -> Iterator[None]:
+    """Under FSDP: the weights gathered once for everything inside, such as a whole
+    evaluation and its text sample, instead of once per forward pass (a sample of 300
+    tokens is 300 forwards, each gathering every Block). The price is memory: every
+    process holds the whole model, in the gathered dtype, for the duration, as DDP
+    always does; the shards come back at the end. Every process must enter it (the
+    gathering is a collective). For one process or DDP it changes nothing.
+
+    Inside, no module reshards after its forward (`set_reshard_after_forward(False)`),
+    so the first forward gathers each once and the later ones find them whole; at the
+    end each is resharded, and the Blocks reshard after each forward again, as
+    shard_model set them up (the root module, the rest of the model, never does: it is
+    only resharded after backward, where training needs it again at once)."""
+    if not is_sharded(model):
+        yield
+        return
+    model.set_reshard_after_forward(False)  # every FSDP module in the model
+    try:
+        yield
+    finally:
+        for block in model.transformer.h:
+            block.set_reshard_after_forward(True)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
 
 def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

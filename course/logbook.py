@@ -326,7 +326,8 @@ class Logbook:
     def log_eval(self, step: int, result, model: torch.nn.Module) -> None:
         """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample.
         Every process calls it; rank 0 samples and writes, and under FSDP the others
-        sample along with it (each forward pass gathers the weights from all of them)."""
+        sample along with it (the forward passes need the weights of all of them: the
+        caller gathers them once, course.distributed.whole_weights)."""
         summary = f"step {step}"
         if result is not None:
             # The training loss of this step was still finite, but the step itself may have

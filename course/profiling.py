@@ -6,20 +6,25 @@ The profiler records N training steps after the run's first one (which pays one-
 costs: memory allocation, compilation, the first DataLoader batch; a run that ends
 sooner gives the steps it had, and says how many), writes them to the
 run's folder as profile.pt.trace.json, and prints a table of the operations that took
-the most time. The trace opens in Perfetto (ui.perfetto.dev, "Open trace file") or in
-chrome://tracing, and TensorBoard's profiler plugin reads the folder. Rank 0 alone
-profiles; the run goes on training afterwards.
+the most time. It is paused while the run evaluates and saves (`paused`), so the trace
+and the table hold training steps only. The trace opens in Perfetto (ui.perfetto.dev,
+"Open trace file") or in chrome://tracing, and TensorBoard's profiler plugin reads the
+folder. Rank 0 alone profiles; the run goes on training afterwards.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
-from torch.profiler import ProfilerActivity, profile, schedule
+from torch.profiler import ProfilerAction, ProfilerActivity, profile, schedule
 from tqdm import tqdm
 
 from course.run_folder import PROFILE_FILE, RunFolder
 
 TABLE_ROWS = 12  # one screen
+RECORDING = (ProfilerAction.RECORD, ProfilerAction.RECORD_AND_SAVE)
 
 
 class StepProfiler:
@@ -29,12 +34,12 @@ class StepProfiler:
         self.steps, self.folder, self.device = steps, folder, device
         self.steps_done = 0  # training steps so far; the first is the warmup, not recorded
         self.profiler: profile | None = None
+        self.activities = [ProfilerActivity.CPU]
+        if device.type == "cuda":
+            self.activities.append(ProfilerActivity.CUDA)
         if steps > 0 and is_main:
-            activities = [ProfilerActivity.CPU]
-            if device.type == "cuda":
-                activities.append(ProfilerActivity.CUDA)
             self.profiler = profile(
-                activities=activities,
+                activities=self.activities,
                 schedule=schedule(wait=0, warmup=1, active=steps, repeat=1),  # warmup: the first step
                 on_trace_ready=self.report,
             )
@@ -53,6 +58,22 @@ class StepProfiler:
         if self.profiler is not None:
             self.steps_done += 1  # first: the step that ends the recording calls report
             self.profiler.step()
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Nothing inside is recorded: the evaluations and checkpoints between training
+        steps would otherwise count as part of the next step (a sample of 300 tokens is
+        300 forward passes). Outside the recorded steps it changes nothing. (Each toggle
+        logs a warning about GPU events on "arbitrary tracks", also on a CPU-only run:
+        torch's check for it is wrong; the trace's steps are right.)"""
+        if self.profiler is None or self.profiler.current_action not in RECORDING:
+            yield
+            return
+        self.profiler.toggle_collection_dynamic(False, self.activities)
+        try:
+            yield
+        finally:
+            self.profiler.toggle_collection_dynamic(True, self.activities)
 
     def report(self, prof: profile) -> None:
         """Called by the profiler once the N steps are recorded, or when the run ends

@@ -723,14 +723,18 @@ def test_use_moe_trains_on_cpu(corpus_txt, tmp_path, capsys):
 
 
 def test_profile_writes_a_trace_and_prints_where_the_time_goes(corpus_txt, tmp_path, capsys):
+    """Steps 2 and 3 are profiled; the evaluations (and samples) after steps 1 and 2 fall
+    between them and are left out."""
     out = tmp_path / "out"
-    code, _ = run(["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 5, "--profile", 2, *TINY])
+    args = ["--data_path", corpus_txt, "--save_dir", out, "--max_steps", 5, "--profile", 2, *TINY]
+    code, _ = run([*args, "--eval_interval", 2])
     printed = capsys.readouterr().out
     assert code == 0
     trace = json.loads((out / "profile.pt.trace.json").read_text())
     steps = {e["name"] for e in trace["traceEvents"] if e.get("name", "").startswith("ProfilerStep")}
     assert len(steps) == 2, f"the trace should hold the 2 profiled steps, has {sorted(steps)}"
     assert any(e.get("name") == "aten::mm" for e in trace["traceEvents"]), "the matmuls are in the trace"
+    assert not any(e.get("name") == "aten::multinomial" for e in trace["traceEvents"]), "samples are not"
     table = printed[printed.index("where a step's CPU time goes") :].splitlines()
     rows = [line for line in table[2:] if line.startswith("  ") and "%" in line]
     assert 3 <= len(rows) <= 12, f"a one-screen table of operations, got:\n{printed}"

@@ -6,7 +6,9 @@ process orthogonalising its share of the matrices, is one process's step, at 2 a
 processes; a run killed with SIGKILL resumes bit-identically from its sharded (DCP)
 checkpoint; its checkpoint of two processes goes on, with the same global batch, on one
 FSDP process, in one plain process, and from there on two FSDP processes again, to the
-weights of the straight run; a changed global batch is refused in one line."""
+weights of the straight run; a changed global batch is refused in one line; and an
+evaluation with its sample gathers the weights once, not once per token, and stays out
+of --profile's training steps."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, VERSE, background_job, lower_priority, run_checked
+from conftest import ROOT, TINY_MODEL, VERSE, background_job, lower_priority, run_checked
 from test_ddp import (
     ARGS,
     assert_same_weights,
@@ -266,3 +268,87 @@ def test_a_changed_global_batch_is_refused_in_one_line(background, capsys):
         "error: --batch_size 2 × --accumulation_steps 2 × 1 process(es) is a step of 4 windows, the saved "
         "run's 2 × 2 × 2 = 8: keep the global batch with --accumulation_steps 4"
     ], err
+
+
+# train_solution.py whose processes count FSDP's all-gathers (dist.all_gather_single, the
+# collective FSDP2 gathers each module's shards with) during every evaluation with its
+# text sample (validate) and every training step, and write them to rank<N>.json.
+COUNT_ALL_GATHERS = f"""
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, {str(ROOT)!r})
+import torch.distributed as dist
+import train_solution as train
+
+all_gather_single, gathers, counts = dist.all_gather_single, [0], []
+
+def counted_all_gather(*args, **kwargs):
+    gathers[0] += 1
+    return all_gather_single(*args, **kwargs)
+
+def counting(function, name):
+    def call(*args, **kwargs):
+        before = gathers[0]
+        result = function(*args, **kwargs)
+        counts.append((name, gathers[0] - before))
+        return result
+    return call
+
+dist.all_gather_single = counted_all_gather
+train.validate = counting(train.validate, "validate")
+train.train_step = counting(train.train_step, "step")
+code = train.main()
+save_dir = Path(sys.argv[sys.argv.index("--save_dir") + 1])
+(save_dir / f"rank{{os.environ['RANK']}}.json").write_text(json.dumps(counts))
+sys.exit(code)
+"""
+SAMPLE_TOKENS = 300  # what an evaluation samples by default
+LAYERS = int(TINY_MODEL[TINY_MODEL.index("--num_hidden_layers") + 1])
+
+
+@background_job("fsdp_sampling")
+def fsdp_sampling_run(workdir: Path) -> None:
+    """Two FSDP processes, 4 steps, evaluating (with a sample of 300 tokens) at steps 0,
+    1, 2 and 4, and profiling steps 2 and 3, in whose windows the evaluations of steps 1
+    and 2 fall."""
+    (workdir / "verse.txt").write_text(VERSE * 20)
+    driver = workdir / "count_all_gathers.py"
+    driver.write_text(COUNT_ALL_GATHERS)
+    args = [*TINY_MODEL, *FSDP, "--max_steps", "4", "--eval_interval", "2", "--profile", "2",
+            "--sample_tokens", str(SAMPLE_TOKENS), "--data_path", str(workdir / "verse.txt"),
+            "--data_dir", str(workdir / "prepared"), "--save_dir", str(workdir / "run")]  # fmt: skip
+    run_checked(torchrun(args, str(driver)), nice=True)
+
+
+@pytest.mark.background("fsdp_sampling")
+def test_an_fsdp_evaluation_gathers_the_weights_once_not_once_per_token(background):
+    """Each evaluation and its 300-token sample gather each FSDP module (the Blocks and
+    the rest of the model) at most once: a bound independent of the number of tokens,
+    where gathering every Block for every token made over 600 at 2 Blocks."""
+    for rank in range(2):
+        counts = json.loads((background / "run" / f"rank{rank}.json").read_text())
+        evaluations = [n for name, n in counts if name == "validate"]
+        assert len(evaluations) == 4, counts
+        assert all(n <= LAYERS + 1 for n in evaluations), (
+            f"rank {rank}: an evaluation with a sample of {SAMPLE_TOKENS} tokens made {evaluations} "
+            f"all-gathers; the weights of {LAYERS + 1} FSDP modules should be gathered once each"
+        )
+
+
+@pytest.mark.background("fsdp_sampling")
+def test_the_fsdp_profile_holds_training_steps_only(background):
+    """The evaluations after steps 1 and 2 fall inside the profiled steps 2 and 3, and
+    are left out: the trace holds no sampling, and as many of FSDP's all-gathers as the
+    two training steps made."""
+    counts = json.loads((background / "run" / "rank0.json").read_text())
+    per_step = [n for name, n in counts if name == "step"]
+    trace = json.loads((background / "run" / "profile.pt.trace.json").read_text())
+    names = [e.get("name", "") for e in trace["traceEvents"]]
+    assert "aten::multinomial" not in names, "the evaluations' samples should not be in the profile"
+    # FSDP2's own names for its all-gathers: "FSDP::all_gather (transformer.h.0)" for a Block,
+    # "FSDP::all_gather" for the root module (not its "FSDP::all_gather_copy_out").
+    gathered = [n for n in names if n == "FSDP::all_gather" or n.startswith("FSDP::all_gather (")]
+    assert len(gathered) == sum(per_step[1:3]), (
+        f"the profile of steps 2 and 3 holds {len(gathered)} FSDP all-gathers, those training "
+        f"steps made {per_step[1:3]}"
+    )
