@@ -17,12 +17,15 @@ Every process trains on its own share of every batch (see `course.batches.BatchS
   process: about 1/N of the model's state, plus one Block's full parameters at a time.
   Every process takes part in every forward pass, so under FSDP all of them evaluate
   and sample (with the same results); rank 0 alone logs and writes the single files.
+  The model never exists whole on one device (`build_sharded`): it is built on the meta
+  device (shapes without memory), sharded, and each process fills in its shards.
 """
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -31,6 +34,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from course.errors import UsageError
@@ -165,6 +169,63 @@ def shard_model(
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     model.no_sync = lambda: gradient_sync_off(model)  # DDP's name, so the training step serves both
+
+
+def build_sharded(
+    build: Callable[[], torch.nn.Module], group: ProcessGroup, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """The model of `build()` (model.py's GPT) sharded over the processes, never whole on
+    any device: built on the meta device (shapes, no memory), sharded, given memory for
+    this process's shards only, then initialised as `build()` would have on the CPU
+    (call it under the same torch.manual_seed).
+
+    One process's initialisation is a sequence of random draws from one generator:
+    each layer's PyTorch default as it is built, then the model's own init steps
+    (GPT.initialisation). Each process replays that sequence one parameter at a time,
+    drawing the whole parameter on the CPU, so that the generator moves exactly as in
+    one process, and keeps its shard of it: the same weights as one process, with at
+    most one whole parameter (the largest, often the embedding) in memory at a time."""
+    with torch.device("meta"):
+        model = build()  # a meta tensor draws nothing: the generator has not moved
+    # Each layer beside a meta copy of itself, to replay the default init it drew as it was built.
+    layers = [
+        (layer, copy.deepcopy(layer)) for layer in model.modules() if hasattr(layer, "reset_parameters")
+    ]
+    shard_model(model, group, device, dtype)
+    model.to_empty(device=device)  # memory for the shards, not yet initialised
+    with torch.no_grad():
+        while layers:  # the draws of building each layer, in the order it was built
+            layer, twin = layers.pop(0)  # (each twin's memory goes before the next one's)
+            twin.to_empty(device="cpu").reset_parameters()
+            for name, value in twin.named_parameters(recurse=False):
+                fill(getattr(layer, name), value)
+        for param, init in model.initialisation():
+            value = torch.empty(param.shape)  # the whole parameter, as one process draws it
+            init(value)
+            fill(param, value)
+    for module in model.modules():
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers()  # computed buffers (the rotary tables)
+    return model
+
+
+def fill(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy `value`, a whole tensor on the CPU, into `param`: under FSDP only this
+    process's shard of it (every process holds `value`, so nothing is sent)."""
+    if isinstance(param, DTensor):
+        value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(value)
+
+
+def load_full_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Whole tensors (model.pt's, --from_weight) into the model; under FSDP each process
+    copies only its shard of each, one parameter at a time."""
+    if not is_sharded(model):
+        model.load_state_dict(weights)
+        return
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            fill(param, weights[name])
 
 
 @contextmanager
