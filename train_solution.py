@@ -432,7 +432,7 @@ def load_data(
     target = prepared_dir(data_path, config.tokenizer, Path(config.data_dir) if config.data_dir else None)
     if group.is_local_main:  # one process per machine: each machine has its own disk
         prepare(config.tokenizer, data_path, target)  # tokenize once; later runs reuse the files
-    group.barrier()  # the other processes wait until the data is on disk, then reuse it
+    group.barrier()  # the others wait until the data is on disk (course.distributed: timeouts)
     meta = read_meta(target)
     tokenizer = tokenizer_from_meta(meta)
     cli.check_prompt(config.prompt, tokenizer)
@@ -513,6 +513,7 @@ def validate(
     if result is not None and result.loss < best_val_loss:
         best_val_loss = result.loss
         run.save_weights(model, BEST_FILE, step=step, val_loss=result.loss)
+        group.barrier()  # while rank 0 writes (course.distributed: timeouts)
     logbook.log_eval(step, result, model)
     return best_val_loss
 
@@ -542,6 +543,9 @@ def save_checkpoint(
     state (course.checkpoints)."""
     state = open_todos.state_or_none(checkpoint_state, model, optimizer, scaler, step, stream, best_val_loss)
     run.save_checkpoint(model, optimizer, state, group)
+    # The others wait for rank 0's writing here, on the gloo group with its long timeout,
+    # not in the next step's collectives (course.distributed: timeouts).
+    group.barrier()
 
 
 def train(command_line: cli.CommandLine) -> None:

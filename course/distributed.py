@@ -19,6 +19,16 @@ Every process trains on its own share of every batch (see `course.batches.BatchS
   and sample (with the same results); rank 0 alone logs and writes the single files.
   The model never exists whole on one device (`build_sharded`): it is built on the meta
   device (shapes without memory), sharded, and each process fills in its shards.
+
+Timeouts: how long a process waits in a collective before it gives up (NCCL's watchdog
+then ends it). The training's collectives (gradients, FSDP's gathers) take
+`STEP_TIMEOUT`, NCCL's own 10 minutes, so a hung run stops in minutes. Slow work of rank
+0 alone (the first process of each machine preparing the corpus, rank 0 writing model.pt,
+best.pt, resume.pt and the shards' checksums) may take longer: the others wait for it in
+`ProcessGroup.barrier`, on a gloo group of its own with `MAIN_WORK_TIMEOUT` (2 hours),
+and so reach the next training collective together with rank 0. A corpus that takes
+longer to tokenize: prepare it first with one process (one step of any model with the
+same --data_path, --tokenizer and --data_dir); the torchrun job then reuses it.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -41,6 +52,8 @@ from course.errors import UsageError
 from course.guards import stop_with_the_launcher
 
 PARALLEL_MODES = ("ddp", "fsdp")
+STEP_TIMEOUT = timedelta(minutes=10)  # the training's collectives (see the module's docstring)
+MAIN_WORK_TIMEOUT = timedelta(hours=2)  # waiting for rank 0's preparation and writing
 
 
 @dataclass
@@ -49,7 +62,7 @@ class ProcessGroup:
 
     rank: int = 0
     world_size: int = 1
-    cpu_group: object = None  # gloo, for small answers that must not wait for the GPUs (see `any`)
+    cpu_group: object = None  # gloo: waits for rank 0, and small answers that must not wait for the GPUs
     local_rank: int = 0  # the process's number on its own machine (node)
     local_world_size: int = 1  # processes on this machine
 
@@ -66,8 +79,10 @@ class ProcessGroup:
         return self.world_size // self.local_world_size
 
     def barrier(self) -> None:
+        """Wait until every process is here: on the gloo group, whose timeout is long
+        enough for rank 0's slow work (see the module's docstring)."""
         if self.world_size > 1:
-            dist.barrier()
+            dist.barrier(group=self.cpu_group)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The average of `value` over all processes (an all-reduce)."""
@@ -136,8 +151,8 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
         torch.cuda.set_device(device)
     stop_with_the_launcher()  # torchrun starts each worker in a session of its own
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else None  # None: the gloo default
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=STEP_TIMEOUT)
+    cpu_group = dist.new_group(backend="gloo", timeout=MAIN_WORK_TIMEOUT)
     local = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), cpu_group, *local), device
 

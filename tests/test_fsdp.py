@@ -31,7 +31,7 @@ from test_ddp import (
 import train_solution as train
 from course import cli
 from course.corpus import prepared_dir, read_meta
-from course.distributed import ProcessGroup
+from course.distributed import MAIN_WORK_TIMEOUT, STEP_TIMEOUT, ProcessGroup
 from data_solution import tokenizer_from_meta
 
 FSDP = ["--parallel", "fsdp"]
@@ -190,7 +190,8 @@ def test_an_fsdp_checkpoint_of_two_processes_is_refused_by_one(background, capsy
 # a small one of the other recipe (RoPE, RMSNorm, SwiGLU, QK-norm, zero-initialised
 # projections, untied lm_head, MoE); one whose full weights (57 MB in float32) are twice
 # one process's shard, from --seed 7; and the small one --from_weight other.pt, which
-# rank 0 wrote from one process's model of another seed.
+# rank 0 wrote from one process's model of another seed. It also reports the timeouts of its
+# process groups and the groups that the waits for rank 0's corpus preparation used.
 BUILD_SHARDED = f"""
 import dataclasses, sys
 from pathlib import Path
@@ -215,7 +216,10 @@ def measured_build(config):
 
 out = Path(sys.argv[1])
 group, device, dtype, config = cli.configure(cli.parse_args(sys.argv[2:]))
+barriers, barrier = [], dist.barrier  # the group of every barrier while the corpus is prepared
+dist.barrier = lambda group=None: barriers.append(group) or barrier(group=group)
 _, tokenizer, _, _ = train.load_data(config, group, device)
+dist.barrier = barrier
 recipe = dict(position="rope", norm="rms", mlp="swiglu", qk_norm=1, zero_init=1, tie_weights=0, use_moe=1)
 other = dataclasses.replace(config, **recipe, hidden_size=64, num_hidden_layers=2)
 fresh, _ = measured_build(other)  # first: it loads PyTorch's meta kernels (some 30 MB, once)
@@ -227,8 +231,11 @@ if group.is_main:  # one process's model of the other recipe, from another seed
                  "tokenizer": tokenizer.meta()}}, out / "other.pt")
 group.barrier()
 loaded, _ = measured_build(dataclasses.replace(other, from_weight=str(out / "other.pt")))
+report = dict(peak=peak, main_waits=barriers == [group.cpu_group],
+              timeouts=[g._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+                        for g in (dist.group.WORLD, group.cpu_group)])
 reports = [None] * group.world_size
-dist.all_gather_object(reports, dict(peak=peak))
+dist.all_gather_object(reports, report, group=group.cpu_group)
 results = dict(initial=full_weights(model), other=full_weights(fresh), loaded=full_weights(loaded),
                reports=reports)
 if group.is_main:
@@ -293,3 +300,14 @@ def test_fsdp_from_weight_loads_a_whole_model_pt_into_its_shards(background):
     assert_same_weights(saved, loaded, "--from_weight under FSDP should load model.pt", atol=0)
     fresh = torch.load(background / "results.pt", weights_only=True)["other"]
     assert not torch.equal(saved["lm_head.weight"], fresh["lm_head.weight"]), "another seed, other weights"
+
+
+@pytest.mark.background("fsdp_build")
+def test_slow_work_of_rank_0_is_waited_for_on_gloo_with_the_long_timeout(background):
+    """The training's collectives time out after STEP_TIMEOUT; while the first process
+    prepares the corpus, the others wait in a barrier of the gloo group, whose timeout
+    (MAIN_WORK_TIMEOUT, hours) leaves rank 0 the time that a large corpus needs."""
+    assert STEP_TIMEOUT < MAIN_WORK_TIMEOUT
+    for report in torch.load(background / "results.pt", weights_only=True)["reports"]:
+        assert report["timeouts"] == [STEP_TIMEOUT.total_seconds(), MAIN_WORK_TIMEOUT.total_seconds()]
+        assert report["main_waits"], "the wait for the corpus should be one barrier on the gloo group"
