@@ -226,7 +226,8 @@ def build_sharded(
 
 def fill(param: torch.Tensor, value: torch.Tensor) -> None:
     """Copy `value`, a whole tensor on the CPU, into `param`: under FSDP only this
-    process's shard of it (every process holds `value`, so nothing is sent)."""
+    process's shard of it (every process holds `value`, so nothing is sent; on a GPU,
+    distribute_tensor moves the whole tensor there before it takes the shard)."""
     if isinstance(param, DTensor):
         value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
     param.copy_(value)
