@@ -28,7 +28,9 @@ V = vocabulary size.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -98,11 +100,21 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, max_len: int, base: float = 10000.0) -> None:
         super().__init__()
-        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)  # (hd/2,)
-        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+        self.base = base
         # Buffers move with the model to its device; not saved (they are computed).
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        self.register_buffer("cos", torch.empty(max_len, head_dim // 2), persistent=False)
+        self.register_buffer("sin", torch.empty(max_len, head_dim // 2), persistent=False)
+        self.reset_buffers()
+
+    def reset_buffers(self) -> None:
+        """Compute the tables, on the CPU whatever the buffers' device (the same numbers
+        everywhere); again once a model built on the meta device has memory
+        (course.distributed.build_sharded)."""
+        max_len, pairs = self.cos.shape
+        inv_freq = self.base ** (-torch.arange(pairs, dtype=torch.float32, device="cpu") / pairs)  # (hd/2,)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32, device="cpu"), inv_freq)  # (T, hd/2)
+        self.cos.copy_(angles.cos())
+        self.sin.copy_(angles.sin())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, n_head, T, head_dim), rotated pair by pair (first half with second half)."""
@@ -309,26 +321,29 @@ class GPT(nn.Module):
             # 2017); untied, the two can specialise, which modern models prefer.
             self.transformer.wte.weight = self.lm_head.weight
 
-        self.apply(self._init_weights)
+        for param, init in self.initialisation():
+            init(param)
+
+    def initialisation(self) -> Iterator[tuple[nn.Parameter, Callable[[torch.Tensor], object]]]:
+        """Every step of the initialisation, in order: (parameter, its in-place init).
+        (Before these, each layer drew its PyTorch default as it was built.) An FSDP run
+        replays both, one parameter at a time, from the same generator, so its shards
+        hold exactly these weights (course.distributed.build_sharded)."""
+        normal = partial(nn.init.normal_, mean=0.0, std=0.02)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                yield module.weight, normal
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                yield module.bias, nn.init.zeros_
         # The projections that write into the residual stream (c_proj): GPT-2 shrinks
         # them by 1/sqrt(2 * n_layer), because each block adds two of them and the
         # stream's variance grows with depth. Zero-initialised (modded-nanogpt), each
         # block starts as the identity and learns what to add.
+        std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        residual = nn.init.zeros_ if self.config.zero_init else partial(nn.init.normal_, mean=0.0, std=std)
         for name, param in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                if config.zero_init:
-                    nn.init.zeros_(param)
-                else:
-                    nn.init.normal_(param, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                yield param, residual
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> GPTOutput:
         """Score every possible next token at every position.

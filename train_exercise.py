@@ -57,8 +57,8 @@ from course.corpus import prepare, prepared_dir, read_meta
 from course.devices import forked_rng
 from course.distributed import (
     ProcessGroup,
+    build_sharded,
     mean_over_processes,
-    shard_model,
     sum_over_processes,
     whole_weights,
     wrap_for_training,
@@ -392,7 +392,7 @@ def load_data(
     target = prepared_dir(data_path, config.tokenizer, Path(config.data_dir) if config.data_dir else None)
     if group.is_local_main:  # one process per machine: each machine has its own disk
         prepare(config.tokenizer, data_path, target)  # tokenize once; later runs reuse the files
-    group.barrier()  # the other processes wait until the data is on disk, then reuse it
+    group.barrier()  # the others wait until the data is on disk (course.distributed: timeouts)
     meta = read_meta(target)
     tokenizer = tokenizer_from_meta(meta)
     cli.check_prompt(config.prompt, tokenizer)
@@ -419,8 +419,12 @@ def load_data(
     return meta, tokenizer, stream, eval_batches
 
 
-def build_model(config: RunConfig, tokenizer: Tokenizer, device: torch.device) -> GPT:
-    """The GPT of the chosen size (model.py): fresh, or with --from_weight an earlier run's weights."""
+def build_model(
+    config: RunConfig, tokenizer: Tokenizer, device: torch.device, group: ProcessGroup, dtype: torch.dtype
+) -> GPT:
+    """The GPT of the chosen size (model.py): fresh, or with --from_weight an earlier run's
+    weights. Under FSDP sharded as it is built, so that it never exists whole on one device
+    (course.distributed.build_sharded), before the optimizer, whose state is then sharded too."""
     model_config = GPTConfig(
         vocab_size=tokenizer.vocab_size,
         block_size=config.max_seq_len,
@@ -437,15 +441,18 @@ def build_model(config: RunConfig, tokenizer: Tokenizer, device: torch.device) -
         tie_weights=bool(config.tie_weights),
     )
     # The same initial weights in every process, from --seed (not seed + rank): FSDP keeps
-    # each process's shard of its own copy (DDP would copy rank 0's to the others anyway).
+    # each process's shard of the same draws (DDP would copy rank 0's to the others anyway).
     # Forked, so that the dropout masks still come from seed + rank, on the device too.
     with forked_rng(device):
         torch.manual_seed(config.seed)
-        model = GPT(model_config)
+        if config.parallel == "fsdp":
+            model = build_sharded(lambda: GPT(model_config), group, device, dtype)
+        else:
+            model = GPT(model_config).to(device)
     model.activation_checkpointing = bool(config.activation_checkpointing)  # memory for compute
     if config.from_weight != "none":
         load_weights(model, Path(config.from_weight), tokenizer.meta())
-    return model.to(device)
+    return model
 
 
 def validate(
@@ -469,6 +476,7 @@ def validate(
     if result is not None and result.loss < best_val_loss:
         best_val_loss = result.loss
         run.save_weights(model, BEST_FILE, step=step, val_loss=result.loss)
+        group.barrier()  # while rank 0 writes (course.distributed: timeouts)
     return best_val_loss
 
 
@@ -497,6 +505,9 @@ def save_checkpoint(
     state (course.checkpoints)."""
     state = open_todos.state_or_none(checkpoint_state, model, optimizer, scaler, step, stream, best_val_loss)
     run.save_checkpoint(model, optimizer, state, group)
+    # The others wait for rank 0's writing here, on the gloo group with its long timeout,
+    # not in the next step's collectives (course.distributed: timeouts).
+    group.barrier()
 
 
 def train(command_line: cli.CommandLine) -> None:
@@ -513,10 +524,8 @@ def train(command_line: cli.CommandLine) -> None:
     meta, tokenizer, stream, eval_batches = load_data(config, group, device)
     schedule = cli.plan_schedule(config, stream.batches_per_epoch, saved_plan)  # steps, warmup, min LR
 
-    model = build_model(config, tokenizer, device)
+    model = build_model(config, tokenizer, device, group, dtype)
     run.check_free_space(model)  # room for a checkpoint, found before anything is written
-    if config.parallel == "fsdp":  # before the optimizer, so that its state is sharded too
-        shard_model(model, group, device, dtype)
     # Muon's LR as a multiple of the schedule's (set_lr applies it); 0: AdamW for everything.
     muon_lr_scale = config.muon_lr / config.learning_rate if config.optimizer == "muon" else 0.0
     optimizer = configure_optimizers(

@@ -54,7 +54,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from course.distributed import ProcessGroup, full_weights, is_sharded
+from course.distributed import ProcessGroup, full_weights, is_sharded, load_full_weights
 from course.errors import UsageError
 from course.guards import saves_finish_first
 from course.run_folder import (
@@ -121,12 +121,12 @@ def save_atomic(obj: dict, path: Path) -> None:
         raise
 
 
-def load_checkpoint(path: Path, option: str, needs: tuple[str, ...]) -> dict:
+def load_checkpoint(path: Path, option: str, needs: tuple[str, ...], mmap: bool = False) -> dict:
     """A checkpoint file this script saved, holding the keys `needs`, with its checksum
     checked; anything else (a truncated or damaged file, a bare state_dict, model.pt given
     as resume.pt) in one line. A sharded (FSDP) resume.pt holds its weights in its
-    shards, not under "model"."""
-    checkpoint = read_checked(path)
+    shards, not under "model". mmap: the tensors stay in the file (mapped), read when used."""
+    checkpoint = read_checked(path, mmap=mmap)
     if isinstance(checkpoint, str):
         raise UsageError(f"{option}: {checkpoint}")
     if "shards" in checkpoint and "step" in needs:
@@ -140,11 +140,11 @@ def load_checkpoint(path: Path, option: str, needs: tuple[str, ...]) -> dict:
     return checkpoint
 
 
-def read_checked(path: Path, name_a_good_one: bool = True) -> dict | str:
+def read_checked(path: Path, name_a_good_one: bool = True, mmap: bool = False) -> dict | str:
     """The checkpoint in `path` with its checksum checked (a file saved before checkpoints
     had one is taken as it is), or what is wrong with it, naming a good file beside it."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # a truncated or foreign file: say so in one line
         return f"cannot read checkpoint {path} ({type(err).__name__}); is it a file this script saved?"
     if not isinstance(checkpoint, dict):
@@ -256,7 +256,9 @@ def load_weights(model: torch.nn.Module, path: Path, tokenizer_meta: dict) -> No
     tokenizer and architecture (dropout may differ: fine-tuning often changes it)."""
     if not path.is_file():
         raise UsageError(f"--from_weight {path}: no such file")
-    weights = load_checkpoint(path, "--from_weight", WEIGHTS_KEYS)
+    # Mapped: the file's pages are the system's cache, shared by the processes of a machine,
+    # and under FSDP each process copies only its shards out of them (load_full_weights).
+    weights = load_checkpoint(path, "--from_weight", WEIGHTS_KEYS, mmap=True)
     saved = weights["tokenizer"]
     if saved != tokenizer_meta:
         same_kind = describe_tokenizer(saved) == describe_tokenizer(tokenizer_meta)
@@ -266,7 +268,7 @@ def load_weights(model: torch.nn.Module, path: Path, tokenizer_meta: dict) -> No
             "embedding would stand for another token; use the --tokenizer and --data_path of that run"
         )
     check_same("model config", architecture(weights["model_config"]), architecture(model.config.to_dict()))
-    model.load_state_dict(weights["model"])
+    load_full_weights(model, weights["model"])
 
 
 WEIGHTS_KEYS = ("model", "model_config", "tokenizer")  # model.pt and best.pt

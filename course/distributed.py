@@ -18,27 +18,44 @@ Every process trains on its own share of every batch (see `course.batches.BatchS
   Every process takes part in every forward pass, so under FSDP all of them evaluate
   and sample (with the same results), with the weights gathered once for all of it
   (`whole_weights`); rank 0 alone logs and writes the single files.
+  The model never exists whole on one device (`build_sharded`): it is built on the meta
+  device (shapes without memory), sharded, and each process fills in its shards.
+
+Timeouts: how long a process waits in a collective before it gives up (NCCL's watchdog
+then ends it). The training's collectives (gradients, FSDP's gathers) take
+`STEP_TIMEOUT`, NCCL's own 10 minutes, so a hung run stops in minutes. Slow work of rank
+0 alone (the first process of each machine preparing the corpus, rank 0 writing model.pt,
+best.pt, resume.pt and the shards' checksums) may take longer: the others wait for it in
+`ProcessGroup.barrier`, on a gloo group of its own with `MAIN_WORK_TIMEOUT` (2 hours),
+and so reach the next training collective together with rank 0. A corpus that takes
+longer to tokenize: prepare it first with one process (one step of any model with the
+same --data_path, --tokenizer and --data_dir); the torchrun job then reuses it.
 """
 
 from __future__ import annotations
 
+import copy
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from course.errors import UsageError
 from course.guards import stop_with_the_launcher
 
 PARALLEL_MODES = ("ddp", "fsdp")
+STEP_TIMEOUT = timedelta(minutes=10)  # the training's collectives (see the module's docstring)
+MAIN_WORK_TIMEOUT = timedelta(hours=2)  # waiting for rank 0's preparation and writing
 
 
 @dataclass
@@ -47,7 +64,7 @@ class ProcessGroup:
 
     rank: int = 0
     world_size: int = 1
-    cpu_group: object = None  # gloo, for small answers that must not wait for the GPUs (see `any`)
+    cpu_group: object = None  # gloo: waits for rank 0, and small answers that must not wait for the GPUs
     local_rank: int = 0  # the process's number on its own machine (node)
     local_world_size: int = 1  # processes on this machine
 
@@ -64,8 +81,10 @@ class ProcessGroup:
         return self.world_size // self.local_world_size
 
     def barrier(self) -> None:
+        """Wait until every process is here: on the gloo group, whose timeout is long
+        enough for rank 0's slow work (see the module's docstring)."""
         if self.world_size > 1:
-            dist.barrier()
+            dist.barrier(group=self.cpu_group)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The average of `value` over all processes (an all-reduce)."""
@@ -134,8 +153,8 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
         torch.cuda.set_device(device)
     stop_with_the_launcher()  # torchrun starts each worker in a session of its own
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else None  # None: the gloo default
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=STEP_TIMEOUT)
+    cpu_group = dist.new_group(backend="gloo", timeout=MAIN_WORK_TIMEOUT)
     local = int(os.environ["LOCAL_RANK"]), int(os.environ["LOCAL_WORLD_SIZE"])
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), cpu_group, *local), device
 
@@ -171,6 +190,64 @@ def shard_model(
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
     model.no_sync = lambda: gradient_sync_off(model)  # DDP's name, so the training step serves both
+
+
+def build_sharded(
+    build: Callable[[], torch.nn.Module], group: ProcessGroup, device: torch.device, dtype: torch.dtype
+) -> torch.nn.Module:
+    """The model of `build()` (model.py's GPT) sharded over the processes, never whole on
+    any device: built on the meta device (shapes, no memory), sharded, given memory for
+    this process's shards only, then initialised as `build()` would have on the CPU
+    (call it under the same torch.manual_seed).
+
+    One process's initialisation is a sequence of random draws from one generator:
+    each layer's PyTorch default as it is built, then the model's own init steps
+    (GPT.initialisation). Each process replays that sequence one parameter at a time,
+    drawing the whole parameter on the CPU, so that the generator moves exactly as in
+    one process, and keeps its shard of it: the same weights as one process, with at
+    most one whole parameter (the largest, often the embedding) in memory at a time."""
+    with torch.device("meta"):
+        model = build()  # a meta tensor draws nothing: the generator has not moved
+    # Each layer beside a meta copy of itself, to replay the default init it drew as it was built.
+    layers = [
+        (layer, copy.deepcopy(layer)) for layer in model.modules() if hasattr(layer, "reset_parameters")
+    ]
+    shard_model(model, group, device, dtype)
+    model.to_empty(device=device)  # memory for the shards, not yet initialised
+    with torch.no_grad():
+        while layers:  # the draws of building each layer, in the order it was built
+            layer, twin = layers.pop(0)  # (each twin's memory goes before the next one's)
+            twin.to_empty(device="cpu").reset_parameters()
+            for name, value in twin.named_parameters(recurse=False):
+                fill(getattr(layer, name), value)
+        for param, init in model.initialisation():
+            value = torch.empty(param.shape)  # the whole parameter, as one process draws it
+            init(value)
+            fill(param, value)
+    for module in model.modules():
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers()  # computed buffers (the rotary tables)
+    return model
+
+
+def fill(param: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy `value`, a whole tensor on the CPU, into `param`: under FSDP only this
+    process's shard of it (every process holds `value`, so nothing is sent; on a GPU,
+    distribute_tensor moves the whole tensor there before it takes the shard)."""
+    if isinstance(param, DTensor):
+        value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
+    param.copy_(value)
+
+
+def load_full_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Whole tensors (model.pt's, --from_weight) into the model; under FSDP each process
+    copies only its shard of each, one parameter at a time."""
+    if not is_sharded(model):
+        model.load_state_dict(weights)
+        return
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            fill(param, weights[name])
 
 
 @contextmanager

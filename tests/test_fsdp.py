@@ -8,10 +8,12 @@ checkpoint; its checkpoint of two processes goes on, with the same global batch,
 FSDP process, in one plain process, and from there on two FSDP processes again, to the
 weights of the straight run; a changed global batch is refused in one line; and an
 evaluation with its sample gathers the weights once, not once per token, and stays out
-of --profile's training steps."""
+of --profile's training steps; and the model is built sharded, never whole in one
+process, with the weights of one process."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -34,6 +36,10 @@ from test_ddp import (
 )
 
 import train_solution as train
+from course import cli
+from course.corpus import prepared_dir, read_meta
+from course.distributed import MAIN_WORK_TIMEOUT, STEP_TIMEOUT, ProcessGroup
+from data_solution import tokenizer_from_meta
 
 FSDP = ["--parallel", "fsdp"]
 # Few evaluations and no samples: under FSDP every process takes part in each forward of
@@ -352,3 +358,131 @@ def test_the_fsdp_profile_holds_training_steps_only(background):
         f"the profile of steps 2 and 3 holds {len(gathered)} FSDP all-gathers, those training "
         f"steps made {per_step[1:3]}"
     )
+
+
+# Each of two FSDP processes builds three models as train_solution.py does, and reports
+# the rise of its peak memory (VmHWM, reset before each build) and the weights (gathered):
+# a small one of the other recipe (RoPE, RMSNorm, SwiGLU, QK-norm, zero-initialised
+# projections, untied lm_head, MoE); one whose full weights (57 MB in float32) are twice
+# one process's shard, from --seed 7; and the small one --from_weight other.pt, which
+# rank 0 wrote from one process's model of another seed. It also reports the timeouts of its
+# process groups and the groups that the waits for rank 0's corpus preparation used.
+BUILD_SHARDED = f"""
+import dataclasses, sys
+from pathlib import Path
+sys.path.insert(0, {str(ROOT)!r})
+import torch
+import torch.distributed as dist
+import train_solution as train
+from course import cli
+from course.checkpoints import save_atomic
+from course.distributed import ProcessGroup, full_weights
+
+def status(field):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+
+def measured_build(config):
+    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+    before = status("VmRSS")
+    model = train.build_model(config, tokenizer, device, group, dtype)
+    return model, status("VmHWM") - before
+
+out = Path(sys.argv[1])
+group, device, dtype, config = cli.configure(cli.parse_args(sys.argv[2:]))
+barriers, barrier = [], dist.barrier  # the group of every barrier while the corpus is prepared
+dist.barrier = lambda group=None: barriers.append(group) or barrier(group=group)
+_, tokenizer, _, _ = train.load_data(config, group, device)
+dist.barrier = barrier
+recipe = dict(position="rope", norm="rms", mlp="swiglu", qk_norm=1, zero_init=1, tie_weights=0, use_moe=1)
+other = dataclasses.replace(config, **recipe, hidden_size=64, num_hidden_layers=2)
+fresh, _ = measured_build(other)  # first: it loads PyTorch's meta kernels (some 30 MB, once)
+model, peak = measured_build(config)
+if group.is_main:  # one process's model of the other recipe, from another seed
+    one = dataclasses.replace(other, parallel="ddp", seed=8)
+    source = train.build_model(one, tokenizer, torch.device("cpu"), ProcessGroup(), dtype)
+    save_atomic({{"model": source.state_dict(), "model_config": source.config.to_dict(),
+                 "tokenizer": tokenizer.meta()}}, out / "other.pt")
+group.barrier()
+loaded, _ = measured_build(dataclasses.replace(other, from_weight=str(out / "other.pt")))
+report = dict(peak=peak, main_waits=barriers == [group.cpu_group],
+              timeouts=[g._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+                        for g in (dist.group.WORLD, group.cpu_group)])
+reports = [None] * group.world_size
+dist.all_gather_object(reports, report, group=group.cpu_group)
+results = dict(initial=full_weights(model), other=full_weights(fresh), loaded=full_weights(loaded),
+               reports=reports)
+if group.is_main:
+    torch.save(results, out / "results.pt")
+"""
+
+# 8 blocks of 384: 14M parameters, whose largest matrix is a 1/16 of a block.
+BIG = ["--hidden_size", "384", "--num_hidden_layers", "8", "--num_attention_heads", "4",
+       "--max_seq_len", "32", "--seed", "7", "--dtype", "float32", *FSDP]  # fmt: skip
+
+
+def build_args(workdir: Path) -> list[str]:
+    return [*BIG, "--device", "cpu", "--data_path", str(workdir / "verse.txt"),
+            "--data_dir", str(workdir / "prepared"), "--save_dir", str(workdir / "run")]  # fmt: skip
+
+
+@background_job("fsdp_build")
+def fsdp_builds(workdir: Path) -> None:
+    """The processes of BUILD_SHARDED, on the corpus that they prepare."""
+    (workdir / "verse.txt").write_text(VERSE * 60)
+    script = workdir / "build_sharded.py"
+    script.write_text(BUILD_SHARDED)
+    run_checked(torchrun([str(workdir), *build_args(workdir)], script=str(script)), nice=True)
+
+
+def one_process_model(args: list[str], **changes) -> dict[str, torch.Tensor]:
+    """The weights that one process's build_model gives for `args` (without FSDP) and `changes`."""
+    config = cli.run_config(cli.parse_args([a for a in args if a not in FSDP]), torch.device("cpu"))
+    prepared = prepared_dir(Path(config.data_path), config.tokenizer, Path(config.data_dir))
+    tokenizer = tokenizer_from_meta(read_meta(prepared))  # the corpus that the processes prepared
+    model = train.build_model(dataclasses.replace(config, **changes), tokenizer, torch.device("cpu"),
+                              ProcessGroup(), torch.float32)  # fmt: skip
+    return model.state_dict()
+
+
+@pytest.mark.background("fsdp_build")
+def test_fsdp_builds_its_shards_without_the_whole_model_and_with_the_weights_of_one_process(background):
+    """Built on the meta device, sharded, then initialised one parameter at a time: each
+    process's memory rises by its shard and about one whole parameter, less than the
+    whole model's float32 weights, which building it whole needed (and more); and the
+    weights are exactly those of one process, for both recipes, from the same seed."""
+    results = torch.load(background / "results.pt", weights_only=True)
+    initial = one_process_model(build_args(background))
+    whole = 4 * sum(t.numel() for name, t in initial.items() if name != "lm_head.weight")  # tied
+    for rank, report in enumerate(results["reports"]):
+        assert report["peak"] < whole, (
+            f"process {rank}: its memory rose by {report['peak'] / 1e6:.1f} MB while building a model "
+            f"of {whole / 1e6:.1f} MB (float32): it held the whole model"
+        )
+    assert_same_weights(initial, results["initial"], "FSDP's initial model should be one process's", atol=0)
+    recipe = dict(position="rope", norm="rms", mlp="swiglu", qk_norm=1, zero_init=1, tie_weights=0, use_moe=1)
+    other = one_process_model(build_args(background), **recipe, hidden_size=64, num_hidden_layers=2)
+    assert_same_weights(other, results["other"], "FSDP's initial model of the other recipe", atol=0)
+
+
+@pytest.mark.background("fsdp_build")
+def test_fsdp_from_weight_loads_a_whole_model_pt_into_its_shards(background):
+    """--from_weight under FSDP: each process copies its shard of every tensor of model.pt
+    (of one process, another seed): gathered, they are the file's weights."""
+    saved = torch.load(background / "other.pt", weights_only=True)["model"]
+    loaded = torch.load(background / "results.pt", weights_only=True)["loaded"]
+    assert_same_weights(saved, loaded, "--from_weight under FSDP should load model.pt", atol=0)
+    fresh = torch.load(background / "results.pt", weights_only=True)["other"]
+    assert not torch.equal(saved["lm_head.weight"], fresh["lm_head.weight"]), "another seed, other weights"
+
+
+@pytest.mark.background("fsdp_build")
+def test_slow_work_of_rank_0_is_waited_for_on_gloo_with_the_long_timeout(background):
+    """The training's collectives time out after STEP_TIMEOUT; while the first process
+    prepares the corpus, the others wait in a barrier of the gloo group, whose timeout
+    (MAIN_WORK_TIMEOUT, hours) leaves rank 0 the time that a large corpus needs."""
+    assert STEP_TIMEOUT < MAIN_WORK_TIMEOUT
+    for report in torch.load(background / "results.pt", weights_only=True)["reports"]:
+        assert report["timeouts"] == [STEP_TIMEOUT.total_seconds(), MAIN_WORK_TIMEOUT.total_seconds()]
+        assert report["main_waits"], "the wait for the corpus should be one barrier on the gloo group"
