@@ -54,6 +54,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from course.corpus import file_sha256
 from course.distributed import ProcessGroup, full_weights, is_sharded, load_full_weights
 from course.errors import UsageError
 from course.guards import saves_finish_first
@@ -467,14 +468,6 @@ SHARD_FOLDER = re.compile(re.escape(SHARDS_DIR) + r"/step\d+")  # what resume.pt
 
 def files_sha256(folder: Path) -> dict[str, str]:
     return {path.name: file_sha256(path) for path in sorted(folder.iterdir())}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def shards_problem(folder: Path, saved: dict[str, str] | None) -> str | None:

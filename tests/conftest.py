@@ -267,3 +267,32 @@ def skip_if_notebook_was_run(notebook: Path) -> None:
         pytest.skip(
             f"{notebook.name} changed since checkout (you ran it); this check is for the committed one"
         )
+
+
+# --- a finished run to fault: shared by test_faults.py and test_seams.py --------------------------
+
+FAST = [*TINY_MODEL, "--eval_interval", "3", "--learning_rate", "3e-3"]
+
+
+def import_train():
+    import train_solution  # here, not at the top: conftest loads before a learner's files are checked
+
+    return train_solution
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One finished 6-step run (its own corpus and data folder), trained once for this file."""
+    root = tmp_path_factory.mktemp("finished")
+    (root / "verse.txt").write_text(VERSE * 40)
+    options = ["--data_path", root / "verse.txt", "--data_dir", root / "prepared", "--save_dir", root / "out"]
+    assert import_train().main([str(a) for a in [*options, *FAST, "--max_steps", 6]]) == 0
+    return root
+
+
+@pytest.fixture
+def used_folder(finished_run, tmp_path):
+    """A copy of the finished run in tmp_path/out, and the options that made it."""
+    out = shutil.copytree(finished_run / "out", tmp_path / "out")
+    return out, ["--data_path", finished_run / "verse.txt", "--data_dir", finished_run / "prepared",
+                 "--save_dir", out, *FAST]  # fmt: skip

@@ -23,13 +23,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, VERSE
+from conftest import FAST, ROOT, VERSE
 from test_ddp import gone
 
 import train_solution as train
 from course import corpus, run_folder
 
-FAST = [*TINY_MODEL, "--eval_interval", "3", "--learning_rate", "3e-3"]
 # What these runs write: every run's files but TensorBoard's events (TINY_MODEL turns them off;
 # an overwrite's events are tested in test_tracking.py).
 RUN_FILES_HERE = sorted(set(run_folder.EVERY_RUN_FILES) - {run_folder.TENSORBOARD_DIR})
@@ -68,24 +67,6 @@ def one_error_line(lines: list[str], *fragments: str) -> str:
 
 def records(save_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """One finished 6-step run (its own corpus and data folder), trained once for this file."""
-    root = tmp_path_factory.mktemp("finished")
-    (root / "verse.txt").write_text(VERSE * 40)
-    options = ["--data_path", root / "verse.txt", "--data_dir", root / "prepared", "--save_dir", root / "out"]
-    assert train.main([str(a) for a in [*options, *FAST, "--max_steps", 6]]) == 0
-    return root
-
-
-@pytest.fixture
-def used_folder(finished_run, tmp_path):
-    """A copy of the finished run in tmp_path/out, and the options that made it."""
-    out = shutil.copytree(finished_run / "out", tmp_path / "out")
-    return out, ["--data_path", finished_run / "verse.txt", "--data_dir", finished_run / "prepared",
-                 "--save_dir", out, *FAST]  # fmt: skip
 
 
 # --- 1, 2: a run never touches another run's files -------------------------------------------

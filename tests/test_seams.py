@@ -16,32 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, VERSE, background_job, run_checked
-from test_faults import FAST, checksums, one_error_line, records, run
+from conftest import FAST, ROOT, TINY_MODEL, VERSE, background_job, run_checked
+from test_faults import checksums, one_error_line, records, run
 
 import train_solution as train
 from course import run_folder, sample
 from course.checkpoints import CHECKSUM, MetadataOnlyReader, RunFiles, save_atomic
 from course.errors import UsageError
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """One finished 6-step run (its own corpus and data folder), trained once for this file."""
-    root = tmp_path_factory.mktemp("finished")
-    (root / "verse.txt").write_text(VERSE * 40)
-    options = ["--data_path", root / "verse.txt", "--data_dir", root / "prepared", "--save_dir", root / "out"]
-    assert train.main([str(a) for a in [*options, *FAST, "--max_steps", 6]]) == 0
-    return root
-
-
-@pytest.fixture
-def used_folder(finished_run, tmp_path):
-    """A copy of the finished run in tmp_path/out, and the options that made it."""
-    out = shutil.copytree(finished_run / "out", tmp_path / "out")
-    return out, ["--data_path", finished_run / "verse.txt", "--data_dir", finished_run / "prepared",
-                 "--save_dir", out, *FAST]  # fmt: skip
-
 
 # --- a commit is whole or not at all ------------------------------------------------------------
 
