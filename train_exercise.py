@@ -45,7 +45,6 @@ import torch
 from course import cli, open_todos
 from course.batches import BatchStream, block_dataset, document_datasets, fixed_eval_batches, limit_windows
 from course.checkpoints import (
-    RunFiles,
     capture_rng_state,
     fit_scaler_state,
     load_weights,
@@ -67,7 +66,7 @@ from course.errors import Interrupted
 from course.guards import StopRequests
 from course.logbook import Logbook
 from course.profiling import StepProfiler
-from course.run_folder import BEST_FILE
+from course.run_folder import BEST_FILE, RunFolder
 from data_exercise import BlockDataset, PretrainDataset, Tokenizer, tokenizer_from_meta
 from model import GPT, IGNORE_INDEX, GPTConfig
 from optim import configure_optimizers
@@ -462,7 +461,7 @@ def validate(
     amp_ctx,
     best_val_loss: float,
     logbook: Logbook,
-    run: RunFiles,
+    run: RunFolder,
     group: ProcessGroup,
 ) -> float:
     """Evaluate [6], log it with a text sample, and keep the weights of the best
@@ -489,7 +488,7 @@ def evaluation_due(done: int, eval_interval: int, end_step: int) -> bool:
 
 
 def save_checkpoint(
-    run: RunFiles,
+    run: RunFolder,
     model: GPT,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -502,7 +501,7 @@ def save_checkpoint(
     checkpoint_state [8] that continues this run), each written atomically by rank 0.
     Every process builds the state: the random generators of all of them go into it.
     Under FSDP every process also writes its own shard of the weights and optimizer
-    state (course.checkpoints)."""
+    state (course.run_folder)."""
     state = open_todos.state_or_none(checkpoint_state, model, optimizer, scaler, step, stream, best_val_loss)
     run.save_checkpoint(model, optimizer, state, group)
     # The others wait for rank 0's writing here, on the gloo group with its long timeout,
@@ -564,7 +563,7 @@ def train(command_line: cli.CommandLine) -> None:
     if start_step == 0:  # the untrained model: loss ≈ ln(vocab size)
         best_val_loss = validate(0, model, eval_batches, amp_ctx, best_val_loss, logbook, run, group)
     end_step = schedule.end_step
-    profiler = StepProfiler(config.profile, run.folder, device, group.is_main)  # --profile N
+    profiler = StepProfiler(config.profile, run, device, group.is_main)  # --profile N
     with StopRequests(announce=group.is_main) as signals, logbook.progress(start_step, end_step), profiler:
         for step in range(start_step, end_step):
             lr = lr_at(step)

@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 
 from course import corpus, tracking
-from course.checkpoints import RunFiles
 from course.config import RunConfig
 from course.corpus import TOKENIZERS
 from course.devices import enable_tf32, memory_of, resolve_device, resolve_dtype, usable_cpus
@@ -44,14 +43,7 @@ from course.errors import (
 )
 from course.grading import show_hint
 from course.guards import STOP_SIGNALS, stop_at_once_on_sigterm
-from course.run_folder import (
-    RESUME_FILE,
-    RUN_FILES,
-    RunFolder,
-    UnclaimedFolder,
-    check_folder,
-    out_of_space,
-)
+from course.run_folder import RESUME_FILE, RunFolder, check_folder, out_of_space
 from course.todos import TODOS
 from course.tracking import BACKENDS
 from model import CHOICES, GPTConfig
@@ -555,25 +547,6 @@ def data_root(config: RunConfig) -> Path:
     return Path(config.data_dir) if config.data_dir else corpus.DATA_DIR
 
 
-def check_run_files_writable(save_dir: Path, resume: bool) -> None:
-    """A resume appends to its run's files and replaces them, an overwrite replaces or
-    removes them: a file made read-only (chmod 444) in a writable folder is a sign to
-    keep it, and an append to it would fail mid-run. Refused before anything is written."""
-    paths = [save_dir / name for name in RUN_FILES]
-    read_only = [path.name for path in paths if path.exists() and not writable(path)]
-    if read_only:
-        option = "--from_resume 1" if resume else "--overwrite 1"
-        raise UsageError(
-            f"--save_dir {save_dir}: read-only: {', '.join(read_only)}, and {option} writes to them; "
-            f"make them writable (chmod -R u+w {save_dir}) or give another --save_dir"
-        )
-
-
-def writable(path: Path) -> bool:
-    """Can this process change it: write to a file, or add and remove a folder's entries?"""
-    return os.access(path, (os.W_OK | os.X_OK) if path.is_dir() else os.W_OK)
-
-
 def count_total_steps(config: RunConfig, batches_per_epoch: int) -> int:
     steps_per_epoch = batches_per_epoch // config.accumulation_steps
     if steps_per_epoch == 0:
@@ -766,7 +739,7 @@ def check_global_batch(config: RunConfig, plan: dict, group: ProcessGroup) -> di
     accumulation × processes) must stay the same: then each step reads the same windows
     (course.batches.BatchStream), its gradient is the mean over the same targets, and
     the saved weights and optimizer state are read into this run's layout (DCP
-    reshards them, course.checkpoints.RunFiles.read_shards). A note says that this is
+    reshards them, course.run_folder.RunFolder.read_shards). A note says that this is
     not bit-identical; any other change of the global batch is refused."""
     split = {
         name: getattr(config, name) if name in config.options_given else plan[name] for name in SPLIT_OPTIONS
@@ -855,15 +828,14 @@ def configure(command_line: CommandLine) -> tuple[ProcessGroup, torch.device, to
 _claimed: list[RunFolder] = []  # released when the run ends, however it ends (see main)
 
 
-def claim_run_folder(config: RunConfig, group: ProcessGroup) -> RunFiles:
+def claim_run_folder(config: RunConfig, group: ProcessGroup) -> RunFolder:
     """This run's folder (course.run_folder): checked and locked by rank 0, refused if it
-    holds another run (unless --from_resume 1 or --overwrite 1); a new run's files are
-    staged until its first checkpoint. Every process gets rank 0's verdict."""
+    holds another run (unless --from_resume 1 or --overwrite 1) or a run file it would
+    change is read-only; a new run's files are staged until its first checkpoint. Every
+    process gets rank 0's verdict."""
     save_dir, folder, error = Path(config.save_dir), None, None
     if group.is_main:
         try:
-            if config.from_resume or config.overwrite:
-                check_run_files_writable(save_dir, resume=bool(config.from_resume))
             folder = RunFolder.claim(
                 save_dir, resume=bool(config.from_resume), overwrite=bool(config.overwrite)
             )
@@ -875,7 +847,7 @@ def claim_run_folder(config: RunConfig, group: ProcessGroup) -> RunFiles:
         raise UsageError(error)
     if group.nodes > 1:
         check_shared_folder(save_dir, folder, group)
-    return RunFiles(folder or UnclaimedFolder(save_dir))
+    return folder or RunFolder(save_dir, writes=False)
 
 
 def check_shared_folder(save_dir: Path, folder: RunFolder | None, group: ProcessGroup) -> None:

@@ -36,7 +36,6 @@ import torch
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
-from course.checkpoints import RunFiles, data_identity
 from course.config import RunConfig
 from course.devices import describe_dtype, forked_rng, gpu_peak_flops
 from course.distributed import ProcessGroup, is_sharded
@@ -50,6 +49,8 @@ from course.run_folder import (
     SAMPLES_FILE,
     TENSORBOARD_DIR,
     WEIGHTS_FILE,
+    RunFolder,
+    data_identity,
     temporary_name,
 )
 from course.tracking import open_tracker
@@ -198,14 +199,13 @@ class Logbook:
         scaler: torch.amp.GradScaler,
         optimizer: torch.optim.Optimizer | None,
         resumed_at: int | None,
-        run: RunFiles,
+        run: RunFolder,
     ) -> None:
         """meta: the prepared corpus's meta.json. optimizer: its groups' LRs are tracked.
         resumed_at: the step of the checkpoint that a resumed run continues, None for a
-        new run. run: the run's files (RunFiles), and through it where they go."""
+        new run. run: the run's folder and files (RunFolder)."""
         self.config, self.group, self.device, self.tokenizer = config, group, device, tokenizer
-        self.folder, self.optimizer = run.folder, optimizer
-        folder = run.folder
+        self.folder, self.optimizer = run, optimizer
         self.meta, self.scaler, self.resumed_at = meta, scaler, resumed_at
         # The (tokens, bytes) of text that bits per byte is measured against: the
         # validation split, or in documents mode the whole corpus's bytes per token
@@ -228,12 +228,12 @@ class Logbook:
         # On resume, keep the metrics up to the checkpoint and drop any logged after it
         # (a new run starts with none: its files are new, see course.run_folder).
         self.records = (
-            read_metrics(folder.path(METRICS_FILE), up_to_step=resumed_at, note=group.is_main)
+            read_metrics(run.path(METRICS_FILE), up_to_step=resumed_at, note=group.is_main)
             if resumed_at is not None
             else []
         )
         if group.is_main and resumed_at is not None:
-            rewrite_metrics(folder.path(METRICS_FILE), self.records)
+            rewrite_metrics(run.path(METRICS_FILE), self.records)
         # TensorBoard, W&B or SwanLab: the same records, from rank 0 (course.tracking).
         self.tracker = open_tracker(config, group.is_main, run, resumed_at)
 

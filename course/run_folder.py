@@ -1,55 +1,49 @@
-"""One run per folder: where a run writes in --save_dir, and when.
+"""One run per folder: a run's files, where each goes and when, and how a save reaches
+the disk whole. docs/what-is-kept.md tells the rules to learners:
 
-A run's folder (`--save_dir`, default out/) holds the run's files: resume.pt,
-model.pt, best.pt, metrics.jsonl, metrics.png, samples.txt and its TensorBoard
-event files in tensorboard/ (and resume-shards/ for an FSDP run, profile.pt.trace.json
-with --profile). Three rules keep
-what a learner made safe:
+- A new run does not start in a folder that holds another run: it is refused, naming
+  `--from_resume 1`, another `--save_dir` and `--overwrite 1` (nanoGPT overwrites its
+  out/ silently; refusing keeps `out/model.pt` meaning the run you trained).
+- Until its first checkpoint a new run writes into `.pretrain-staging-<pid>/`; then it
+  commits with a redo log: `commit.json` (the staged files) is written atomically, which
+  makes it the folder's run, and the files move into place, resume.pt last, the old
+  run's into `.replaced/`. A commit that a kill stopped is finished by the next claim.
+- One run at a time: a lock on `.lock`, which the system frees however the process ends.
+- A claim removes only this project's leftovers, once it holds the lock; no file is
+  written through a symbolic link.
 
-- A new run does not start in a folder that holds another run. It is refused, in one
-  line that names the three ways on: `--from_resume 1` continues the saved run,
-  another `--save_dir` starts beside it, `--overwrite 1` replaces it. (nanoGPT
-  overwrites its out/ silently; PyTorch Lightning numbers its runs, so a path you
-  typed no longer names the run you meant. Refusing keeps `out/model.pt` meaning
-  the run you trained, and makes replacing it a choice.)
-- Until its first checkpoint, a new run writes into a hidden staging folder inside
-  the run's folder (`.pretrain-staging-<pid>`). Once that checkpoint is saved, the run
-  is committed: a list of the staged files, `commit.json`, is written into the staging
-  folder (atomically), then the files move into place and, with `--overwrite 1`, the
-  old run's other files go. The list is the moment the new run becomes the folder's
-  run: a run killed before it leaves the old run as it was (its staging folder is
-  removed by the next run here); a run killed after it, halfway through the moves,
-  leaves a commit that the next claim of the folder finishes first (a redo log, as
-  databases keep one), so `--from_resume 1` continues the new run. Under FSDP the old
-  run's shards are removed only by that commit, after the new ones are in place. (A
-  writer that keeps a file open, as TensorBoard's does, closes it before the move: see
-  `before_commit`.)
-- One run at a time: the run holds a lock on `.lock` (which holds its pid) while it
-  runs. The operating system releases the lock when the process ends, however it
-  ends, so a lock file left by a killed run is recognised as free.
-- Only the project's own leftovers are removed (staging folders with its prefix,
-  temporary files named after a run file), and only once the folder is claimed: a
-  refused run removes nothing. Lock and temporary files are never opened through a
-  symbolic link.
-
-Writes go to a temporary name with the writer's pid, created anew (never an existing
-file or link), then are renamed into place (`course.checkpoints.save_atomic`), so two
-processes never share a temporary file.
+Every .pt file holds a checksum of its content, checked when read: torch.load does not
+notice a flipped byte in tensor data. Under FSDP each process writes its own shard with
+DCP (gathering the optimizer state on one would need the memory FSDP saves), and
+resume.pt, written last, names the shards with their checksums; model.pt and best.pt
+are gathered into single files that every tool reads without torch.distributed.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from course.distributed import ProcessGroup, full_weights, is_sharded
 from course.errors import StorageError, UsageError
+from course.guards import saves_finish_first
 
 try:
     import fcntl  # POSIX file locks (Linux, macOS)
@@ -57,16 +51,13 @@ except ImportError:  # Windows
     fcntl = None
 
 RESUME_FILE = "resume.pt"  # everything needed to continue the run
-WEIGHTS_FILE = "model.pt"  # the model alone, to sample from or start another run
+WEIGHTS_FILE = "model.pt"  # the latest weights, to sample from or start another run
 BEST_FILE = "best.pt"  # the weights of the best validation loss
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "metrics.png"
-SAMPLES_FILE = "samples.txt"
-SHARDS_DIR = "resume-shards"  # an FSDP run's resume.pt keeps its weights and optimizer state here
-PROFILE_FILE = "profile.pt.trace.json"  # --profile N
+METRICS_FILE, PLOT_FILE, SAMPLES_FILE = "metrics.jsonl", "metrics.png", "samples.txt"
 TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files (course.tracking); --tensorboard 0: none
-# What every run writes (TensorBoard's folder unless --tensorboard 0), and what some runs
-# write too (FSDP, --profile).
+SHARDS_DIR = "resume-shards"  # FSDP: the weights and optimizer state of resume.pt, one file per process
+PROFILE_FILE = "profile.pt.trace.json"  # --profile N
+# What every run writes; FSDP adds its shards, --profile a trace (RUN_FILES: all, resume.pt last).
 EVERY_RUN_FILES = (
     WEIGHTS_FILE,
     BEST_FILE,
@@ -76,71 +67,245 @@ EVERY_RUN_FILES = (
     TENSORBOARD_DIR,
     RESUME_FILE,
 )
-RUN_FILES = (*EVERY_RUN_FILES[:-1], SHARDS_DIR, PROFILE_FILE, RESUME_FILE)  # resume.pt last
-
+RUN_FILES = (*EVERY_RUN_FILES[:-1], SHARDS_DIR, PROFILE_FILE, RESUME_FILE)
+WEIGHTS_KEYS = ("model", "model_config", "tokenizer")  # model.pt and best.pt
+RESUME_KEYS = (*WEIGHTS_KEYS, "step", "data_source", "plan")  # resume.pt (and checkpoint_state's keys)
+CHECKSUM = "sha256"  # the key of a checkpoint's own checksum (content_sha256 of the rest)
 LOCK_FILE = ".lock"
 STAGING_PREFIX = ".pretrain-staging-"  # only folders with this prefix are this project's
 COMMIT_FILE = "commit.json"  # in a staging folder: the staged files, written when they are complete
 REPLACED_DIR = ".replaced"  # in a staging folder: the old run's files, removed with the folder
 # The temporary files of run files (temporary_name): the only hidden .tmp files a claim removes.
 LEFTOVER_TEMPORARY = re.compile(r"\.(" + "|".join(map(re.escape, RUN_FILES)) + r")\.\d+\.tmp")
-# A file system without flock (Lustre mounted without -o flock, some network file systems).
-NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)
+SHARD_FOLDER = re.compile(re.escape(SHARDS_DIR) + r"/step\d+")  # what resume.pt's "shards" may name
+NO_LOCKS = (errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOLCK)  # no flock (Lustre without -o flock, some NFS)
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, file-size limit
 
 
-def temporary_name(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place: hidden, and with this
-    process's pid, so two writers never write to the same temporary file."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+class RunFolder:
+    """One run's folder and files. `claim` decides, before anything is written, whether
+    this run may use the folder; `path(name)` is where a file goes now (staged until a new
+    run's first checkpoint); `save_checkpoint` writes and commits; `release` ends the claim.
+    The processes other than rank 0 hold one with writes=False: they write only FSDP shards."""
 
+    def __init__(self, save_dir: Path, writes: bool = True) -> None:
+        self.save_dir, self.writes = save_dir, writes
+        busy = f"another run (pid {{pid}}) is writing to {save_dir}/; wait for it to end, or give this one "
+        self.lock = FileLock(save_dir / LOCK_FILE, busy + "another --save_dir")
+        self.staging: Path | None = None
+        self.committed = not writes  # has this run saved a checkpoint into the folder?
+        self.created = False  # did this run create the folder? (then a run that saved nothing removes it)
+        # Called before the staged files move: a writer with a file open there (TensorBoard's)
+        # closes it, and opens a new one where path() then points.
+        self.before_commit: list[Callable[[], None]] = []
+        self.identity: dict = {}  # what identifies the run (describe), in every checkpoint
+        self.tracked_run: dict | None = None  # the W&B or SwanLab run (course.tracking) a resume continues
 
-def open_new(path: Path, mode: str = "wb"):
-    """Open `path` for writing as a file this process creates: a file or a symbolic link
-    already there (left by a killed run, or planted) is removed first, never written
-    through, since O_EXCL refuses any existing name and O_NOFOLLOW a link."""
-    path.unlink(missing_ok=True)  # removes a link itself, not what it points to
-    exclusive = os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    return open(path, mode, opener=lambda name, flags: os.open(name, flags | exclusive, 0o644))
+    @classmethod
+    def claim(cls, save_dir: Path, resume: bool, overwrite: bool) -> RunFolder:
+        """This run's folder: checked, locked, and for a new run a staging folder. A commit a
+        killed run left halfway is finished first; nothing else changes until this run is
+        known to be allowed there."""
+        if resume or overwrite:
+            check_run_files_writable(save_dir, resume)
+        check_folder(save_dir, "--save_dir")
+        no_resume = UsageError(f"--from_resume 1: there is no {RESUME_FILE} in {save_dir}/ to continue from")
+        if resume and not save_dir.is_dir():
+            raise no_resume
+        folder = cls(save_dir)
+        folder.created = not save_dir.exists()
+        save_dir.mkdir(parents=True, exist_ok=True)
+        folder.lock.acquire()
+        try:
+            finish_interrupted_commits(save_dir)
+            if resume and not (save_dir / RESUME_FILE).is_file():
+                raise no_resume
+            held = folder.run_files()
+            if not resume and held and not overwrite:
+                raise UsageError(
+                    f"{save_dir}/ holds a run ({', '.join(held)}): continue it with --from_resume 1, "
+                    "start a new one with another --save_dir, or replace it with --overwrite 1"
+                )
+            # Leftovers of this project's killed runs (no one else writes them while this process
+            # holds the lock); other files are the user's.
+            for path in save_dir.glob(f"{STAGING_PREFIX}*"):
+                remove(path)
+            for path in save_dir.glob(".*.tmp"):
+                if LEFTOVER_TEMPORARY.fullmatch(path.name):
+                    path.unlink(missing_ok=True)
+            if resume:
+                folder.committed = True  # the folder is this run's: write in place
+            else:
+                folder.staging = save_dir / f"{STAGING_PREFIX}{os.getpid()}"
+                folder.staging.mkdir()
+        except BaseException:
+            folder.release()
+            raise
+        return folder
 
+    def run_files(self) -> list[str]:
+        return [name for name in RUN_FILES if (self.save_dir / name).exists()]
 
-def write_atomic(path: Path, text: str) -> None:
-    """A small text file, written whole or not at all (a temporary file, then a rename)."""
-    tmp = temporary_name(path)
-    try:
-        with open_new(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    def path(self, name: str) -> Path:
+        """Where the file `name` of this run is written now."""
+        return (self.staging or self.save_dir) / name
 
+    def final_path(self, name: str) -> Path:
+        """Where the file `name` of this run ends up (what messages name)."""
+        return self.save_dir / name
 
-def out_of_space(error: BaseException) -> OSError | None:
-    """The OSError behind `error` when a write failed for lack of space, else None.
-    (torch.save reports a failed write as a RuntimeError raised while handling it.)"""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in OUT_OF_SPACE:
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    def commit(self) -> None:
+        """After this run's first checkpoint: the list of its staged files makes it the
+        folder's run, then they move into place (finish_commit)."""
+        if self.staging is not None:
+            for close in self.before_commit:
+                close()
+            staged = json.dumps({"files": sorted(path.name for path in self.staging.iterdir())}) + "\n"
+            write_atomic(self.staging / COMMIT_FILE, lambda f: f.write(staged), "w")
+            sync_folder(self.staging)
+            finish_commit(self.staging)
+            self.staging = None
+        self.committed = True
 
+    def release(self) -> None:
+        """End of the run, however it ends: an uncommitted staging folder goes, the lock is freed."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        self.lock.release()
+        if self.created and not self.committed and not any(self.save_dir.iterdir()):
+            self.save_dir.rmdir()  # a folder this run made and never wrote to: as it was, not there
 
-def storage_error(path: Path, error: OSError) -> StorageError:
-    remedy = "raise the file-size limit (ulimit -f)" if error.errno == errno.EFBIG else "free some disk space"
-    return StorageError(
-        f"could not write {path}: {error.strerror or 'no space left on the device'}; the earlier "
-        f"checkpoint is kept: {remedy}, then continue with --from_resume 1"
-    )
+    def describe(
+        self, model_config: dict, tokenizer_meta: dict, data_meta: dict, options: dict, plan: dict
+    ) -> None:
+        """What identifies this run, saved with every checkpoint; the plan (course.cli.run_plan)
+        is what a resume continues."""
+        self.identity = {
+            "model_config": model_config,
+            "data_source": data_identity(data_meta),
+            "tokenizer": tokenizer_meta,
+            "train_args": options,
+            "plan": plan,
+        }
+
+    def check_free_space(self, model: torch.nn.Module) -> None:
+        """Room, before anything is written, for the old and the new resume.pt side by side
+        (weights and up to two optimizer moments each), model.pt and best.pt: float32
+        numbers, plus a margin. Rank 0 saves, so rank 0 checks."""
+        if not self.writes:
+            return
+        needed = int(1.25 * 4 * sum(p.numel() for p in model.parameters()) * 8) + 10**7
+        free = shutil.disk_usage(self.save_dir).free
+        if free < needed:
+            raise UsageError(
+                f"{self.save_dir} has {free / 1e6:,.0f} MB free, and one checkpoint needs about "
+                f"{needed / 1e6:,.0f} MB; free some space or choose another folder"
+            )
+
+    @saves_finish_first()  # a second signal quits once the file is written
+    def save_weights(self, model: torch.nn.Module, name: str = WEIGHTS_FILE, **extra) -> None:
+        """model.pt or best.pt, written by rank 0; under FSDP every process calls it (the
+        weights are gathered from all of them)."""
+        weights = full_weights(model)
+        if self.writes:
+            identity = {key: self.identity[key] for key in ("model_config", "tokenizer")}
+            save_atomic({"model": weights, **identity, **extra}, self.path(name))
+
+    @saves_finish_first()  # ... once the whole checkpoint is written
+    def save_checkpoint(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: dict | None,
+        group: ProcessGroup,
+    ) -> None:
+        """model.pt, then resume.pt (a checkpoint_state() dict with the run's identity, so a
+        resume can refuse a mismatch) unless TODO 8 is open (state None), then the commit.
+        Every process calls it; under FSDP each writes its shards first."""
+        self.save_weights(model)
+        if state is not None and is_sharded(model):
+            state = self.save_shards(state, model, optimizer, group)
+        if not self.writes:
+            return
+        if state is not None:
+            tracked = {"tracked_run": self.tracked_run} if self.tracked_run is not None else {}
+            save_atomic({**state, **self.identity, **tracked}, self.path(RESUME_FILE))
+        if state is not None and "shards" in state:  # resume.pt names the new shards: the older ones go
+            for folder in self.path(SHARDS_DIR).iterdir():
+                if folder.name != Path(state["shards"]).name:
+                    shutil.rmtree(folder, ignore_errors=True)
+        self.commit()
+
+    def save_shards(
+        self, state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup
+    ) -> dict:
+        """Every process writes its shards (DCP) into a folder of this step; returns the rest
+        of the state, which names the folder, for resume.pt. The optimizer state is in DCP's
+        form, which names each parameter (optimizer.state_dict() numbers them), so that DCP
+        can match every shard by name."""
+        name = f"step{state['step']}"
+        folder = Path(group.main_says(str(self.path(SHARDS_DIR) / name) if self.writes else None))
+        if self.writes:
+            shutil.rmtree(folder, ignore_errors=True)  # left by a run killed while writing this step
+            folder.mkdir(parents=True)
+        group.barrier()
+        with full_disk_said(folder):
+            sharded_state = {"model": state["model"], "optimizer": get_optimizer_state_dict(model, optimizer)}
+            dcp.save(sharded_state, checkpoint_id=folder)
+        rest = {key: value for key, value in state.items() if key not in ("model", "optimizer")}
+        checksums = files_sha256(folder) if self.writes else {}  # dcp.save returns once all are written
+        return {**rest, "shards": f"{SHARDS_DIR}/{name}", "shards_sha256": checksums}
+
+    def load_resume(self) -> dict:
+        """The checkpoint that --from_resume 1 continues (claim made sure it is there); an FSDP
+        run's keeps its weights and optimizer state in its shards until read_shards."""
+        checkpoint = load_checkpoint(self.final_path(RESUME_FILE), "--from_resume 1", RESUME_KEYS)
+        self.tracked_run = checkpoint.get("tracked_run")
+        return checkpoint
+
+    def check_same_run(self, checkpoint: dict) -> None:
+        """A resume must continue the same model on the same data."""
+        check_same("model config", checkpoint["model_config"], self.identity["model_config"])
+        saved = checkpoint["data_source"]
+        if "source_sha256" not in saved:  # saved before corpora were identified by content
+            print("note: this checkpoint predates content-identified corpora: only its tokenizer is compared")
+            saved = {**self.identity["data_source"], "tokenizer": saved.get("tokenizer")}
+        check_same("data", saved, self.identity["data_source"])
+
+    def read_shards(self, checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """The weights and optimizer state of an FSDP checkpoint, or for an FSDP run, in this
+        run's layout under checkpoint["model"] and ["optimizer"], which restore_checkpoint
+        loads. DCP reads them in place, into the model's tensors and the optimizer's (made
+        by a step at LR 0), resharded over any number of processes or none: restore_checkpoint
+        then finds them loaded. A whole checkpoint is cut into this FSDP run's shards."""
+        if "shards" not in checkpoint:
+            if is_sharded(model):
+                shard_whole_state(checkpoint, model, optimizer)
+            return
+        folder = self.checked_shards(checkpoint)
+        state = {"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(state, storage_reader=MetadataOnlyReader(folder), no_dist=not dist.is_initialized())
+        checkpoint.update(model=state["model"], optimizer=numbered(state["optimizer"], model, optimizer))
+
+    def checked_shards(self, checkpoint: dict) -> Path:
+        """The shard folder resume.pt names, once rank 0 has found it inside the run folder
+        and holding the files resume.pt has the checksums of (and told every process)."""
+        name, resume = checkpoint["shards"], self.final_path(RESUME_FILE)
+        if not isinstance(name, str) or not SHARD_FOLDER.fullmatch(name):
+            raise UsageError(f"{resume} names shards outside its run folder ({name!r}): refused")
+        folder = self.save_dir / name
+        said = [shards_problem(folder, checkpoint.get("shards_sha256")) if self.writes else None]
+        if dist.is_initialized():
+            dist.broadcast_object_list(said, src=0)
+        if said[0] is not None:
+            raise UsageError(f"--from_resume 1: {said[0]}; the run cannot continue from {resume}")
+        return folder
 
 
 def check_folder(path: Path, option: str) -> None:
     """A folder this run will write into: a folder, or one that can be created, where a
-    file can be written. Checked before anything is prepared, built or written (and
-    without writing anything: the probe file goes at once)."""
+    file can be written (a probe file, removed at once)."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent  # the folder is created later: its nearest existing parent decides
@@ -158,39 +323,47 @@ def check_folder(path: Path, option: str) -> None:
         ) from None
 
 
-def check_free_space(path: Path, needed: int, what: str) -> None:
-    free = shutil.disk_usage(path).free
-    if free < needed:
+def check_run_files_writable(save_dir: Path, resume: bool) -> None:
+    """A resume appends to its run's files, an overwrite replaces them: one made read-only
+    (chmod 444) is a sign to keep it, and an append to it would fail mid-run."""
+    read_only = [name for name in RUN_FILES if (save_dir / name).exists() and not writable(save_dir / name)]
+    if read_only:
+        option = "--from_resume 1" if resume else "--overwrite 1"
         raise UsageError(
-            f"{path} has {free / 1e6:,.0f} MB free, and {what} needs about {needed / 1e6:,.0f} MB; "
-            "free some space or choose another folder"
+            f"--save_dir {save_dir}: read-only: {', '.join(read_only)}, and {option} writes to them; "
+            f"make them writable (chmod -R u+w {save_dir}) or give another --save_dir"
         )
 
 
+def writable(path: Path) -> bool:
+    """Can this process change it: write to a file, or add and remove a folder's entries?"""
+    return os.access(path, (os.W_OK | os.X_OK) if path.is_dir() else os.W_OK)
+
+
 class FileLock:
-    """An exclusive lock on a lock file, held while a run uses what it guards. The
-    operating system releases it when the process ends, however it ends."""
+    """An exclusive lock on a lock file holding its holder's pid (course.corpus takes one
+    too); the system frees it when the process ends, however it ends. busy: what a refused
+    or waiting process is told ({pid}: the holder's); unlocked: what to do where the file
+    system has no locks (the process goes on unlocked)."""
 
     def __init__(self, path: Path, busy: str, unlocked: str = "run one process here at a time") -> None:
-        """busy: what a refused (or waiting) process is told, with {pid} for the holder's pid;
-        unlocked: what to do where the file system has no locks (the process goes on unlocked)."""
         self.path, self.busy, self.unlocked = path, busy, unlocked
         self.fd: int | None = None
 
     def acquire(self, wait: bool = False) -> None:
         """Take the lock; if another process holds it, wait for it (wait=True) or refuse."""
-        if fcntl is None:  # no POSIX locks here (Windows): one run per folder is then up to the user
+        if fcntl is None:  # no POSIX locks (Windows): one run per folder is then up to the user
             return
         while True:
             fd = self.open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                busy = self.busy.format(pid=os.read(fd, 64).decode(errors="replace").strip() or "?")
                 if not wait:
                     os.close(fd)
-                    raise UsageError(self.busy.format(pid=holder)) from None
-                print(f"note: {self.busy.format(pid=holder)}; waiting for it", file=sys.stderr)
+                    raise UsageError(busy) from None
+                print(f"note: {busy}; waiting for it", file=sys.stderr)
                 fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as err:
                 if err.errno not in NO_LOCKS:
@@ -200,8 +373,8 @@ class FileLock:
                     file=sys.stderr,
                 )
                 break
-            # The lock file may have been removed by the process that held it, between our
-            # open and our lock: then the lock is on a file no one else can see. Retry.
+            # The holder may have removed the file between our open and our lock: then the
+            # lock is on a file no one else can see. Retry.
             if os.path.exists(self.path) and os.fstat(fd).st_ino == os.stat(self.path).st_ino:
                 break
             os.close(fd)
@@ -210,8 +383,8 @@ class FileLock:
         self.fd = fd
 
     def open(self) -> int:
-        """The lock file, opened without following a symbolic link: a link planted at its
-        name would have this process write its pid into whatever the link points to."""
+        """The lock file, never through a symbolic link (which would have this process
+        write its pid into whatever the link points to)."""
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
@@ -226,108 +399,6 @@ class FileLock:
             self.path.unlink(missing_ok=True)  # removed while still locked: no one can take it in between
             os.close(self.fd)
             self.fd = None
-
-
-class RunFolder:
-    """The folder of one run, and where each of its files goes right now.
-
-    `claim` decides, before anything is written, whether this run may use the folder;
-    `path(name)` is where a file goes (the staging folder until the first checkpoint of
-    a new run); `commit` moves the staged files into place after that checkpoint;
-    `release` ends the claim (a run that never reached a checkpoint leaves nothing).
-    """
-
-    def __init__(self, save_dir: Path) -> None:
-        self.save_dir = save_dir
-        self.lock = FileLock(
-            save_dir / LOCK_FILE,
-            f"another run (pid {{pid}}) is writing to {save_dir}/; wait for it to end, or give this one "
-            "another --save_dir",
-        )
-        self.staging: Path | None = None
-        self.committed = False  # has this run saved a checkpoint into the folder?
-        self.created = False  # did this run create the folder? (then a run that saved nothing removes it)
-        # Called before the staged files move: a writer with a file open in the staging
-        # folder closes it there (and opens a new one where path() then points).
-        self.before_commit: list[Callable[[], None]] = []
-
-    @classmethod
-    def claim(cls, save_dir: Path, resume: bool, overwrite: bool) -> RunFolder:
-        """This run's folder: checked, locked, and for a new run a staging folder. A
-        commit that a killed run left halfway is finished first; nothing else in the
-        folder changes until this run is known to be allowed there."""
-        check_folder(save_dir, "--save_dir")
-        no_resume = UsageError(f"--from_resume 1: there is no {RESUME_FILE} in {save_dir}/ to continue from")
-        if resume and not save_dir.is_dir():
-            raise no_resume
-        created = not save_dir.exists()
-        save_dir.mkdir(parents=True, exist_ok=True)
-        folder = cls(save_dir)
-        folder.created = created
-        folder.lock.acquire()
-        try:
-            finish_interrupted_commits(save_dir)
-            if resume and not (save_dir / RESUME_FILE).is_file():
-                raise no_resume
-            held = folder.run_files()
-            if not resume and held and not overwrite:
-                raise UsageError(
-                    f"{save_dir}/ holds a run ({', '.join(held)}): continue it with --from_resume 1, "
-                    "start a new one with another --save_dir, or replace it with --overwrite 1"
-                )
-            folder.remove_leftovers()
-            if resume:
-                folder.committed = True  # the folder is this run's: write in place
-            else:
-                folder.staging = save_dir / f"{STAGING_PREFIX}{os.getpid()}"
-                folder.staging.mkdir()
-        except BaseException:
-            folder.release()
-            raise
-        return folder
-
-    def run_files(self) -> list[str]:
-        return [name for name in RUN_FILES if (self.save_dir / name).exists()]
-
-    def remove_leftovers(self) -> None:
-        """The staging folders and temporary files of this project's runs that were
-        killed: no one else can be writing them, since this process holds the folder's
-        lock. Other files, hidden or not, are the user's."""
-        for path in self.save_dir.glob(f"{STAGING_PREFIX}*"):
-            remove(path)
-        for path in self.save_dir.glob(".*.tmp"):
-            if LEFTOVER_TEMPORARY.fullmatch(path.name):
-                path.unlink(missing_ok=True)
-
-    def path(self, name: str) -> Path:
-        """Where the file `name` of this run is written now."""
-        return (self.staging or self.save_dir) / name
-
-    def final_path(self, name: str) -> Path:
-        """Where the file `name` of this run ends up (what messages name)."""
-        return self.save_dir / name
-
-    def commit(self) -> None:
-        """After this run's first checkpoint: the list of its staged files makes it the
-        folder's run, then they move into place (see finish_commit)."""
-        if self.staging is not None:
-            for close in self.before_commit:
-                close()
-            staged = sorted(path.name for path in self.staging.iterdir())
-            write_atomic(self.staging / COMMIT_FILE, json.dumps({"files": staged}) + "\n")
-            sync_folder(self.staging)
-            finish_commit(self.staging)
-            self.staging = None
-        self.committed = True
-
-    def release(self) -> None:
-        """End of the run, however it ends: an uncommitted staging folder goes, the lock is freed."""
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-            self.staging = None
-        self.lock.release()
-        if self.created and not self.committed and not any(self.save_dir.iterdir()):
-            self.save_dir.rmdir()  # a folder this run made and never wrote to: as it was, not there
 
 
 def remove(path: Path) -> None:
@@ -349,8 +420,8 @@ def sync_folder(path: Path) -> None:
 
 
 def read_commit_list(staging: Path) -> list[str] | None:
-    """The files a staging folder's commit moves in; None if it was never committed
-    (or its list is not one this project wrote: then it is a leftover)."""
+    """The files a staging folder's commit moves in; None if it was never committed (or
+    its list is not one this project wrote: then it is a leftover)."""
     try:
         files = json.loads((staging / COMMIT_FILE).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -361,11 +432,10 @@ def read_commit_list(staging: Path) -> list[str] | None:
 
 
 def finish_commit(staging: Path) -> None:
-    """Move a committed run's staged files into the folder and take the old run's away.
-    Every step can be done again: a commit stopped anywhere is finished by running
-    this once more. A file or folder the new run replaces is first moved into the
-    staging folder's REPLACED_DIR (a folder cannot be renamed over another), and goes
-    with the staging folder at the end; resume.pt moves last."""
+    """Move a committed run's staged files into the folder, resume.pt last, and the old
+    run's out, into REPLACED_DIR (a folder cannot be renamed over another), which goes with
+    the staging folder. Every step can be done again: running this once more finishes a
+    commit stopped anywhere."""
     files = read_commit_list(staging)
     assert files is not None, f"{staging} has no commit list"
     save_dir, replaced = staging.parent, staging / REPLACED_DIR
@@ -384,8 +454,8 @@ def finish_commit(staging: Path) -> None:
 
 
 def finish_interrupted_commits(save_dir: Path) -> None:
-    """A run killed in the middle of its commit left a staging folder with a commit
-    list: that run is the folder's run now, so its commit is finished, with a note."""
+    """A staging folder with a commit list is a killed run's commit: that run is the
+    folder's run now, so its commit is finished, with a note."""
     for staging in sorted(save_dir.glob(f"{STAGING_PREFIX}*")):
         if staging.is_dir() and not staging.is_symlink() and read_commit_list(staging) is not None:
             print(
@@ -395,9 +465,249 @@ def finish_interrupted_commits(save_dir: Path) -> None:
             finish_commit(staging)
 
 
-class UnclaimedFolder(RunFolder):
-    """The run folder as the processes other than rank 0 see it: they never write to it."""
+def temporary_name(path: Path) -> Path:
+    """Where `path` is written before it is renamed into place: hidden, and with this
+    process's pid, so two writers never write to the same temporary file."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
-    def __init__(self, save_dir: Path) -> None:
-        super().__init__(save_dir)
-        self.committed = True
+
+def write_atomic(path: Path, write: Callable, mode: str = "wb") -> None:
+    """write(file) into a temporary file, then a rename over `path`, which is atomic: a crash
+    mid-write leaves the previous file whole. The temporary file is created anew: a file or
+    link already there (a killed run's, or planted) is removed, never written through."""
+    tmp = temporary_name(path)
+    tmp.unlink(missing_ok=True)  # removes a link itself, not what it points to
+    exclusive = os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        with open(tmp, mode, opener=lambda name, flags: os.open(name, flags | exclusive, 0o644)) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_atomic(obj: dict, path: Path) -> None:
+    """torch.save with the content's checksum, whole or not at all; a full disk in one line."""
+    content = {key: value for key, value in obj.items() if key != CHECKSUM}  # a re-saved checkpoint's
+    with full_disk_said(path):
+        write_atomic(path, lambda f: torch.save({**content, CHECKSUM: content_sha256(content)}, f))
+
+
+@contextmanager
+def full_disk_said(path: Path) -> Iterator[None]:
+    """A write to `path` that fails for lack of space becomes a one-line StorageError."""
+    try:
+        yield
+    except BaseException as err:
+        full = out_of_space(err)
+        if full is None:
+            raise
+        remedy = (
+            "raise the file-size limit (ulimit -f)" if full.errno == errno.EFBIG else "free some disk space"
+        )
+        raise StorageError(
+            f"could not write {path}: {full.strerror or 'no space left on the device'}; the earlier "
+            f"checkpoint is kept: {remedy}, then continue with --from_resume 1"
+        ) from None
+
+
+def out_of_space(error: BaseException) -> OSError | None:
+    """The OSError behind `error` when a write failed for lack of space, else None.
+    (torch.save reports a failed write as a RuntimeError raised while handling it.)"""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def content_sha256(obj) -> str:
+    """A checksum of a checkpoint's content: every tensor's dtype, shape and bytes, and
+    every other value's type and repr, in the order torch.save keeps them."""
+    digest = hashlib.sha256()
+    add_to_digest(digest, obj)
+    return digest.hexdigest()
+
+
+def add_to_digest(digest, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        flat = obj.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"tensor {flat.dtype} {tuple(obj.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy())  # the raw bytes, whatever the dtype
+    elif isinstance(obj, dict):
+        digest.update(f"dict {len(obj)}|".encode())
+        for key, value in obj.items():
+            add_to_digest(digest, key)
+            add_to_digest(digest, value)
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"{type(obj).__name__} {len(obj)}|".encode())
+        for item in obj:
+            add_to_digest(digest, item)
+    else:
+        digest.update(f"{type(obj).__name__} {obj!r}|".encode())
+
+
+def load_checkpoint(path: Path, option: str, needs: tuple[str, ...], mmap: bool = False) -> dict:
+    """A checkpoint this script saved, with the keys `needs` (a sharded resume.pt keeps
+    "model" in its shards) and its checksum checked; anything else in one line. mmap:
+    the tensors stay in the file, read when used."""
+    checkpoint = read_checked(path, mmap=mmap)
+    if isinstance(checkpoint, str):
+        raise UsageError(f"{option}: {checkpoint}")
+    if "shards" in checkpoint and "step" in needs:
+        needs = tuple(key for key in needs if key != "model")
+    missing = [key for key in needs if key not in checkpoint]
+    if missing:
+        kind = (
+            "a resume checkpoint (resume.pt)" if "step" in needs else "a weights file (model.pt or best.pt)"
+        )
+        raise UsageError(f"{option}: {path} is not {kind} of this script: it has no {', '.join(missing)}")
+    return checkpoint
+
+
+def read_checked(path: Path, name_a_good_one: bool = True, mmap: bool = False) -> dict | str:
+    """The checkpoint in `path` with its checksum checked (one saved before checkpoints had
+    one is taken as it is), or what is wrong with it, naming an intact weights file beside it."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # a truncated or foreign file: say so in one line
+        return f"cannot read checkpoint {path} ({type(err).__name__}); is it a file this script saved?"
+    if not isinstance(checkpoint, dict):
+        return f"{path} is not a checkpoint of this script (it holds a {type(checkpoint).__name__})"
+    saved = checkpoint.pop(CHECKSUM, None)
+    if saved is None or saved == content_sha256(checkpoint):
+        return checkpoint
+    others = [path.with_name(name) for name in (WEIGHTS_FILE, BEST_FILE)] if name_a_good_one else []
+    intact = [p for p in others if p != path and p.is_file() and isinstance(read_checked(p, False), dict)]
+    beside = (
+        f"; {intact[0]} is intact (a run can start from it with --from_weight {intact[0]})" if intact else ""
+    )
+    return f"{path} is damaged: its content does not match its checksum{beside}"
+
+
+def check_same(what: str, saved: dict, current: dict) -> None:
+    """Refuse to resume into a different model or data, naming the first difference."""
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            raise UsageError(
+                f"the checkpoint's {what} differs: {key}={saved.get(key)!r} in the checkpoint, "
+                f"{current.get(key)!r} now; use the options of the saved run or a new --save_dir"
+            )
+
+
+def data_identity(data_meta: dict) -> dict:
+    """What a resume compares: the tokenizer and the content of the source file (so a copied
+    or touched file still resumes, and an edited one does not)."""
+    return {"tokenizer": data_meta["tokenizer"], "source_sha256": data_meta["source"]["sha256"]}
+
+
+def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters in the order optimizer.state_dict() numbers them."""
+    return [param for group in optimizer.param_groups for param in group["params"]]
+
+
+def numbered(named: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """An optimizer state in DCP's form (parameters by name) in optimizer.state_dict()'s
+    (by number), holding the same tensors."""
+    name_of = {param: name for name, param in model.named_parameters()}
+    number_of = {name_of[param]: number for number, param in enumerate(optimizer_params(optimizer))}
+    groups = [
+        {**group, "params": [number_of[name] for name in group["params"]]} for group in named["param_groups"]
+    ]
+    return {
+        "state": {number_of[name]: state for name, state in named["state"].items()},
+        "param_groups": groups,
+    }
+
+
+def shard_whole_state(checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The whole weights and optimizer state of a DDP or single-process checkpoint (every
+    process read resume.pt), cut into this FSDP run's shards, each process keeping its own.
+    The saved optimizer numbers its parameters as this one does: same model, same groups."""
+    mine, params = model.state_dict(), optimizer_params(optimizer)
+    checkpoint["model"] = {
+        name: shard_like(value, mine.get(name)) for name, value in checkpoint["model"].items()
+    }
+    saved = checkpoint["optimizer"]
+    state = {
+        n: {key: shard_like(value, params[n]) for key, value in s.items()} for n, s in saved["state"].items()
+    }
+    checkpoint["optimizer"] = {**saved, "state": state}
+
+
+def shard_like(value, param: torch.Tensor | None):
+    """`value` cut into shards as `param` is, if it has its shape (a weight, an optimizer
+    moment); anything else (a step count) as it is."""
+    if not isinstance(param, DTensor) or not torch.is_tensor(value) or value.shape != param.shape:
+        return value
+    return distribute_tensor(value.detach().to(param.device), param.device_mesh, param.placements)
+
+
+def files_sha256(folder: Path) -> dict[str, str]:
+    from course.corpus import file_sha256  # not at the top: course.corpus imports FileLock from here
+
+    return {path.name: file_sha256(path) for path in sorted(folder.iterdir())}
+
+
+def shards_problem(folder: Path, saved: dict[str, str] | None) -> str | None:
+    """What is wrong with a checkpoint's shard files, or None: each file resume.pt has a
+    checksum of is there and matches it, and there is no other file."""
+    if not folder.is_dir() or folder.is_symlink():
+        return f"its shards {folder}/ are missing"
+    if saved is None:  # saved before shards had checksums
+        return None
+    here = files_sha256(folder)
+    if sorted(here) != sorted(saved):
+        return f"{folder}/ does not hold the shard files it was saved with"
+    damaged = [name for name in here if here[name] != saved[name]]
+    return f"{folder / damaged[0]} is damaged: it does not match its checksum" if damaged else None
+
+
+class MetadataUnpickler(pickle.Unpickler):
+    """Unpickles a DCP .metadata file into DCP's metadata classes and nothing else: pickle
+    can call any function, and anyone who can write to the folder could plant one."""
+
+    ALLOWED = {
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PurePosixPath"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str):
+        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
+        if (module, name) in self.ALLOWED or is_dtype or module == "torch.distributed.checkpoint.metadata":
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
+
+
+class MetadataOnlyReader(dcp.FileSystemReader):
+    """DCP's file reader, with its metadata read by MetadataUnpickler and the shard files
+    it names kept inside the checkpoint's folder."""
+
+    def read_metadata(self, *args, **kwargs) -> dcp.Metadata:
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as f:
+                metadata = MetadataUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as err:
+            raise UsageError(f"--from_resume 1: {path} is not a checkpoint's metadata ({err})") from None
+        entries = (metadata.storage_data or {}).values() if isinstance(metadata, dcp.Metadata) else None
+        if entries is None or not all(map(names_a_file_here, entries)):
+            raise UsageError(f"--from_resume 1: {path} is not a checkpoint's metadata of its own folder")
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp.metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+def names_a_file_here(info: object) -> bool:
+    """A shard's storage entry names a file of the checkpoint's own folder."""
+    name = getattr(info, "relative_path", None) if isinstance(info, _StorageInfo) else None
+    return isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..")

@@ -25,9 +25,9 @@ if __package__ in (None, ""):  # run as a file: import from the repository, not 
 
 import torch  # noqa: E402
 
-from course.checkpoints import WEIGHTS_KEYS, load_checkpoint  # noqa: E402
 from course.devices import resolve_device  # noqa: E402
 from course.errors import DataError, OneLineErrorParser, UsageError  # noqa: E402
+from course.run_folder import WEIGHTS_KEYS, load_checkpoint  # noqa: E402
 from data_solution import Tokenizer, tokenizer_from_meta  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 

@@ -29,7 +29,7 @@ One tracked run across every resume: a resume continues the same TensorBoard run
 supersedes what was logged after its checkpoint (purge_step: TensorBoard drops the
 steps from there on in the earlier files, as the resume drops them from metrics.jsonl),
 so no step appears twice. The W&B or SwanLab run's id is saved in resume.pt
-(RunFiles.tracked_run) and --from_resume 1 continues that run (resume="allow"); W&B
+(RunFolder.tracked_run) and --from_resume 1 continues that run (resume="allow"); W&B
 keeps the values it already has of a step logged again, the same numbers, since a
 resume is exact (tokens/s apart). --overwrite 1 starts a new tracked run.
 
@@ -138,12 +138,12 @@ OPEN: list[Tracker] = []  # closed when the run ends, however it ends (course.cl
 def open_tracker(config, is_main: bool, run, resumed_at: int | None) -> Tracker:
     """The run's trackers: on rank 0, TensorBoard unless --tensorboard 0, and W&B or
     SwanLab with --use_wandb 1 (the checkpoint's tracked run on a resume). run: the
-    RunFiles, whose tracked_run goes into every checkpoint."""
+    RunFolder, whose tracked_run goes into every checkpoint."""
     sinks: list = []
     if not is_main:
         return Tracker(sinks)
     if config.tensorboard:
-        sinks.append(TensorBoard(run.folder, resumed_at))
+        sinks.append(TensorBoard(run, resumed_at))
     if config.use_wandb:
         online = {"wandb": WandB, "swanlab": SwanLab}[config.wandb_backend](config, run.tracked_run)
         run.tracked_run = online.tracked_run

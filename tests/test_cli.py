@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, TINY_MODEL, VERSE, background_job, lower_priority, run_checked
 
 import train_solution as train
-from course import checkpoints
+from course import checkpoints, run_folder
 
 # A model small enough to train for real in well under a second.
 TINY = [*TINY_MODEL, "--eval_interval", "10", "--learning_rate", "3e-3"]
@@ -138,14 +138,14 @@ def test_a_longer_max_steps_on_resume_continues_at_min_lr_and_says_so(corpus_txt
 
 def crash_after_checkpoint(monkeypatch, step: int) -> None:
     """The run raises Crash right after saving the checkpoint of `step`, as if killed there."""
-    real_save = checkpoints.RunFiles.save_checkpoint
+    real_save = run_folder.RunFolder.save_checkpoint
 
     def save_then_crash(run, model, optimizer, state, group):
         real_save(run, model, optimizer, state, group)
         if state["step"] == step:
             raise Crash(f"killed after the checkpoint at step {step}")
 
-    monkeypatch.setattr(checkpoints.RunFiles, "save_checkpoint", save_then_crash)
+    monkeypatch.setattr(run_folder.RunFolder, "save_checkpoint", save_then_crash)
 
 
 def test_resume_without_max_steps_continues_the_saved_plan(corpus_txt, tmp_path, capsys, monkeypatch):

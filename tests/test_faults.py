@@ -130,13 +130,13 @@ def test_a_new_run_is_staged_until_its_first_checkpoint(corpus_txt, tmp_path, ca
     leaves only a staging folder, which the next run removes."""
     out = tmp_path / "out"
     seen = {}
-    real_save = train.RunFiles.save_checkpoint
+    real_save = train.RunFolder.save_checkpoint
 
     def look_then_save(run_files, model, optimizer, state, group):
         seen["before"] = sorted(p.name for p in out.iterdir())
         real_save(run_files, model, optimizer, state, group)
 
-    monkeypatch.setattr(train.RunFiles, "save_checkpoint", look_then_save)
+    monkeypatch.setattr(train.RunFolder, "save_checkpoint", look_then_save)
     assert run(["--data_path", corpus_txt, "--save_dir", out, *FAST, "--max_steps", 3], capsys)[0] == 0
     assert seen["before"] == [".lock", f"{run_folder.STAGING_PREFIX}{os.getpid()}"], seen["before"]
     assert "samples.txt" in os.listdir(out) and "resume.pt" in os.listdir(out)

@@ -375,7 +375,7 @@ import torch
 import torch.distributed as dist
 import train_solution as train
 from course import cli
-from course.checkpoints import save_atomic
+from course.run_folder import save_atomic
 from course.distributed import ProcessGroup, full_weights
 
 def status(field):

@@ -112,7 +112,7 @@ def test_todo_8_names_every_call_and_key_the_run_needs():
     told = text[start : text.index("# END TODO 8", text.index("def restore_checkpoint("))]
     for needed in ("stream.state()", "stream.seek(**position)", "capture_rng_state()", "restore_rng_state()"):
         assert needed in told, f"TODO 8's docstrings and contracts must name {needed}"
-    from course.checkpoints import RESUME_KEYS
+    from course.run_folder import RESUME_KEYS
 
     for key in ("model", "optimizer", "scaler", "step"):
         assert f'"{key}"' in told, f"TODO 8 must say that the run reads the key {key!r}"

@@ -13,7 +13,7 @@ from conftest import ROOT, TINY_MODEL, VERSE
 
 import train_solution as train
 from course import sample
-from course.checkpoints import save_atomic
+from course.run_folder import save_atomic
 
 SCRIPT = ROOT / "course" / "sample.py"
 

@@ -21,8 +21,8 @@ from test_faults import checksums, one_error_line, records, run
 
 import train_solution as train
 from course import run_folder, sample
-from course.checkpoints import CHECKSUM, MetadataOnlyReader, RunFiles, save_atomic
 from course.errors import UsageError
+from course.run_folder import CHECKSUM, MetadataOnlyReader, save_atomic
 
 # --- a commit is whole or not at all ------------------------------------------------------------
 
@@ -252,9 +252,8 @@ def test_shard_metadata_is_unpickled_into_dcps_classes_only(background, tmp_path
 
 @pytest.mark.parametrize("shards", ["/etc", "resume-shards/../../elsewhere", "resume-shards/step6/../../x"])
 def test_shards_outside_the_run_folder_are_refused(shards, tmp_path):
-    folder = run_folder.RunFolder(tmp_path)
     with pytest.raises(UsageError, match="names shards outside its run folder"):
-        RunFiles(folder).checked_shards({"shards": shards})
+        run_folder.RunFolder(tmp_path).checked_shards({"shards": shards})
 
 
 # --- damaged checkpoints ---------------------------------------------------------------------

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from conftest import load_balancing_reference, tiny_gpt
 
-from course import checkpoints
+from course import run_folder
 from model import GPT, IGNORE_INDEX, GPTConfig
 from optim import configure_optimizers
 
@@ -950,19 +950,19 @@ def test_todo_8_resumed_run_matches_the_uninterrupted_run(learner, tmp_path):
     class Crash(Exception):
         pass
 
-    real_save = checkpoints.RunFiles.save_checkpoint
+    real_save = run_folder.RunFolder.save_checkpoint
 
     def save_then_crash(run, model, optimizer, state, group):
         real_save(run, model, optimizer, state, group)
         if state is not None and state.get("step") == 3:
             raise Crash  # as if the run were killed right after the checkpoint of step 3
 
-    checkpoints.RunFiles.save_checkpoint = save_then_crash
+    run_folder.RunFolder.save_checkpoint = save_then_crash
     try:
         with pytest.raises(Crash):
             learner.train.main([*args, "--save_dir", str(tmp_path / "resumed")])
     finally:
-        checkpoints.RunFiles.save_checkpoint = real_save
+        run_folder.RunFolder.save_checkpoint = real_save
     assert learner.train.main([*args, "--save_dir", str(tmp_path / "resumed"), "--from_resume", "1"]) == 0
 
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")

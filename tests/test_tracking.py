@@ -68,18 +68,18 @@ def tracked_run(tmp_path_factory):
     out = root / "out"
     args = ["--data_path", root / "verse.txt", "--data_dir", root / "prepared", "--save_dir", out, *TINY]
     args = [str(a) for a in args]
-    save_checkpoint = train.RunFiles.save_checkpoint
+    save_checkpoint = train.RunFolder.save_checkpoint
 
     def save_and_copy(run_files, model, optimizer, state, group):
         save_checkpoint(run_files, model, optimizer, state, group)
         if state["step"] == 4:
             shutil.copy(out / "resume.pt", root / "resume-step4.pt")
 
-    train.RunFiles.save_checkpoint = save_and_copy
+    train.RunFolder.save_checkpoint = save_and_copy
     try:
         assert train.main([*args, "--max_steps", "8"]) == 0
     finally:
-        train.RunFiles.save_checkpoint = save_checkpoint
+        train.RunFolder.save_checkpoint = save_checkpoint
     shutil.copy(root / "resume-step4.pt", out / "resume.pt")  # steps 5-8 were logged after it
     with open(out / "metrics.jsonl", "a") as f:
         f.write('{"step": 9, "loss": 1.2')

@@ -218,7 +218,6 @@ def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
     """tokens/s counts the tokens of every process; MFU divides by the peak of all the GPUs."""
     import argparse
 
-    from course.checkpoints import RunFiles
     from course.distributed import ProcessGroup
     from course.logbook import Logbook
     from course.run_folder import RunFolder
@@ -228,9 +227,7 @@ def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
     meta, scaler = {"val_tokens": 1, "val_bytes": 1}, torch.amp.GradScaler("cpu", enabled=False)
     group = ProcessGroup(rank=0, world_size=2)
     folder = RunFolder.claim(tmp_path / "out", resume=False, overwrite=False)
-    book = Logbook(
-        args, group, torch.device("cpu"), torch.float32, None, meta, scaler, None, None, RunFiles(folder)
-    )
+    book = Logbook(args, group, torch.device("cpu"), torch.float32, None, meta, scaler, None, None, folder)
     book.peak_flops = 1e12  # as on a GPU of the table
     with book.progress(0, 1):
         book.step_done(step_stats(loss=2.0, targets=32))
@@ -252,7 +249,6 @@ def test_the_logged_loss_weighs_every_real_target_of_every_step_and_process(tmp_
     the logged loss is the mean over all of them, and tokens/s counts them, not padding."""
     import argparse
 
-    from course.checkpoints import RunFiles
     from course.distributed import ProcessGroup
     from course.logbook import Logbook
     from course.run_folder import RunFolder
@@ -263,7 +259,7 @@ def test_the_logged_loss_weighs_every_real_target_of_every_step_and_process(tmp_
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     folder = RunFolder.claim(tmp_path / "out", resume=False, overwrite=False)
     book = Logbook(args, ProcessGroup(rank=0, world_size=2), torch.device("cpu"), torch.float32, None, meta,
-                   scaler, None, None, RunFiles(folder))  # fmt: skip
+                   scaler, None, None, folder)  # fmt: skip
     other_process = torch.tensor([6.0 * 50, 0.5 * 50, 50, 50])  # its window: a loss of 6 over 50 targets
     now = [100.0]  # a clock that moves only when told to
     monkeypatch.setattr("course.logbook.time", types.SimpleNamespace(perf_counter=lambda: now[0]))
