@@ -1,8 +1,6 @@
-"""What a checkpoint restores besides its tensors: the random generators of every
-process, a GradScaler that fits this run, and the weights of another run (--from_weight).
-
-What goes into resume.pt is the lesson of TODO 8; how the files get onto the disk, and
-how a resume refuses a checkpoint of another model or corpus, is course.run_folder's.
+"""What a resume restores besides the tensors (the random generators of every process, a
+GradScaler that fits this run), and --from_weight. What goes into resume.pt is the lesson
+of TODO 8; how the files reach the disk, and are checked when read, is course.run_folder's.
 """
 
 from __future__ import annotations
@@ -20,10 +18,8 @@ from course.run_folder import WEIGHTS_KEYS, check_same, load_checkpoint
 
 
 def seed_everything(seed: int, rank: int = 0) -> None:
-    """Seed every generator a run draws from, offset by the process's rank (as nanoGPT
-    does), so that under DDP each process draws its own dropout masks. The order of the
-    batches has its own generator (course.batches), and DDP copies rank 0's initial
-    weights to every process."""
+    """Seed every generator a run draws from, offset by the rank (as nanoGPT does): under DDP
+    each process draws its own dropout masks (the batches have their own, course.batches)."""
     random.seed(seed + rank)
     np.random.seed(seed + rank)
     torch.manual_seed(seed + rank)
@@ -43,9 +39,8 @@ def this_process_rng_state() -> dict:
 
 
 def capture_rng_state() -> dict:
-    """Every random generator a run draws from (dropout, sampling, user code), in every
-    training process: under DDP each process has its own, and one checkpoint must resume
-    them all. Every process calls it (it gathers the states); rank 0 saves the result."""
+    """Every random generator a run draws from (dropout, sampling), of every process: one
+    checkpoint resumes them all. Every process calls it (it gathers); rank 0 saves."""
     states = [this_process_rng_state()]
     if dist.is_initialized():
         states = [None] * dist.get_world_size()
@@ -54,9 +49,8 @@ def capture_rng_state() -> dict:
 
 
 def restore_rng_state(state: dict) -> None:
-    """Each process takes back its own generators' states from capture_rng_state()'s dict.
-    A run resumed on more processes than it saved (course.cli.check_global_batch) has
-    none for the extra ones: they keep the generators seed_everything gave them."""
+    """Each process takes back its own generators' states; one a resume on more processes
+    added (course.cli.check_global_batch) keeps those seed_everything gave it."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     if rank >= len(state["ranks"]):
         return
@@ -71,10 +65,8 @@ def restore_rng_state(state: dict) -> None:
 
 
 def fit_scaler_state(checkpoint: dict, scaler: torch.amp.GradScaler) -> dict:
-    """The checkpoint, with a GradScaler state that this run's scaler can load. A run
-    saved in bfloat16 or float32 has no scaler state ({}); resumed in float16 (moved to
-    an older GPU) its scaler starts fresh, as a new float16 run's does, with a note. The
-    other way round, a disabled scaler ignores the saved state."""
+    """The checkpoint, with a scaler state this run can load: a run saved without float16 has
+    none ({}), so a float16 resume starts a fresh scaler, with a note; a disabled one ignores it."""
     if scaler.is_enabled() and not checkpoint.get("scaler"):
         print("note: the saved run did not train in float16: its GradScaler starts at the initial scale")
         return {**checkpoint, "scaler": scaler.state_dict()}

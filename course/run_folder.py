@@ -1,22 +1,15 @@
 """One run per folder: a run's files, where each goes and when, and how a save reaches
-the disk whole. docs/what-is-kept.md tells the rules to learners:
+the disk whole (docs/what-is-kept.md tells learners the rules).
 
-- A new run does not start in a folder that holds another run: it is refused, naming
-  `--from_resume 1`, another `--save_dir` and `--overwrite 1` (nanoGPT overwrites its
-  out/ silently; refusing keeps `out/model.pt` meaning the run you trained).
-- Until its first checkpoint a new run writes into `.pretrain-staging-<pid>/`; then it
-  commits with a redo log: `commit.json` (the staged files) is written atomically, which
-  makes it the folder's run, and the files move into place, resume.pt last, the old
-  run's into `.replaced/`. A commit that a kill stopped is finished by the next claim.
-- One run at a time: a lock on `.lock`, which the system frees however the process ends.
-- A claim removes only this project's leftovers, once it holds the lock; no file is
-  written through a symbolic link.
-
-Every .pt file holds a checksum of its content, checked when read: torch.load does not
-notice a flipped byte in tensor data. Under FSDP each process writes its own shard with
-DCP (gathering the optimizer state on one would need the memory FSDP saves), and
-resume.pt, written last, names the shards with their checksums; model.pt and best.pt
-are gathered into single files that every tool reads without torch.distributed.
+A new run does not start in a folder that holds another run (nanoGPT overwrites its
+out/ silently; refusing keeps `out/model.pt` meaning the run you trained). Until its
+first checkpoint it writes into `.pretrain-staging-<pid>/`, then commits with a redo
+log: once `commit.json` (the staged files) is written, it is the folder's run, and its
+files move into place, resume.pt last; a commit that a kill stopped is finished by the
+next claim. One run at a time holds `.lock`. Every .pt file holds a checksum of its
+content: torch.load does not notice a flipped byte in tensor data. Under FSDP every
+process writes its shard with DCP (gathering the optimizer state on one would need the
+memory FSDP saves); model.pt and best.pt are single files, read without torch.distributed.
 """
 
 from __future__ import annotations
@@ -58,15 +51,7 @@ TENSORBOARD_DIR = "tensorboard"  # TensorBoard's event files (course.tracking); 
 SHARDS_DIR = "resume-shards"  # FSDP: the weights and optimizer state of resume.pt, one file per process
 PROFILE_FILE = "profile.pt.trace.json"  # --profile N
 # What every run writes; FSDP adds its shards, --profile a trace (RUN_FILES: all, resume.pt last).
-EVERY_RUN_FILES = (
-    WEIGHTS_FILE,
-    BEST_FILE,
-    METRICS_FILE,
-    PLOT_FILE,
-    SAMPLES_FILE,
-    TENSORBOARD_DIR,
-    RESUME_FILE,
-)
+EVERY_RUN_FILES = WEIGHTS_FILE, BEST_FILE, METRICS_FILE, PLOT_FILE, SAMPLES_FILE, TENSORBOARD_DIR, RESUME_FILE
 RUN_FILES = (*EVERY_RUN_FILES[:-1], SHARDS_DIR, PROFILE_FILE, RESUME_FILE)
 WEIGHTS_KEYS = ("model", "model_config", "tokenizer")  # model.pt and best.pt
 RESUME_KEYS = (*WEIGHTS_KEYS, "step", "data_source", "plan")  # resume.pt (and checkpoint_state's keys)
@@ -83,10 +68,9 @@ OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # disk full, quota, fi
 
 
 class RunFolder:
-    """One run's folder and files. `claim` decides, before anything is written, whether
-    this run may use the folder; `path(name)` is where a file goes now (staged until a new
-    run's first checkpoint); `save_checkpoint` writes and commits; `release` ends the claim.
-    The processes other than rank 0 hold one with writes=False: they write only FSDP shards."""
+    """One run's folder and files: `claim` it, write each file at `path(name)` (staged until a
+    new run's first checkpoint), `save_checkpoint` and commit, `release`. The processes other
+    than rank 0 hold one with writes=False: they write only their FSDP shards."""
 
     def __init__(self, save_dir: Path, writes: bool = True) -> None:
         self.save_dir, self.writes = save_dir, writes
@@ -103,9 +87,8 @@ class RunFolder:
 
     @classmethod
     def claim(cls, save_dir: Path, resume: bool, overwrite: bool) -> RunFolder:
-        """This run's folder: checked, locked, and for a new run a staging folder. A commit a
-        killed run left halfway is finished first; nothing else changes until this run is
-        known to be allowed there."""
+        """This run's folder: checked, locked, and for a new run a staging folder. Nothing
+        changes before this run is known to be allowed there, but a killed run's commit."""
         if resume or overwrite:
             check_run_files_writable(save_dir, resume)
         check_folder(save_dir, "--save_dir")
@@ -126,8 +109,7 @@ class RunFolder:
                     f"{save_dir}/ holds a run ({', '.join(held)}): continue it with --from_resume 1, "
                     "start a new one with another --save_dir, or replace it with --overwrite 1"
                 )
-            # Leftovers of this project's killed runs (no one else writes them while this process
-            # holds the lock); other files are the user's.
+            # This project's leftovers (no one writes them while we hold the lock); the rest is the user's.
             for path in save_dir.glob(f"{STAGING_PREFIX}*"):
                 remove(path)
             for path in save_dir.glob(".*.tmp"):
@@ -155,8 +137,8 @@ class RunFolder:
         return self.save_dir / name
 
     def commit(self) -> None:
-        """After this run's first checkpoint: the list of its staged files makes it the
-        folder's run, then they move into place (finish_commit)."""
+        """After a new run's first checkpoint: the list of its staged files makes it the
+        folder's run, then they move into place."""
         if self.staging is not None:
             for close in self.before_commit:
                 close()
@@ -179,8 +161,7 @@ class RunFolder:
     def describe(
         self, model_config: dict, tokenizer_meta: dict, data_meta: dict, options: dict, plan: dict
     ) -> None:
-        """What identifies this run, saved with every checkpoint; the plan (course.cli.run_plan)
-        is what a resume continues."""
+        """What identifies this run, in every checkpoint; a resume continues its plan (cli.run_plan)."""
         self.identity = {
             "model_config": model_config,
             "data_source": data_identity(data_meta),
@@ -190,9 +171,8 @@ class RunFolder:
         }
 
     def check_free_space(self, model: torch.nn.Module) -> None:
-        """Room, before anything is written, for the old and the new resume.pt side by side
-        (weights and up to two optimizer moments each), model.pt and best.pt: float32
-        numbers, plus a margin. Rank 0 saves, so rank 0 checks."""
+        """Room, before anything is written, for the old and the new resume.pt (weights and up
+        to two optimizer moments each), model.pt and best.pt in float32, plus a margin."""
         if not self.writes:
             return
         needed = int(1.25 * 4 * sum(p.numel() for p in model.parameters()) * 8) + 10**7
@@ -205,8 +185,7 @@ class RunFolder:
 
     @saves_finish_first()  # a second signal quits once the file is written
     def save_weights(self, model: torch.nn.Module, name: str = WEIGHTS_FILE, **extra) -> None:
-        """model.pt or best.pt, written by rank 0; under FSDP every process calls it (the
-        weights are gathered from all of them)."""
+        """model.pt or best.pt, written by rank 0; under FSDP every process calls it (to gather)."""
         weights = full_weights(model)
         if self.writes:
             identity = {key: self.identity[key] for key in ("model_config", "tokenizer")}
@@ -220,9 +199,8 @@ class RunFolder:
         state: dict | None,
         group: ProcessGroup,
     ) -> None:
-        """model.pt, then resume.pt (a checkpoint_state() dict with the run's identity, so a
-        resume can refuse a mismatch) unless TODO 8 is open (state None), then the commit.
-        Every process calls it; under FSDP each writes its shards first."""
+        """model.pt, resume.pt (checkpoint_state() and the run's identity; none while TODO 8 is
+        open), then the commit. Every process calls it: under FSDP each writes its shards first."""
         self.save_weights(model)
         if state is not None and is_sharded(model):
             state = self.save_shards(state, model, optimizer, group)
@@ -241,9 +219,8 @@ class RunFolder:
         self, state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup
     ) -> dict:
         """Every process writes its shards (DCP) into a folder of this step; returns the rest
-        of the state, which names the folder, for resume.pt. The optimizer state is in DCP's
-        form, which names each parameter (optimizer.state_dict() numbers them), so that DCP
-        can match every shard by name."""
+        of the state, naming the folder, for resume.pt. The optimizer state is in DCP's form,
+        which names the parameters (optimizer.state_dict() numbers them): DCP matches by name."""
         name = f"step{state['step']}"
         folder = Path(group.main_says(str(self.path(SHARDS_DIR) / name) if self.writes else None))
         if self.writes:
@@ -258,8 +235,7 @@ class RunFolder:
         return {**rest, "shards": f"{SHARDS_DIR}/{name}", "shards_sha256": checksums}
 
     def load_resume(self) -> dict:
-        """The checkpoint that --from_resume 1 continues (claim made sure it is there); an FSDP
-        run's keeps its weights and optimizer state in its shards until read_shards."""
+        """The checkpoint --from_resume 1 continues; an FSDP run's tensors stay in its shards."""
         checkpoint = load_checkpoint(self.final_path(RESUME_FILE), "--from_resume 1", RESUME_KEYS)
         self.tracked_run = checkpoint.get("tracked_run")
         return checkpoint
@@ -274,11 +250,10 @@ class RunFolder:
         check_same("data", saved, self.identity["data_source"])
 
     def read_shards(self, checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """The weights and optimizer state of an FSDP checkpoint, or for an FSDP run, in this
-        run's layout under checkpoint["model"] and ["optimizer"], which restore_checkpoint
-        loads. DCP reads them in place, into the model's tensors and the optimizer's (made
-        by a step at LR 0), resharded over any number of processes or none: restore_checkpoint
-        then finds them loaded. A whole checkpoint is cut into this FSDP run's shards."""
+        """The weights and optimizer state in this run's layout, for restore_checkpoint to load.
+        DCP reads the shards in place, resharded over any number of processes or none, into
+        the model's tensors and the optimizer's (made by a step at LR 0): restore_checkpoint
+        then finds them loaded. A whole checkpoint is cut into an FSDP run's shards."""
         if "shards" not in checkpoint:
             if is_sharded(model):
                 shard_whole_state(checkpoint, model, optimizer)
@@ -289,8 +264,8 @@ class RunFolder:
         checkpoint.update(model=state["model"], optimizer=numbered(state["optimizer"], model, optimizer))
 
     def checked_shards(self, checkpoint: dict) -> Path:
-        """The shard folder resume.pt names, once rank 0 has found it inside the run folder
-        and holding the files resume.pt has the checksums of (and told every process)."""
+        """The shard folder resume.pt names, once rank 0 found it in the run folder, holding
+        the files resume.pt has the checksums of (and told every process)."""
         name, resume = checkpoint["shards"], self.final_path(RESUME_FILE)
         if not isinstance(name, str) or not SHARD_FOLDER.fullmatch(name):
             raise UsageError(f"{resume} names shards outside its run folder ({name!r}): refused")
@@ -304,8 +279,7 @@ class RunFolder:
 
 
 def check_folder(path: Path, option: str) -> None:
-    """A folder this run will write into: a folder, or one that can be created, where a
-    file can be written (a probe file, removed at once)."""
+    """A folder, or one that can be created, where a file can be written (a probe, removed at once)."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent  # the folder is created later: its nearest existing parent decides
@@ -324,8 +298,7 @@ def check_folder(path: Path, option: str) -> None:
 
 
 def check_run_files_writable(save_dir: Path, resume: bool) -> None:
-    """A resume appends to its run's files, an overwrite replaces them: one made read-only
-    (chmod 444) is a sign to keep it, and an append to it would fail mid-run."""
+    """A run file made read-only (chmod 444) is a sign to keep it; a resume's append to it would fail."""
     read_only = [name for name in RUN_FILES if (save_dir / name).exists() and not writable(save_dir / name)]
     if read_only:
         option = "--from_resume 1" if resume else "--overwrite 1"
@@ -341,10 +314,9 @@ def writable(path: Path) -> bool:
 
 
 class FileLock:
-    """An exclusive lock on a lock file holding its holder's pid (course.corpus takes one
-    too); the system frees it when the process ends, however it ends. busy: what a refused
-    or waiting process is told ({pid}: the holder's); unlocked: what to do where the file
-    system has no locks (the process goes on unlocked)."""
+    """An exclusive lock on a file holding its holder's pid (course.corpus takes one too), freed
+    by the system however the process ends. busy: what a refused or waiting process is told
+    ({pid}: the holder's); unlocked: what to do where the file system has no locks."""
 
     def __init__(self, path: Path, busy: str, unlocked: str = "run one process here at a time") -> None:
         self.path, self.busy, self.unlocked = path, busy, unlocked
@@ -383,8 +355,7 @@ class FileLock:
         self.fd = fd
 
     def open(self) -> int:
-        """The lock file, never through a symbolic link (which would have this process
-        write its pid into whatever the link points to)."""
+        """The lock file, never through a symbolic link (the pid would go where it points)."""
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
@@ -420,8 +391,7 @@ def sync_folder(path: Path) -> None:
 
 
 def read_commit_list(staging: Path) -> list[str] | None:
-    """The files a staging folder's commit moves in; None if it was never committed (or
-    its list is not one this project wrote: then it is a leftover)."""
+    """The files a staging folder's commit moves in; None if it is a leftover (never committed)."""
     try:
         files = json.loads((staging / COMMIT_FILE).read_text())["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -432,10 +402,9 @@ def read_commit_list(staging: Path) -> list[str] | None:
 
 
 def finish_commit(staging: Path) -> None:
-    """Move a committed run's staged files into the folder, resume.pt last, and the old
-    run's out, into REPLACED_DIR (a folder cannot be renamed over another), which goes with
-    the staging folder. Every step can be done again: running this once more finishes a
-    commit stopped anywhere."""
+    """Move a committed run's files in, resume.pt last, and the old run's out, into REPLACED_DIR
+    (a folder cannot be renamed over another). Every step can be redone: a second call
+    finishes a commit stopped anywhere."""
     files = read_commit_list(staging)
     assert files is not None, f"{staging} has no commit list"
     save_dir, replaced = staging.parent, staging / REPLACED_DIR
@@ -454,8 +423,7 @@ def finish_commit(staging: Path) -> None:
 
 
 def finish_interrupted_commits(save_dir: Path) -> None:
-    """A staging folder with a commit list is a killed run's commit: that run is the
-    folder's run now, so its commit is finished, with a note."""
+    """A staging folder with a commit list is a killed run's commit, the folder's run now: finish it."""
     for staging in sorted(save_dir.glob(f"{STAGING_PREFIX}*")):
         if staging.is_dir() and not staging.is_symlink() and read_commit_list(staging) is not None:
             print(
@@ -466,15 +434,13 @@ def finish_interrupted_commits(save_dir: Path) -> None:
 
 
 def temporary_name(path: Path) -> Path:
-    """Where `path` is written before it is renamed into place: hidden, and with this
-    process's pid, so two writers never write to the same temporary file."""
+    """Where `path` is written before its rename: hidden, with the pid, so writers never share one."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def write_atomic(path: Path, write: Callable, mode: str = "wb") -> None:
-    """write(file) into a temporary file, then a rename over `path`, which is atomic: a crash
-    mid-write leaves the previous file whole. The temporary file is created anew: a file or
-    link already there (a killed run's, or planted) is removed, never written through."""
+    """write(file) into a new temporary file (one already there, or a link, is removed, never
+    written through), then an atomic rename over `path`: a crash leaves the old file whole."""
     tmp = temporary_name(path)
     tmp.unlink(missing_ok=True)  # removes a link itself, not what it points to
     exclusive = os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
@@ -515,8 +481,8 @@ def full_disk_said(path: Path) -> Iterator[None]:
 
 
 def out_of_space(error: BaseException) -> OSError | None:
-    """The OSError behind `error` when a write failed for lack of space, else None.
-    (torch.save reports a failed write as a RuntimeError raised while handling it.)"""
+    """The OSError behind a write that failed for lack of space, or None (torch.save raises a
+    RuntimeError while handling it)."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
             return error
@@ -525,8 +491,7 @@ def out_of_space(error: BaseException) -> OSError | None:
 
 
 def content_sha256(obj) -> str:
-    """A checksum of a checkpoint's content: every tensor's dtype, shape and bytes, and
-    every other value's type and repr, in the order torch.save keeps them."""
+    """Every tensor's dtype, shape and bytes, every other value's type and repr, in order."""
     digest = hashlib.sha256()
     add_to_digest(digest, obj)
     return digest.hexdigest()
@@ -551,9 +516,8 @@ def add_to_digest(digest, obj) -> None:
 
 
 def load_checkpoint(path: Path, option: str, needs: tuple[str, ...], mmap: bool = False) -> dict:
-    """A checkpoint this script saved, with the keys `needs` (a sharded resume.pt keeps
-    "model" in its shards) and its checksum checked; anything else in one line. mmap:
-    the tensors stay in the file, read when used."""
+    """A checkpoint this script saved, with the keys `needs` and its checksum checked; anything
+    else in one line. mmap: the tensors stay in the file, read when used."""
     checkpoint = read_checked(path, mmap=mmap)
     if isinstance(checkpoint, str):
         raise UsageError(f"{option}: {checkpoint}")
@@ -569,8 +533,7 @@ def load_checkpoint(path: Path, option: str, needs: tuple[str, ...], mmap: bool 
 
 
 def read_checked(path: Path, name_a_good_one: bool = True, mmap: bool = False) -> dict | str:
-    """The checkpoint in `path` with its checksum checked (one saved before checkpoints had
-    one is taken as it is), or what is wrong with it, naming an intact weights file beside it."""
+    """The checkpoint in `path` with its checksum checked (if it has one), or what is wrong with it."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # a truncated or foreign file: say so in one line
@@ -599,19 +562,16 @@ def check_same(what: str, saved: dict, current: dict) -> None:
 
 
 def data_identity(data_meta: dict) -> dict:
-    """What a resume compares: the tokenizer and the content of the source file (so a copied
-    or touched file still resumes, and an edited one does not)."""
+    """The tokenizer and the source file's content: a copied file still resumes, an edited one not."""
     return {"tokenizer": data_meta["tokenizer"], "source_sha256": data_meta["source"]["sha256"]}
 
 
 def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """The parameters in the order optimizer.state_dict() numbers them."""
-    return [param for group in optimizer.param_groups for param in group["params"]]
+    return [param for group in optimizer.param_groups for param in group["params"]]  # as numbered
 
 
 def numbered(named: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """An optimizer state in DCP's form (parameters by name) in optimizer.state_dict()'s
-    (by number), holding the same tensors."""
+    """An optimizer state in DCP's form (by name) in optimizer.state_dict()'s (by number)."""
     name_of = {param: name for name, param in model.named_parameters()}
     number_of = {name_of[param]: number for number, param in enumerate(optimizer_params(optimizer))}
     groups = [
@@ -624,9 +584,8 @@ def numbered(named: dict, model: torch.nn.Module, optimizer: torch.optim.Optimiz
 
 
 def shard_whole_state(checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """The whole weights and optimizer state of a DDP or single-process checkpoint (every
-    process read resume.pt), cut into this FSDP run's shards, each process keeping its own.
-    The saved optimizer numbers its parameters as this one does: same model, same groups."""
+    """A whole (DDP or single-process) checkpoint, which every process read, cut into this FSDP
+    run's shards. The saved optimizer numbers its parameters as this one: same model, groups."""
     mine, params = model.state_dict(), optimizer_params(optimizer)
     checkpoint["model"] = {
         name: shard_like(value, mine.get(name)) for name, value in checkpoint["model"].items()
@@ -639,8 +598,7 @@ def shard_whole_state(checkpoint: dict, model: torch.nn.Module, optimizer: torch
 
 
 def shard_like(value, param: torch.Tensor | None):
-    """`value` cut into shards as `param` is, if it has its shape (a weight, an optimizer
-    moment); anything else (a step count) as it is."""
+    """A weight or optimizer moment cut into shards as `param` is; anything else as it is."""
     if not isinstance(param, DTensor) or not torch.is_tensor(value) or value.shape != param.shape:
         return value
     return distribute_tensor(value.detach().to(param.device), param.device_mesh, param.placements)
@@ -653,8 +611,7 @@ def files_sha256(folder: Path) -> dict[str, str]:
 
 
 def shards_problem(folder: Path, saved: dict[str, str] | None) -> str | None:
-    """What is wrong with a checkpoint's shard files, or None: each file resume.pt has a
-    checksum of is there and matches it, and there is no other file."""
+    """What is wrong with the shard files, or None: exactly the files resume.pt has checksums of."""
     if not folder.is_dir() or folder.is_symlink():
         return f"its shards {folder}/ are missing"
     if saved is None:  # saved before shards had checksums
@@ -667,18 +624,11 @@ def shards_problem(folder: Path, saved: dict[str, str] | None) -> str | None:
 
 
 class MetadataUnpickler(pickle.Unpickler):
-    """Unpickles a DCP .metadata file into DCP's metadata classes and nothing else: pickle
-    can call any function, and anyone who can write to the folder could plant one."""
+    """DCP's .metadata into DCP's metadata classes only: pickle can call any function."""
 
-    ALLOWED = {
-        ("torch", "Size"),
-        ("torch.serialization", "_get_layout"),
-        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-        ("pathlib", "PosixPath"),
-        ("pathlib", "WindowsPath"),
-        ("pathlib", "PurePosixPath"),
-        ("collections", "OrderedDict"),
-    }
+    ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")}
+    ALLOWED |= {("pathlib", name) for name in ("PosixPath", "WindowsPath", "PurePosixPath")}
+    ALLOWED |= {("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
 
     def find_class(self, module: str, name: str):
         is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
@@ -688,8 +638,7 @@ class MetadataUnpickler(pickle.Unpickler):
 
 
 class MetadataOnlyReader(dcp.FileSystemReader):
-    """DCP's file reader, with its metadata read by MetadataUnpickler and the shard files
-    it names kept inside the checkpoint's folder."""
+    """DCP's reader, with MetadataUnpickler, and shard files inside the checkpoint's folder only."""
 
     def read_metadata(self, *args, **kwargs) -> dcp.Metadata:
         path = Path(self.path) / ".metadata"
