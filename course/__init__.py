@@ -12,8 +12,8 @@ needs, but that is not the lesson, lives here, one module per concern:
   and the fixed validation batches.
 - `devices`: which device and number type to train in, and the GPU's peak FLOP/s.
 - `distributed`: one process or several under torchrun (DDP), and wrapping the model.
-- `run_folder`: one run per folder: a new run never touches another run's files.
-- `checkpoints`: atomic files, random states, and refusing to resume a different run.
+- `run_folder`: one run per folder, and its checkpoint files: atomic and checksummed.
+- `checkpoints`: random states, the GradScaler on a resume, and --from_weight.
 - `logbook`: the metrics file, the plot, text samples, the progress bar, throughput.
 - `guards`: Ctrl+C and SIGTERM that save before stopping, and the NaN guard.
 - `open_todos`: what the exercise files do while a TODO is still open.
