@@ -1,11 +1,10 @@
 """One training process, or several started by torchrun: DDP, or FSDP when the model outgrows
 one device (docs/scale.md explains both); under FSDP all processes evaluate and sample.
 
-Timeouts: the training's collectives take `STEP_TIMEOUT`, NCCL's own 10 minutes, so a hung
-run stops soon. Rank 0's slow work (preparing the corpus, writing checkpoints) may take
-longer: the others wait for it in `ProcessGroup.barrier`, on a gloo group with
-`MAIN_WORK_TIMEOUT`, and so reach the next training collective together with rank 0.
-"""
+Timeouts: the training's collectives take `STEP_TIMEOUT`, NCCL's own 10 minutes, so a hung run
+stops soon. Rank 0's slow work (preparing the corpus, writing checkpoints) may take longer: the
+others wait for it in `ProcessGroup.barrier`, on a gloo group with `MAIN_WORK_TIMEOUT`, and so
+reach the next training collective together with rank 0."""
 
 import copy
 import gc
@@ -80,8 +79,8 @@ class ProcessGroup:
 
 
 def sum_over_processes(value: torch.Tensor) -> torch.Tensor:
-    """The sum of `value` over all training processes: an all-reduce that every process
-    must call at the same point. Without torchrun, `value` itself."""
+    """The sum of `value` over all training processes: an all-reduce, which every process must
+    call at the same point (without torchrun, `value` itself)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
     total = value.detach().clone()
@@ -96,8 +95,7 @@ def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
 
 
 def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
-    """Join the process group when torchrun started this process (it sets RANK); NCCL
-    connects GPUs, gloo CPU processes, so DDP also runs (and is tested) on a laptop."""
+    """Join the process group when torchrun started this process (it sets RANK); NCCL or gloo (CPUs)."""
     if "RANK" not in os.environ:
         return ProcessGroup(), device
     if device.type == "mps":
@@ -115,8 +113,8 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
 
 
 def shut_down() -> None:
-    """Leave the process group, if joined. The model's DeviceMesh (in reference cycles) goes
-    first: a group it still refers to lives on to the exit, where gloo often aborts (SIGABRT)."""
+    """Leave the process group, after the model's DeviceMesh (reference cycles): a group that a mesh
+    still refers to lives on to the interpreter's exit, where gloo often aborts (SIGABRT)."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
@@ -149,8 +147,8 @@ def build_sharded(
     build: Callable[[], torch.nn.Module], group: ProcessGroup, device: torch.device, dtype: torch.dtype
 ) -> torch.nn.Module:
     """The model of `build()` sharded, never whole on a device: built on the meta device, sharded,
-    then each process replays one process's random draws (under the same torch.manual_seed) a
-    whole parameter at a time on the CPU and keeps its shard: the same weights as one process."""
+    then each process replays one process's random draws (same torch.manual_seed) a whole
+    parameter at a time on the CPU and keeps its shard: the same weights as one process."""
     with torch.device("meta"):
         model = build()  # a meta tensor draws nothing: the generator has not moved
     # Each layer beside a meta copy of itself, to replay the default init it drew as it was built.
@@ -222,9 +220,8 @@ def whole_weights(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for block in model.transformer.h:
             block.set_reshard_after_forward(True)
-        for module in model.modules():
-            if isinstance(module, FSDPModule):
-                module.reshard()
+        for module in filter(is_sharded, model.modules()):
+            module.reshard()
 
 
 def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -19,9 +19,8 @@ from tqdm import tqdm
 from course.errors import StopNow, TrainingDiverged
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl+C", signal.SIGTERM: "SIGTERM"}
-# Seconds in which the same signal again counts once: Slurm and systemd signal every process of a
-# job and torchrun forwards its own, so each gets it twice, ~1 ms apart; but the second's handler
-# runs only once the main thread is back from the C call it is in (a collective, say).
+# Seconds in which the same signal counts once: Slurm and systemd signal every process of a job and
+# torchrun forwards its own, so each gets two, ~1 ms apart, handled once back from a C call.
 REPEAT_WINDOW = 2.0
 
 _first_came: dict[int, float] = {}  # when this process first got each stop signal
@@ -111,8 +110,7 @@ def stop_at_once_on_sigterm() -> None:
 
 
 class StopRequests:
-    """The first Ctrl+C or SIGTERM asks the loop to save and stop after the current step
-    (`requested` holds its number); a second one stops at once."""
+    """The first Ctrl+C or SIGTERM asks the loop to save and stop after this step; a second stops at once."""
 
     def __init__(self, announce: bool = True) -> None:
         self.requested: int | None = None
@@ -134,16 +132,13 @@ class StopRequests:
             quit_at_once(signum)
             return
         self.requested = signum
-        if not self.announce:
-            return
+        again = "press Ctrl+C again" if signum == signal.SIGINT else "send it again"
+        cause, then = STOP_SIGNALS[signum], f"{again} to quit at once"
         if orphan_seconds is not None:
             cause = f"the launcher (pid {_launcher_pid}) is gone"
             then = f"ended by SIGALRM in {orphan_seconds} s if it hangs"
-        else:
-            cause = STOP_SIGNALS[signum]
-            again = "press Ctrl+C again" if signum == signal.SIGINT else "send it again"
-            then = f"{again} to quit at once"
-        tqdm.write(f"{cause}: saving a checkpoint after this step ({then})")
+        if self.announce:
+            tqdm.write(f"{cause}: saving a checkpoint after this step ({then})")
 
     def signum(self) -> int:
         """The signal that asked to stop (SIGTERM where it reached another process only)."""
