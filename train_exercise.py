@@ -584,7 +584,7 @@ def train(command_line: cli.CommandLine) -> None:
             if at_log or at_eval or at_save:
                 # The losses and real targets since the last log line, summed over the processes;
                 # checked before a NaN is logged or saved over a good checkpoint.
-                window = group.sum(logbook.window)
+                window = sum_over_processes(logbook.window)
                 logbook.check_finite(done, window)
             if at_log:
                 logbook.log_train(done, lr, model.flops_per_token(), window)

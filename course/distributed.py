@@ -1,38 +1,10 @@
-"""One training process, or several started by torchrun: DDP, or FSDP when the model
-outgrows one device.
+"""One training process, or several started by torchrun: DDP, or FSDP when the model outgrows
+one device (docs/scale.md explains both); under FSDP all processes evaluate and sample.
 
-    torchrun --standalone --nproc_per_node=4 train_solution.py               # 4 GPUs, NCCL
-    torchrun --standalone --nproc_per_node=2 train_solution.py --device cpu  # 2 CPU processes, gloo
-    torchrun --standalone --nproc_per_node=2 train_solution.py --device cpu --parallel fsdp
-
-Every process trains on its own share of every batch (see `course.batches.BatchStream`).
-
-- DDP (`--parallel ddp`, the default): each process holds a full copy of the model, its
-  gradients and the optimizer's state; during backward DDP averages the gradients of
-  all processes, so every copy takes the same step. Memory per process: all of it.
-- FSDP (`--parallel fsdp`, PyTorch's FSDP2 `fully_shard`, ZeRO stage 3): each process
-  keeps 1/N of every parameter, gradient and optimizer moment. Before a Block computes,
-  its parameters are gathered from all processes (all-gather) and freed again after;
-  its gradients are summed and split back into shards (reduce-scatter). Memory per
-  process: about 1/N of the model's state, plus one Block's full parameters at a time.
-  Every process takes part in every forward pass, so under FSDP all of them evaluate
-  and sample (with the same results), with the weights gathered once for all of it
-  (`whole_weights`); rank 0 alone logs and writes the single files.
-  The model never exists whole on one device (`build_sharded`): it is built on the meta
-  device (shapes without memory), sharded, and each process fills in its shards.
-
-Timeouts: how long a process waits in a collective before it gives up (NCCL's watchdog
-then ends it). The training's collectives (gradients, FSDP's gathers) take
-`STEP_TIMEOUT`, NCCL's own 10 minutes, so a hung run stops in minutes. Slow work of rank
-0 alone (the first process of each machine preparing the corpus, rank 0 writing model.pt,
-best.pt, resume.pt and the shards' checksums) may take longer: the others wait for it in
-`ProcessGroup.barrier`, on a gloo group of its own with `MAIN_WORK_TIMEOUT` (2 hours),
-and so reach the next training collective together with rank 0. A corpus that takes
-longer to tokenize: prepare it first with one process (one step of any model with the
-same --data_path, --tokenizer and --data_dir); the torchrun job then reuses it.
-"""
-
-from __future__ import annotations
+Timeouts: the training's collectives take `STEP_TIMEOUT`, NCCL's own 10 minutes, so a hung run
+stops soon. Rank 0's slow work (preparing the corpus, writing checkpoints) may take longer: the
+others wait for it in `ProcessGroup.barrier`, on a gloo group with `MAIN_WORK_TIMEOUT`, and so
+reach the next training collective together with rank 0."""
 
 import copy
 import gc
@@ -54,7 +26,7 @@ from course.errors import UsageError
 from course.guards import stop_with_the_launcher
 
 PARALLEL_MODES = ("ddp", "fsdp")
-STEP_TIMEOUT = timedelta(minutes=10)  # the training's collectives (see the module's docstring)
+STEP_TIMEOUT = timedelta(minutes=10)  # the training's collectives
 MAIN_WORK_TIMEOUT = timedelta(hours=2)  # waiting for rank 0's preparation and writing
 
 
@@ -81,23 +53,12 @@ class ProcessGroup:
         return self.world_size // self.local_world_size
 
     def barrier(self) -> None:
-        """Wait until every process is here: on the gloo group, whose timeout is long
-        enough for rank 0's slow work (see the module's docstring)."""
+        """Wait until every process is here, long enough for rank 0's slow work (MAIN_WORK_TIMEOUT)."""
         if self.world_size > 1:
             dist.barrier(group=self.cpu_group)
 
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        """The average of `value` over all processes (an all-reduce)."""
-        return mean_over_processes(value)
-
-    def sum(self, value: torch.Tensor) -> torch.Tensor:
-        """The sum of `value` over all processes (an all-reduce)."""
-        return sum_over_processes(value)
-
     def any(self, flag: bool) -> bool:
-        """True on every process if `flag` is True on any: how the processes agree to stop
-        after the same step when a signal reached some of them. A CPU all-reduce (gloo),
-        so asking every step never makes the CPU wait for the GPU."""
+        """True on every process if `flag` is on any (on gloo: asking every step never waits for the GPU)."""
         if self.world_size == 1:
             return flag
         value = torch.tensor(int(flag))
@@ -105,16 +66,11 @@ class ProcessGroup:
         return bool(value.item())
 
     def agree(self, value: float) -> bool:
-        """True on every process if every process holds rank 0's `value` (CPU collectives)."""
-        if self.world_size == 1:
-            return True
-        main_value = torch.tensor(value, dtype=torch.float64)  # a Python float is a float64: exact
-        dist.broadcast(main_value, src=0, group=self.cpu_group)
-        return not self.any(value != main_value.item())
+        """True on every process if every process holds rank 0's `value` (sent pickled: exact)."""
+        return self.world_size == 1 or not self.any(value != self.main_says(value))
 
-    def main_says(self, message: str | None) -> str | None:
-        """Rank 0's `message` on every process (the others pass None): a check that only
-        rank 0 can make, such as claiming the run's folder, ends every process alike."""
+    def main_says(self, message: object) -> object:
+        """Rank 0's `message` on every process: a check only rank 0 can make ends every process alike."""
         if self.world_size == 1:
             return message
         box = [message]
@@ -123,8 +79,8 @@ class ProcessGroup:
 
 
 def sum_over_processes(value: torch.Tensor) -> torch.Tensor:
-    """The sum of `value` over all training processes: an all-reduce that every process
-    must call at the same point. Without torchrun, `value` itself."""
+    """The sum of `value` over all training processes: an all-reduce, which every process must
+    call at the same point (without torchrun, `value` itself)."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
     total = value.detach().clone()
@@ -134,15 +90,12 @@ def sum_over_processes(value: torch.Tensor) -> torch.Tensor:
 
 def mean_over_processes(value: torch.Tensor) -> torch.Tensor:
     """The average of `value` over all training processes (an all-reduce, as above)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    return sum_over_processes(value) / dist.get_world_size()
+    processes = dist.get_world_size() if dist.is_initialized() else 1
+    return value if processes == 1 else sum_over_processes(value) / processes
 
 
 def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
-    """Join the process group when torchrun started this process (it sets RANK,
-    LOCAL_RANK and WORLD_SIZE); otherwise this is the only process. NCCL connects
-    GPUs; gloo connects CPU processes, so DDP also runs (and is tested) on a laptop."""
+    """Join the process group when torchrun started this process (it sets RANK); NCCL or gloo (CPUs)."""
     if "RANK" not in os.environ:
         return ProcessGroup(), device
     if device.type == "mps":
@@ -160,10 +113,8 @@ def init_distributed(device: torch.device) -> tuple[ProcessGroup, torch.device]:
 
 
 def shut_down() -> None:
-    """Leave the process group, if this process joined one. The run's model, its
-    DeviceMesh and FSDP's state (held in reference cycles) are collected first: a group
-    destroyed while a mesh still refers to it lives on to the interpreter's exit, where
-    gloo often aborts the process (SIGABRT, "terminate called without an active exception")."""
+    """Leave the process group, after the model's DeviceMesh (reference cycles): a group that a mesh
+    still refers to lives on to the interpreter's exit, where gloo often aborts (SIGABRT)."""
     if dist.is_initialized():
         gc.collect()
         dist.destroy_process_group()
@@ -195,17 +146,9 @@ def shard_model(
 def build_sharded(
     build: Callable[[], torch.nn.Module], group: ProcessGroup, device: torch.device, dtype: torch.dtype
 ) -> torch.nn.Module:
-    """The model of `build()` (model.py's GPT) sharded over the processes, never whole on
-    any device: built on the meta device (shapes, no memory), sharded, given memory for
-    this process's shards only, then initialised as `build()` would have on the CPU
-    (call it under the same torch.manual_seed).
-
-    One process's initialisation is a sequence of random draws from one generator:
-    each layer's PyTorch default as it is built, then the model's own init steps
-    (GPT.initialisation). Each process replays that sequence one parameter at a time,
-    drawing the whole parameter on the CPU, so that the generator moves exactly as in
-    one process, and keeps its shard of it: the same weights as one process, with at
-    most one whole parameter (the largest, often the embedding) in memory at a time."""
+    """The model of `build()` sharded, never whole on a device: built on the meta device, sharded,
+    then each process replays one process's random draws (same torch.manual_seed) a whole
+    parameter at a time on the CPU and keeps its shard: the same weights as one process."""
     with torch.device("meta"):
         model = build()  # a meta tensor draws nothing: the generator has not moved
     # Each layer beside a meta copy of itself, to replay the default init it drew as it was built.
@@ -231,17 +174,14 @@ def build_sharded(
 
 
 def fill(param: torch.Tensor, value: torch.Tensor) -> None:
-    """Copy `value`, a whole tensor on the CPU, into `param`: under FSDP only this
-    process's shard of it (every process holds `value`, so nothing is sent; on a GPU,
-    distribute_tensor moves the whole tensor there before it takes the shard)."""
+    """Copy `value`, a whole CPU tensor that every process holds, into `param` (its shard under FSDP)."""
     if isinstance(param, DTensor):
         value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
     param.copy_(value)
 
 
 def load_full_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-    """Whole tensors (model.pt's, --from_weight) into the model; under FSDP each process
-    copies only its shard of each, one parameter at a time."""
+    """Whole tensors (model.pt's, --from_weight) into the model; under FSDP, its shard of each."""
     if not is_sharded(model):
         model.load_state_dict(weights)
         return
@@ -268,18 +208,9 @@ def is_sharded(model: torch.nn.Module) -> bool:
 
 @contextmanager
 def whole_weights(model: torch.nn.Module) -> Iterator[None]:
-    """Under FSDP: the weights gathered once for everything inside, such as a whole
-    evaluation and its text sample, instead of once per forward pass (a sample of 300
-    tokens is 300 forwards, each gathering every Block). The price is memory: every
-    process holds the whole model, in the gathered dtype, for the duration, as DDP
-    always does; the shards come back at the end. Every process must enter it (the
-    gathering is a collective). For one process or DDP it changes nothing.
-
-    Inside, no module reshards after its forward (`set_reshard_after_forward(False)`),
-    so the first forward gathers each once and the later ones find them whole; at the
-    end each is resharded, and the Blocks reshard after each forward again, as
-    shard_model set them up (the root module, the rest of the model, never does: it is
-    only resharded after backward, where training needs it again at once)."""
+    """Under FSDP the weights gathered once for all inside (an evaluation, a sample of 300
+    forwards), not once per forward: every process holds the whole model meanwhile, as under
+    DDP, and must enter (a collective). At the end the Blocks reshard after each forward again."""
     if not is_sharded(model):
         yield
         return
@@ -289,15 +220,13 @@ def whole_weights(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for block in model.transformer.h:
             block.set_reshard_after_forward(True)
-        for module in model.modules():
-            if isinstance(module, FSDPModule):
-                module.reshard()
+        for module in filter(is_sharded, model.modules()):
+            module.reshard()
 
 
 def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict as plain tensors on the CPU: under FSDP gathered from
-    every shard (every process must call it; rank 0 gets the whole dict, the others an
-    empty one), so model.pt and best.pt stay single files that load anywhere."""
+    """The state dict as plain CPU tensors, so model.pt and best.pt load anywhere: under FSDP
+    gathered from every shard (all processes call it; rank 0 gets the dict, the others {})."""
     if is_sharded(model):
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return model.state_dict()
@@ -306,21 +235,9 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def wrap_for_training(
     model: torch.nn.Module, group: ProcessGroup, device: torch.device, compile: bool
 ) -> torch.nn.Module:
-    """The model the training step calls: wrapped in DDP and/or compiled.
-
-    DistributedDataParallel averages the gradients of all processes during backward;
-    torch.compile fuses the model's ops into faster kernels. Both wrap `model`, which
-    the caller keeps for evaluation and state_dicts, so checkpoint keys stay plain.
-    An FSDP model (shard_model) is already distributed: it is only compiled.
-
-    The order: compile(DDP(model)), not DDP(compile(model)). Around a compiled model DDP
-    sees one backward that ends all at once, so no bucket of gradients is ready to be
-    all-reduced before the whole backward is done, and the communication never overlaps
-    compute. Compiling DDP instead lets Dynamo split the graph at DDP's bucket boundaries,
-    so each bucket's all-reduce starts while the rest of the backward still computes
-    (tools/compile_ddp_order.py measures both: the same weights to the bit, and on CPU
-    processes the same speed, since gloo there has no spare core to overlap with).
-    """
+    """The model the training step calls, in DDP (unless FSDP sharded it) and/or compiled; the
+    caller keeps `model` for evaluation and plain checkpoint keys. compile(DDP(model)): Dynamo
+    splits the graph at DDP's buckets, so their all-reduce overlaps the backward."""
     if group.world_size > 1 and not is_sharded(model):
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(model) if compile else model

@@ -1,26 +1,18 @@
-"""The ways a run ends early, each with a message a user can act on.
-
-The command line (`course.cli`) prints the message on one line and exits with a
-code that tells scripts what happened: 2 for a usage or data mistake (found before
-anything is written), 1 for a training run that diverged or a disk that filled up,
-130 for Ctrl+C and 143 for SIGTERM (128 + the signal's number, as a shell reports it).
-"""
+"""The ways a run ends early, each with a one-line message a user can act on; `course.cli.main`
+turns each into its exit code."""
 
 import argparse
 import os
 
 
 def says_the_error() -> bool:
-    """Under torchrun every process finds the same mistake in the options or the saved
-    run: the first process of each machine (LOCAL_RANK 0) says it, once on one machine.
-    Not rank 0 alone: a mistake that only one machine finds (its own copy of the data, a
-    folder it cannot write) would go unsaid."""
+    """Under torchrun the first process of each machine says an error, not rank 0 alone: a
+    mistake only one machine finds (its own copy of the data) would go unsaid."""
     return os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """Errors in one line, and no abbreviations: argparse would take --max_step 5 for
-    --max_steps and --learn for --learning_rate without a word."""
+    """Errors in one line, and no abbreviations (argparse would take --max_step 5 for --max_steps)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(allow_abbrev=False, **kwargs)

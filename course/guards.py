@@ -1,38 +1,6 @@
-"""Stopping well: Ctrl+C and SIGTERM save a checkpoint first, and the NaN guard.
-
-A long run must survive its user, its machine and its own numbers. The first Ctrl+C
-(SIGINT), or a SIGTERM (what `kill`, `docker stop`, `timeout` and a Slurm preemption
-send), lets the current step finish, saves a checkpoint and exits (code 130 for
-Ctrl+C, 143 for SIGTERM), so nothing is lost; a second one quits at once. Under
-torchrun every process stops after the same step (the loop agrees on it, see
-`ProcessGroup.any`), so one checkpoint holds them all. A loss or gradient that
-becomes NaN or infinite stops the run (code 1) before the bad value is logged,
-evaluated or saved over the last good checkpoint.
-
-The rules for signals that come more than once, or at a bad moment:
-
-- The same signal again within REPEAT_WINDOW (2 s) of its first counts once: it is the
-  same request delivered twice. Slurm's scancel and systemd signal every process of a
-  job, and torchrun (or srun) forwards the one it got as well, so each process gets
-  it twice, about a millisecond apart. A second Ctrl+C or SIGTERM that comes later
-  (a person who insists) quits at once.
-- A checkpoint being written is finished first (`saves_finish_first`): a signal that
-  would quit at once waits for the end of the save, then quits. Cut short inside
-  torch.save, the interrupt would come out of torch's zip writer as a RuntimeError;
-  inside DCP, the other processes would wait for this one. Finishing costs at most
-  the one save that the first signal asked for; SIGKILL still stops at once, and the
-  previous checkpoint survives it (the files are replaced atomically).
-- Under torchrun on Linux a worker also stops when its launcher dies (`stop_with_the_launcher`):
-  torchrun starts each worker in a session of its own, so a SIGKILL of torchrun (the
-  OOM killer, `kill -9`) would leave them training on as orphans. The kernel sends
-  the worker a SIGTERM instead (once more as the launcher's last threads end: a
-  repeat), so it saves a checkpoint as for any SIGTERM; and since
-  no launcher is left to SIGKILL it should that save hang (its peers may be stopping
-  too), it gives itself the time torchrun would have given it
-  (TORCH_ELASTIC_SHUTDOWN_TIMEOUT, default 30 s), then SIGALRM ends it.
-"""
-
-from __future__ import annotations
+"""Stopping well: the first Ctrl+C or SIGTERM (`kill`, `docker stop`, Slurm) lets the step finish,
+saves a checkpoint and exits; a second one quits at once. Under torchrun every process stops after
+the same step (`ProcessGroup.any`). A NaN or infinite loss or gradient stops the run first."""
 
 import ctypes
 import math
@@ -51,8 +19,8 @@ from tqdm import tqdm
 from course.errors import StopNow, TrainingDiverged
 
 STOP_SIGNALS = {signal.SIGINT: "Ctrl+C", signal.SIGTERM: "SIGTERM"}
-# Seconds. The two copies come about 1 ms apart, but the second's handler runs only once the
-# main thread is back from the C call it is in (a collective that waits for the other processes).
+# Seconds in which the same signal counts once: Slurm and systemd signal every process of a job and
+# torchrun forwards its own, so each gets two, ~1 ms apart, handled once back from a C call.
 REPEAT_WINDOW = 2.0
 
 _first_came: dict[int, float] = {}  # when this process first got each stop signal
@@ -62,13 +30,9 @@ _launcher_pid: int | None = None  # the torchrun agent that started this worker 
 
 
 def is_a_repeat(signum: int) -> bool:
-    """True for a signal that came already, less than REPEAT_WINDOW ago: the same request
-    delivered twice (see the rules above), counted once."""
-    now = time.monotonic()
-    if signum not in _first_came:
-        _first_came[signum] = now
-        return False
-    return now - _first_came[signum] < REPEAT_WINDOW
+    now, first = time.monotonic(), _first_came.get(signum)
+    _first_came.setdefault(signum, now)
+    return first is not None and now - first < REPEAT_WINDOW
 
 
 def quit_at_once(signum: int) -> None:
@@ -82,8 +46,8 @@ def quit_at_once(signum: int) -> None:
 
 @contextmanager
 def saves_finish_first() -> Iterator[None]:
-    """Around the writing of a checkpoint (also as a decorator): a signal that would quit
-    at once waits until it is written (nested: until the outermost save is done)."""
+    """Around the writing of a checkpoint (nested, the outermost counts): cut short, torch.save would
+    fail in its zip writer and under DCP the other processes would wait for this one."""
     global _saves_in_progress, _quit_after_the_save
     _saves_in_progress += 1
     try:
@@ -96,10 +60,8 @@ def saves_finish_first() -> Iterator[None]:
 
 
 def stop_with_the_launcher() -> None:
-    """A torchrun worker: ask Linux for a SIGTERM when the launcher that started this
-    process dies (prctl PR_SET_PDEATHSIG: it fires when the launcher's thread that started
-    the worker ends; torchrun starts its workers from its main thread). Other systems
-    have no such signal: there an orphaned worker trains on."""
+    """A torchrun worker runs in a session of its own: without a SIGTERM when its launcher dies
+    (Linux's prctl PR_SET_PDEATHSIG, elsewhere none) a `kill -9` of torchrun leaves it an orphan."""
     global _launcher_pid
     if not sys.platform.startswith("linux"):
         return
@@ -109,9 +71,8 @@ def stop_with_the_launcher() -> None:
 
 
 def launcher_is_gone() -> bool:
-    """PR_SET_PDEATHSIG fires as the launcher's main thread ends, while its other threads
-    may still be ending: until they have, the launcher stays this worker's parent, with a
-    main thread that is a zombie ("Z" in /proc/PID/stat)."""
+    """Also while the launcher's other threads still end (the signal comes as its main thread
+    ends): it then stays this worker's parent, its main thread a zombie ("Z" in /proc/PID/stat)."""
     if _launcher_pid is None:
         return False
     if os.getppid() != _launcher_pid:
@@ -124,10 +85,8 @@ def launcher_is_gone() -> bool:
 
 
 def orphans_shutdown_time() -> int | None:
-    """A worker whose launcher died has no one left to SIGKILL it if its stop hangs (a
-    peer that no longer answers a collective): SIGALRM, whose default ends the process
-    wherever it is, does so after the time torchrun would have given it. The seconds
-    given, or None while the launcher lives."""
+    """With no launcher left to SIGKILL a hung stop, SIGALRM (whose default ends the process)
+    after torchrun's shutdown time: the seconds given, or None while the launcher lives."""
     if not launcher_is_gone():
         return None
     given = os.environ.get("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "")
@@ -137,9 +96,8 @@ def orphans_shutdown_time() -> int | None:
 
 
 def stop_at_once(signum: int, frame) -> None:
-    """Outside the training loop (preparing data, building the model) a signal stops the
-    run at once; the exception unwinds, so temporary files and folders are removed (a
-    repeat is ignored: it would cut that cleanup short)."""
+    """Outside the training loop a signal stops the run at once, unwinding so that temporary
+    files are removed (a repeat is ignored: it would cut that cleanup short)."""
     if not is_a_repeat(signum):
         orphans_shutdown_time()
         quit_at_once(signum)
@@ -152,46 +110,35 @@ def stop_at_once_on_sigterm() -> None:
 
 
 class StopRequests:
-    """The first Ctrl+C or SIGTERM asks the loop to save a checkpoint and stop after the
-    current step (`requested` holds the signal's number); a second one stops at once
-    (the same signal within REPEAT_WINDOW counts once)."""
+    """The first Ctrl+C or SIGTERM asks the loop to save and stop after this step; a second stops at once."""
 
     def __init__(self, announce: bool = True) -> None:
-        """announce: say so when a signal arrives (under torchrun only rank 0 does)."""
         self.requested: int | None = None
-        self.announce = announce
+        self.announce = announce  # say so when a signal arrives (under torchrun only rank 0 does)
 
-    def __enter__(self) -> StopRequests:
+    def __enter__(self) -> "StopRequests":
         self.previous, self.pid = {}, os.getpid()
-        # Signals are delivered to the main thread only.
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():  # the only one signals reach
             self.previous = {signum: signal.signal(signum, self._handle) for signum in STOP_SIGNALS}
         return self
 
     def _handle(self, signum: int, frame) -> None:
-        if os.getpid() != self.pid:
-            # A DataLoader worker forked from the training process: Ctrl+C in a terminal
-            # (and SIGTERM from Slurm, which signals every process of the job) reaches it
-            # too. The training process handles it; the worker keeps serving until the
-            # loader shuts it down (a worker that died would fail the final save).
-            return
-        if is_a_repeat(signum):
+        # A forked DataLoader worker gets the terminal's Ctrl+C (and Slurm's SIGTERM) too: it
+        # keeps serving until the loader shuts it down (a dead one would fail the final save).
+        if os.getpid() != self.pid or is_a_repeat(signum):
             return
         orphan_seconds = orphans_shutdown_time()
         if self.requested is not None:
             quit_at_once(signum)
             return
         self.requested = signum
-        if not self.announce:
-            return
+        again = "press Ctrl+C again" if signum == signal.SIGINT else "send it again"
+        cause, then = STOP_SIGNALS[signum], f"{again} to quit at once"
         if orphan_seconds is not None:
             cause = f"the launcher (pid {_launcher_pid}) is gone"
             then = f"ended by SIGALRM in {orphan_seconds} s if it hangs"
-        else:
-            cause = STOP_SIGNALS[signum]
-            again = "press Ctrl+C again" if signum == signal.SIGINT else "send it again"
-            then = f"{again} to quit at once"
-        tqdm.write(f"{cause}: saving a checkpoint after this step ({then})")
+        if self.announce:
+            tqdm.write(f"{cause}: saving a checkpoint after this step ({then})")
 
     def signum(self) -> int:
         """The signal that asked to stop (SIGTERM where it reached another process only)."""
@@ -203,15 +150,10 @@ class StopRequests:
 
 
 def check_finite(
-    window_loss: torch.Tensor,
-    bad_grad_steps: torch.Tensor,
-    first_step: int,
-    last_step: int,
-    kept: str,
+    window_loss: torch.Tensor, bad_grad_steps: torch.Tensor, first_step: int, last_step: int, kept: str
 ) -> None:
-    """Stop before a NaN or infinite loss or gradient is logged, evaluated or saved over a
-    good checkpoint. (Checked at log, eval and save points only: each check makes the
-    CPU wait for the GPU.) `kept` says what of the run is on disk."""
+    """Stop before a NaN or infinite loss or gradient is logged, evaluated or saved (checked at
+    log, eval and save points only: each makes the CPU wait for the GPU). `kept`: what is on disk."""
     loss = window_loss.item()
     if math.isfinite(loss) and bad_grad_steps.item() == 0:
         return
