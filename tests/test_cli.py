@@ -808,7 +808,8 @@ ELSEWHERE = {"save_dir", "data_dir", "from_resume", "overwrite", "from_weight", 
 
 
 def test_every_option_has_a_stated_effect_on_a_resume_and_the_walk_covers_it():
-    from course.cli import FROM_HERE, LENGTH, NEW_LR, ON_RESUME, build_parser
+    from course.cli import build_parser
+    from course.config import FROM_HERE, LENGTH, NEW_LR, ON_RESUME
 
     options = {action.dest for action in build_parser()._actions if action.dest != "help"}
     assert set(ON_RESUME) == options, (
