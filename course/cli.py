@@ -31,19 +31,21 @@ from course.config import (
     FINITE,
     MAX_SAMPLE_TOKENS,
     NOT_NEGATIVE,
+    OPTIONS,
     PLAN_OPTIONS,
     POSITIVE,
     PRESETS,
     RESUME_MAY_CHANGE,
     SPLIT_OPTIONS,
     RunConfig,
-    build_parser,
+    read_type,
 )
 from course.devices import enable_tf32, memory_of, resolve_device, resolve_dtype, usable_cpus
 from course.distributed import ProcessGroup, init_distributed, shut_down
 from course.errors import (
     DataError,
     Interrupted,
+    OneLineErrorParser,
     StopNow,
     StorageError,
     TrainingDiverged,
@@ -64,6 +66,39 @@ MAX_LR = 1e30
 # Training memory below which no model fits: float32 weights, their gradients and at least
 # one optimizer moment (AdamW keeps two, Muon one), 4 bytes each, before any activation.
 TRAINING_BYTES_PER_PARAMETER = 12
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default, once: not when it is None (the help says what happens
+    then) and not when the help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argument for every option, in the group of --help that the last group= started."""
+    parser = OneLineErrorParser(
+        description="Pretrain a GPT on next-token prediction. With no options: prepares "
+        "Shakespeare's plays, picks your device and trains a small model (a few minutes on a "
+        "laptop CPU). Options marked [preset] default to the cpu or gpu preset.",
+        formatter_class=HelpFormatter,
+    )
+    for option in OPTIONS:
+        declared = option.metadata
+        if declared["group"]:
+            group = parser.add_argument_group(declared["group"])
+        text = declared["help"]
+        if declared["preset"]:
+            values = ", ".join(f"{name} {value}" for name, value in declared["preset"].items())
+            text = f"[preset] {text} (default: {values})"
+        kind, choices, _ = read_type(option.type)
+        group.add_argument(
+            f"--{option.name}", type=kind, choices=choices, help=text, **declared["parser_options"]
+        )
+    return parser
 
 
 def check_options(config: RunConfig) -> None:

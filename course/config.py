@@ -11,9 +11,7 @@ preset for [preset] options left out, and on a resume the saved plan. It is froz
 has the same value at the first step and the last.
 """
 
-# No `from __future__ import annotations`: build_parser reads the fields' types at run time.
-import argparse
-import functools
+# No `from __future__ import annotations`: course.cli.build_parser reads the fields' types.
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -21,7 +19,6 @@ from typing import Annotated, Literal
 
 from course.corpus import TOKENIZERS
 from course.distributed import PARALLEL_MODES
-from course.errors import OneLineErrorParser
 from course.run_folder import RESUME_FILE
 from course.tracking import BACKENDS
 from model import CHOICES, GPTConfig
@@ -64,27 +61,14 @@ MAX_SAMPLE_TOKENS = 10_000  # a sample at every evaluation; longer ones would st
 EVAL_TOKENS = 196_608
 
 
-def option(
-    help: str, on_resume: str, *, group: str, recipe: bool = False, cpu=None, gpu=None, **parser_options
-):
-    """A field that is an option. recipe: it changes what is trained; cpu, gpu: the presets'
-    values of a [preset] option; parser_options go to argparse's add_argument."""
+def option(help: str, on_resume: str, *, recipe=False, cpu=None, gpu=None, group=None, **parser_options):
+    """A field that is an option. recipe: it changes what is trained (not where files go, how
+    often to report, how the work is spread, nor what the recipe holds as the numbers it
+    decides: the data's content, the schedule); cpu, gpu: a [preset] option's values; group:
+    the group of --help that it starts; parser_options go to argparse's add_argument."""
     preset = {"cpu": cpu, "gpu": gpu} if cpu is not None else None
     declared = dict(help=help, on_resume=on_resume, group=group, recipe=recipe, preset=preset)
     return field(metadata={**declared, "parser_options": parser_options})
-
-
-# The groups of --help, in its order.
-data_option = functools.partial(option, group="data")
-model_option = functools.partial(option, group="model (MiniMind names; GPTConfig field in brackets)")
-recipe_option = functools.partial(
-    option, group="recipe (GPT-2's 2019 piece or its modern replacement; see tools/results/README.md)"
-)
-training_option = functools.partial(option, group="training")
-system_option = functools.partial(option, group="system")
-output_option = functools.partial(option, group="output")
-watching_option = functools.partial(option, group="watching the run (course/tracking.py, docs/watching.md)")
-exercise_option = functools.partial(option, group="exercises")
 
 
 # The presets are defaults that depend on the hardware. cpu: a 0.8M-parameter model that
@@ -94,82 +78,88 @@ exercise_option = functools.partial(option, group="exercises")
 # scale (10.7M parameters), a few minutes on one GPU.
 @dataclass(frozen=True)
 class RunConfig:
-    data_path: str | None = data_option(
-        'a .txt file or MiniMind .jsonl ({"text": ...} per line); default: Shakespeare', DATA
+    data_path: str | None = option(
+        'a .txt file or MiniMind .jsonl ({"text": ...} per line); default: Shakespeare', DATA, group="data"
     )
-    data_dir: str | None = data_option(
+    data_dir: str | None = option(
         "where prepared corpora are kept (default: the data/ folder here)", HOW_IT_STARTS
     )
-    tokenizer: Literal[TOKENIZERS] = data_option(
+    tokenizer: Literal[TOKENIZERS] = option(
         "char: one token per character; gpt2: GPT-2's BPE via tiktoken", DATA, recipe=True, default="char"
     )
-    hidden_size: PositiveInt = model_option("embedding size (n_embd)", MODEL, recipe=True, cpu=128, gpu=384)
-    num_hidden_layers: PositiveInt = model_option(
-        "Transformer blocks (n_layer)", MODEL, recipe=True, cpu=4, gpu=6
+    hidden_size: PositiveInt = option(
+        "embedding size (n_embd)",
+        MODEL,
+        recipe=True,
+        cpu=128,
+        gpu=384,
+        group="model (MiniMind names; GPTConfig field in brackets)",
     )
-    num_attention_heads: PositiveInt = model_option(
-        "heads per layer (n_head)", MODEL, recipe=True, cpu=4, gpu=6
-    )
-    max_seq_len: PositiveInt = model_option(
+    num_hidden_layers: PositiveInt = option("Transformer blocks (n_layer)", MODEL, recipe=True, cpu=4, gpu=6)
+    num_attention_heads: PositiveInt = option("heads per layer (n_head)", MODEL, recipe=True, cpu=4, gpu=6)
+    max_seq_len: PositiveInt = option(
         "context length in tokens (block_size)", MODEL, recipe=True, cpu=64, gpu=256
     )
-    dropout: FiniteFloat = model_option("dropout probability", MODEL, recipe=True, cpu=0.0, gpu=0.2)
-    use_moe: OnOff = model_option(
+    dropout: FiniteFloat = option("dropout probability", MODEL, recipe=True, cpu=0.0, gpu=0.2)
+    use_moe: OnOff = option(
         "1: mixture-of-experts MLPs (4 experts, top-2 routing, load-balancing loss)",
         MODEL,
         recipe=True,
         default=0,
     )
-    position: Literal[CHOICES["position"]] = recipe_option(
+    position: Literal[CHOICES["position"]] = option(
         "learned: GPT-2's position table; rope: rotary position embeddings",
         MODEL,
         recipe=True,
         default=GPTConfig.position,
+        group="recipe (GPT-2's 2019 piece or its modern replacement; see tools/results/README.md)",
     )
-    norm: Literal[CHOICES["norm"]] = recipe_option(
+    norm: Literal[CHOICES["norm"]] = option(
         "layer: LayerNorm; rms: RMSNorm", MODEL, recipe=True, default=GPTConfig.norm
     )
-    mlp: Literal[CHOICES["mlp"]] = recipe_option(
+    mlp: Literal[CHOICES["mlp"]] = option(
         "gelu: GPT-2's MLP; relu2: squared ReLU; swiglu: LLaMA's gated MLP",
         MODEL,
         recipe=True,
         default=GPTConfig.mlp,
     )
-    qk_norm: OnOff = recipe_option(
+    qk_norm: OnOff = option(
         "1: RMS-normalise queries and keys", MODEL, recipe=True, default=int(GPTConfig.qk_norm)
     )
-    zero_init: OnOff = recipe_option(
+    zero_init: OnOff = option(
         "1: output projections start at zero", MODEL, recipe=True, default=int(GPTConfig.zero_init)
     )
-    tie_weights: OnOff = recipe_option(
+    tie_weights: OnOff = option(
         "1: lm_head shares the token embedding's matrix",
         MODEL,
         recipe=True,
         default=int(GPTConfig.tie_weights),
     )
-    optimizer: Literal["adamw", "muon"] = recipe_option(
+    optimizer: Literal["adamw", "muon"] = option(
         "adamw: AdamW everywhere; muon: Muon for the blocks' matrices, AdamW for the rest",
         PLAN,
         recipe=True,
         default="muon",
     )
-    muon_lr: PositiveFloat = recipe_option(
+    muon_lr: PositiveFloat = option(
         "Muon's peak LR (same warmup and cosine as the others)", PLAN, recipe=True, default=0.02
     )
-    epochs: PositiveFloat | None = training_option(
-        "passes over the training split; sets the number of steps unless --max_steps is given", LENGTH
+    epochs: PositiveFloat | None = option(
+        "passes over the training split; sets the number of steps unless --max_steps is given",
+        LENGTH,
+        group="training",
     )
-    max_steps: PositiveInt | None = training_option(
+    max_steps: PositiveInt | None = option(
         "optimizer steps to train (wins over --epochs)", LENGTH, cpu=1200, gpu=5000
     )
-    dataset_mode: Literal["blocks", "documents"] = training_option(
+    dataset_mode: Literal["blocks", "documents"] = option(
         "blocks: the corpus packed into max_seq_len windows (no padding); documents: MiniMind's "
         "PretrainDataset, one padded document per sequence (needs a .jsonl --data_path)",
         PLAN,
         recipe=True,
         default="blocks",
     )
-    max_train_tokens: NonNegativeInt = training_option(
+    max_train_tokens: NonNegativeInt = option(
         "train on N tokens of the training split, as windows spread evenly over it (0 = all: "
         "with the cpu preset an epoch is 2,222 steps; 1000000 makes it 488)",
         PLAN,
@@ -177,117 +167,105 @@ class RunConfig:
         cpu=0,
         gpu=0,
     )
-    batch_size: PositiveInt = training_option("sequences per micro-batch", SPLIT, recipe=True, cpu=32, gpu=64)
-    accumulation_steps: PositiveInt = training_option(
+    batch_size: PositiveInt = option("sequences per micro-batch", SPLIT, recipe=True, cpu=32, gpu=64)
+    accumulation_steps: PositiveInt = option(
         "micro-batches per optimizer step (gradient accumulation)", SPLIT, recipe=True, default=1
     )
-    learning_rate: PositiveFloat = training_option(
-        "peak learning rate", NEW_LR, recipe=True, cpu=2e-3, gpu=1e-3
-    )
-    min_lr: NonNegativeFloat | None = training_option(
-        "final LR of the cosine (default: learning_rate / 10)", NEW_LR
-    )
-    warmup_steps: NonNegativeInt | None = training_option(
-        "linear warmup steps (default: 10%% of the steps)", PLAN
-    )
-    weight_decay: NonNegativeFloat = training_option(
+    learning_rate: PositiveFloat = option("peak learning rate", NEW_LR, recipe=True, cpu=2e-3, gpu=1e-3)
+    min_lr: NonNegativeFloat | None = option("final LR of the cosine (default: learning_rate / 10)", NEW_LR)
+    warmup_steps: NonNegativeInt | None = option("linear warmup steps (default: 10%% of the steps)", PLAN)
+    weight_decay: NonNegativeFloat = option(
         "AdamW weight decay on 2-D weights", PLAN, recipe=True, default=0.1
     )
-    beta2: float = training_option(
+    beta2: float = option(
         "AdamW's decay of its squared-gradient average (nanoGPT: 0.99)", PLAN, recipe=True, default=0.95
     )
-    grad_clip: NonNegativeFloat = training_option(
+    grad_clip: NonNegativeFloat = option(
         "clip the gradient norm to this (0 = off)", FROM_HERE, recipe=True, default=1.0
     )
-    seed: int = training_option("random seed (weights, data order, dropout)", PLAN, recipe=True, default=1337)
-    device: str = system_option("auto | cpu | cuda | cuda:N | mps", FROM_HERE, default="auto")
-    dtype: str = system_option(
-        "auto | float32 | bfloat16 | float16 (mixed precision)", FROM_HERE, default="auto"
-    )
-    preset: Literal["auto", "cpu", "gpu"] = system_option(  # cpu or gpu once resolved
+    seed: int = option("random seed (weights, data order, dropout)", PLAN, recipe=True, default=1337)
+    device: str = option("auto | cpu | cuda | cuda:N | mps", FROM_HERE, default="auto", group="system")
+    dtype: str = option("auto | float32 | bfloat16 | float16 (mixed precision)", FROM_HERE, default="auto")
+    preset: Literal["auto", "cpu", "gpu"] = option(  # cpu or gpu once resolved
         "defaults for the [preset] options; auto: gpu on CUDA, else cpu", MODEL, default="auto"
     )
-    use_compile: OnOff = system_option("1: torch.compile the model", FROM_HERE, default=0)
-    num_workers: NonNegativeInt = system_option(
+    use_compile: OnOff = option("1: torch.compile the model", FROM_HERE, default=0)
+    num_workers: NonNegativeInt = option(
         "DataLoader worker processes (at most the CPU cores)", FROM_HERE, cpu=0, gpu=2
     )
-    parallel: Literal[PARALLEL_MODES] = system_option(
+    parallel: Literal[PARALLEL_MODES] = option(
         "under torchrun: ddp: a whole copy of the model per process; fsdp: shard weights, gradients "
         "and optimizer state over the processes (FSDP2, for a model that outgrows one device)",
         SPLIT,
         default="ddp",
     )
-    activation_checkpointing: OnOff = system_option(
+    activation_checkpointing: OnOff = option(
         "1: recompute each Block's activations in the backward pass instead of storing them "
         "(less memory, about a third more compute)",
         FROM_HERE,
         default=0,
     )
-    profile: NonNegativeInt = system_option(
+    profile: NonNegativeInt = option(
         "N > 0: record N training steps with torch.profiler into save_dir/profile.pt.trace.json "
         "(Perfetto, TensorBoard) and print where their time goes",
         FROM_HERE,
         default=0,
         metavar="N",
     )
-    save_dir: str = output_option(
+    save_dir: str = option(
         "checkpoints, metrics, plot and samples go here; one run per folder (see --overwrite)",
         HOW_IT_STARTS,
         default="out",
+        group="output",
     )
-    log_interval: PositiveInt = output_option("steps between log lines", FROM_HERE, default=10)
-    eval_interval: PositiveInt = output_option(
-        "steps between evaluations and samples", FROM_HERE, cpu=300, gpu=500
-    )
-    eval_tokens: NonNegativeInt = output_option(
+    log_interval: PositiveInt = option("steps between log lines", FROM_HERE, default=10)
+    eval_interval: PositiveInt = option("steps between evaluations and samples", FROM_HERE, cpu=300, gpu=500)
+    eval_tokens: NonNegativeInt = option(
         "validation tokens per evaluation, as windows spread evenly over the split: the same windows "
         "whatever the batch size or the number of processes (0: the whole split)",
         FROM_HERE,
         recipe=True,
         default=EVAL_TOKENS,
     )
-    eval_iters: PositiveInt | None = output_option(  # as given: eval_tokens holds what it stands for
+    eval_iters: PositiveInt | None = option(  # as given: eval_tokens holds what it stands for
         "the budget as nanoGPT gives it: N batches of batch_size x max_seq_len tokens (sets --eval_tokens)",
         FROM_HERE,
     )
-    save_interval: PositiveInt = output_option("steps between checkpoints", FROM_HERE, default=500)
-    from_resume: OnOff = output_option(
+    save_interval: PositiveInt = option("steps between checkpoints", FROM_HERE, default=500)
+    from_resume: OnOff = option(
         f"1: continue the run saved in save_dir/{RESUME_FILE}", HOW_IT_STARTS, default=0
     )
-    overwrite: OnOff = output_option(
+    overwrite: OnOff = option(
         "1: replace the run saved in save_dir (its files stay until this run's first checkpoint); "
         "0: refuse a save_dir that holds a run",
         HOW_IT_STARTS,
         default=0,
     )
-    from_weight: str = output_option(
+    from_weight: str = option(
         "start from the weights in this .pt file", HOW_IT_STARTS, recipe=True, default="none"
     )
-    prompt: str = output_option(
-        "text that samples start from (default: a new document)", FROM_HERE, default=""
-    )
-    sample_tokens: NonNegativeInt = output_option(
+    prompt: str = option("text that samples start from (default: a new document)", FROM_HERE, default="")
+    sample_tokens: NonNegativeInt = option(
         f"tokens per sample (at most {MAX_SAMPLE_TOKENS:,}; 0: no samples)", FROM_HERE, default=300
     )
-    tensorboard: OnOff = watching_option(
+    tensorboard: OnOff = option(
         "1: TensorBoard event files in save_dir/tensorboard/ (`tensorboard --logdir out`); 0: none",
         FROM_HERE,
         default=1,
+        group="watching the run (course/tracking.py, docs/watching.md)",
     )
-    use_wandb: OnOff = watching_option(
+    use_wandb: OnOff = option(
         '1: log to W&B too (pip install -e ".[wandb]"; offline without an account), as MiniMind does',
         TRACKED_RUN,
         default=0,
     )
-    wandb_backend: Literal[tuple(BACKENDS)] = watching_option(
+    wandb_backend: Literal[tuple(BACKENDS)] = option(
         "wandb: Weights & Biases; swanlab: SwanLab (MiniMind's choice, reachable from China)",
         NAMES_THE_TRACKED_RUN,
         default="wandb",
     )
-    wandb_project: str = watching_option(
-        "the W&B or SwanLab project", NAMES_THE_TRACKED_RUN, default="pretrain-a-gpt"
-    )
-    wandb_run_name: str | None = watching_option(
+    wandb_project: str = option("the W&B or SwanLab project", NAMES_THE_TRACKED_RUN, default="pretrain-a-gpt")
+    wandb_run_name: str | None = option(
         "the tracked run's name (default: one the tracker makes up)", NAMES_THE_TRACKED_RUN
     )
     # The options given on the command line: a resume tells them from those left out.
@@ -309,14 +287,15 @@ class RunConfig:
 class ExerciseOptions:
     """The exercise file's own options: they grade or give a hint, and start no run."""
 
-    test: str | None = exercise_option(
+    test: str | None = option(
         "grade the TODOs of this file with pytest and print a scoreboard (or one TODO: --test 2b)",
         NO_RUN,
         nargs="?",
         const="all",
         metavar="TODO",
+        group="exercises",
     )
-    hint: str | None = exercise_option(
+    hint: str | None = option(
         "print the next hint for a TODO: the idea, then the API, then pseudocode", NO_RUN, metavar="TODO"
     )
 
@@ -353,38 +332,3 @@ PRESETS = {
 }
 CHECKS = {f.name: read_type(f.type)[2] for f in OPTIONS if read_type(f.type)[2]}
 NOT_IN_RECIPE = frozenset(f.name for f in fields(RunConfig) if not f.metadata.get("recipe"))
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Each option's default, once: not when it is None (the help says what happens
-    then) and not when the help already names it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """An argument for every option, in its group of --help."""
-    parser = OneLineErrorParser(
-        description="Pretrain a GPT on next-token prediction. With no options: prepares "
-        "Shakespeare's plays, picks your device and trains a small model (a few minutes on a "
-        "laptop CPU). Options marked [preset] default to the cpu or gpu preset.",
-        formatter_class=HelpFormatter,
-    )
-    groups = {}
-    for option in OPTIONS:
-        declared = option.metadata
-        if declared["group"] not in groups:
-            groups[declared["group"]] = parser.add_argument_group(declared["group"])
-        kind, choices, _ = read_type(option.type)
-        text = declared["help"]
-        if declared["preset"]:
-            text = (
-                f"[preset] {text} (default: {', '.join(f'{k} {v}' for k, v in declared['preset'].items())})"
-            )
-        groups[declared["group"]].add_argument(
-            f"--{option.name}", type=kind, choices=choices, help=text, **declared["parser_options"]
-        )
-    return parser
