@@ -59,9 +59,9 @@ from course.todos import TODOS
 
 MAX_STEPS = 10**9  # more optimizer steps than any run here could take: a typo (--epochs 1e300)
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; each process seeds with seed + rank
-# AdamW's first update is 10 x lr (its bias correction), more than float32 holds from about
-# 3e37 on; 1e30 leaves a margin. A lower LR far too high (3e4 for 3e-4) ends in the
-# divergence guard's one line.
+# Learning rates the optimizer could not even apply: AdamW's first update is 10 x lr (its
+# bias correction), more than float32 holds from about 3e37 on; 1e30 leaves a margin. A
+# lower one far too high (3e4 typed for 3e-4) ends in the divergence guard's one line.
 MAX_LR = 1e30
 # Training memory below which no model fits: float32 weights, their gradients and at least
 # one optimizer moment (AdamW keeps two, Muon one), 4 bytes each, before any activation.

@@ -62,10 +62,11 @@ EVAL_TOKENS = 196_608
 
 
 def option(help: str, on_resume: str, *, recipe=False, cpu=None, gpu=None, group=None, **parser_options):
-    """A field that is an option. recipe: it changes what is trained (not where files go, how
-    often to report, how the work is spread, nor what the recipe holds as the numbers it
-    decides: the data's content, the schedule); cpu, gpu: a [preset] option's values; group:
-    the group of --help that it starts; parser_options go to argparse's add_argument."""
+    """A field that is an option. recipe: it changes what is trained; not where files go, how
+    often to report or how the work is spread (compiling, FSDP and recomputing activations
+    change the rounding of some sums, not the run), nor what the recipe holds as the numbers
+    it decides (the data's content, the schedule). cpu, gpu: a [preset] option's values;
+    group: the group of --help that starts here; parser_options go to add_argument."""
     preset = {"cpu": cpu, "gpu": gpu} if cpu is not None else None
     declared = dict(help=help, on_resume=on_resume, group=group, recipe=recipe, preset=preset)
     return field(metadata={**declared, "parser_options": parser_options})

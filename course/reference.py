@@ -28,9 +28,9 @@ ON_TRACK_TOLERANCE = 0.02
 
 
 def recipe(options: dict, schedule, dtype_name: str, world_size: int, data_source: dict) -> dict:
-    """What decides a run's curve. options: the run's resolved command-line options
-    (vars(args)); schedule: its Schedule; data_source: the corpus's identity (its
-    tokenizer and a hash of its text, course.checkpoints.data_identity)."""
+    """What decides a run's curve. options: its RunConfig as a dict; schedule: its Schedule;
+    data_source: the corpus's identity (its tokenizer and a hash of its text,
+    course.checkpoints.data_identity)."""
     kept = {name: value for name, value in options.items() if name not in NOT_IN_RECIPE}
     return {
         **kept,
