@@ -476,28 +476,29 @@ def claim_run_folder(config: RunConfig, group: ProcessGroup) -> RunFiles:
 
 
 def check_shared_folder(save_dir: Path, folder: RunFolder | None, group: ProcessGroup) -> None:
-    """Several machines: every process reads resume.pt (and under FSDP writes its shards) in
-    --save_dir, so all of them must see that folder (a shared file system, such as NFS or
-    Lustre). Checked by looking for a file that rank 0 writes there."""
-    probe = Path(
-        group.main_says(str(save_dir / f".shared-check-{os.getpid()}") if folder is not None else None)
-    )
+    """Several machines: every process reads resume.pt, and under FSDP writes its shards,
+    in --save_dir, so it must be one folder that all machines see (a shared file system,
+    such as NFS or Lustre). Checked by looking for a file that rank 0 writes there."""
+    probe = group.main_says(str(save_dir / f".shared-check-{os.getpid()}") if folder is not None else None)
     if folder is not None:
-        probe.touch()
+        Path(probe).touch()
     group.barrier()
-    missing = not probe.exists()
-    anyone_missing = group.any(missing)
-    group.barrier()
-    if folder is not None:
-        probe.unlink(missing_ok=True)
-    if anyone_missing:
+    missing = not Path(probe).exists()
+    if group.any(missing):
         where = (
             f"this machine (rank {group.rank}) does not see" if missing else "another machine does not see"
         )
-        raise UsageError(
+        error = UsageError(
             f"--save_dir {save_dir}: {where} the files rank 0 writes there; with several machines give a "
             "--save_dir on a file system that all of them share"
         )
+    else:
+        error = None
+    group.barrier()
+    if folder is not None:
+        Path(probe).unlink(missing_ok=True)
+    if error is not None:
+        raise error
 
 
 def release_run_folders() -> None:

@@ -54,6 +54,8 @@ PositiveInt, PositiveFloat = Annotated[int, POSITIVE], Annotated[float, POSITIVE
 NonNegativeInt, NonNegativeFloat = Annotated[int, NOT_NEGATIVE], Annotated[float, NOT_NEGATIVE]
 FiniteFloat = Annotated[float, FINITE]
 OnOff = Literal[0, 1]
+# Literal[a tuple] is the Literal of its values: a choice is listed where it is defined
+# (TOKENIZERS, model.CHOICES, PARALLEL_MODES, tracking.BACKENDS).
 
 MAX_SAMPLE_TOKENS = 10_000  # a sample at every evaluation; longer ones would stall the run
 # Validation tokens per evaluation, chosen with tools/eval_budget.py: how close each budget
@@ -305,8 +307,9 @@ OPTIONS = tuple(f for f in fields(RunConfig) + fields(ExerciseOptions) if f.meta
 
 
 def read_type(annotation) -> tuple[type, tuple | None, str | None]:
-    """A field's type as what argparse converts the text to (int, float or str), the choices
-    (a Literal's values) and the check (PositiveInt's and the like): `X | None` is X."""
+    """A field's type as what the parser converts the typed text to (int, float or str),
+    the choices (a Literal's values) and the check (PositiveInt's and the like). `X | None`
+    is X: an option that may be left unset."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = typing.get_args(annotation)[0]
     if typing.get_origin(annotation) is Literal:
@@ -326,7 +329,7 @@ ON_RESUME = {f.name: f.metadata["on_resume"] for f in OPTIONS}
 # optimizer's settings (which load_state_dict would otherwise quietly restore).
 PLAN_OPTIONS = options_with(PLAN, SPLIT, NEW_LR)
 SPLIT_OPTIONS = options_with(SPLIT)  # how a step is split over the processes
-RESUME_MAY_CHANGE = options_with(NEW_LR)
+RESUME_MAY_CHANGE = options_with(NEW_LR)  # lowering the LR after the loss diverged is the usual fix
 PRESETS = {
     preset: {f.name: f.metadata["preset"][preset] for f in OPTIONS if f.metadata["preset"]}
     for preset in ("cpu", "gpu")
