@@ -1,14 +1,12 @@
-"""The command line of the training script: options, presets, checks, exit codes.
+"""The command line of the training script: presets, checks, exit codes.
 
     python train_solution.py --help     every option, grouped, with its default
 
-Option names follow MiniMind's `train_pretrain.py` (--epochs --batch_size
---learning_rate --accumulation_steps --grad_clip --dtype --device --save_dir ...)
-plus what nanoGPT users expect (--max_steps --warmup_steps --min_lr --eval_interval
---seed). Options marked [preset] default to the `cpu` or `gpu` preset for the device.
-A mistake in the options ends the run before anything is written: one line that
-starts with `error:`, exit code 2. A run never writes into another run's folder
-(course.run_folder).
+The options are declared in course.config, with MiniMind's names (--epochs --batch_size
+--learning_rate ...) and nanoGPT's (--max_steps --warmup_steps --min_lr --seed); those
+marked [preset] default to the cpu or gpu preset for the device. A mistake in the options
+ends the run before anything is written: one line that starts with `error:`, exit code 2.
+A run never writes into another run's folder (course.run_folder).
 """
 
 from __future__ import annotations
@@ -27,10 +25,22 @@ import torch
 import torch.distributed as dist
 
 from course import corpus, tracking
-from course.config import RunConfig
-from course.corpus import TOKENIZERS
+from course.config import (
+    CHECKS,
+    FINITE,
+    MAX_SAMPLE_TOKENS,
+    NOT_NEGATIVE,
+    OPTIONS,
+    PLAN_OPTIONS,
+    POSITIVE,
+    PRESETS,
+    RESUME_MAY_CHANGE,
+    SPLIT_OPTIONS,
+    RunConfig,
+    read_type,
+)
 from course.devices import enable_tf32, memory_of, resolve_device, resolve_dtype, usable_cpus
-from course.distributed import PARALLEL_MODES, ProcessGroup, init_distributed, shut_down
+from course.distributed import ProcessGroup, init_distributed, shut_down
 from course.errors import (
     DataError,
     Interrupted,
@@ -45,59 +55,16 @@ from course.grading import show_hint
 from course.guards import STOP_SIGNALS, stop_at_once_on_sigterm
 from course.run_folder import RESUME_FILE, RunFolder, check_folder, out_of_space
 from course.todos import TODOS
-from course.tracking import BACKENDS
-from model import CHOICES, GPTConfig
-
-HINT_HELP = "print the next hint for a TODO: first the idea, then the API names, pseudocode last"
-
-# Defaults that depend on the hardware. CPU: a 0.8M-parameter model that learns
-# Shakespeare's look in about the wall time of nanoGPT's CPU recipe (docs/reference-runs.md
-# gives it for each kind of CPU), on 2.5M tokens: windows that each come once, from all the plays
-# (an epoch is 2,222 steps). GPU: nanoGPT's shakespeare-char scale (10.7M parameters),
-# a few minutes on one GPU.
-PRESETS = {
-    "cpu": dict(
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        hidden_size=128,
-        max_seq_len=64,
-        dropout=0.0,
-        batch_size=32,
-        learning_rate=2e-3,
-        max_steps=1200,
-        max_train_tokens=0,
-        eval_interval=300,
-        num_workers=0,
-    ),
-    "gpu": dict(
-        num_hidden_layers=6,
-        num_attention_heads=6,
-        hidden_size=384,
-        max_seq_len=256,
-        dropout=0.2,
-        batch_size=64,
-        learning_rate=1e-3,
-        max_steps=5000,
-        max_train_tokens=0,
-        eval_interval=500,
-        num_workers=2,
-    ),
-}
-
 
 MAX_STEPS = 10**9  # more optimizer steps than any run here could take: a typo (--epochs 1e300)
-MAX_SAMPLE_TOKENS = 10_000  # a sample at every evaluation; longer ones would stall the run
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; each process seeds with seed + rank
-# Learning rates the optimizer could not even apply are refused: AdamW's first update is 10 x lr
-# (its bias correction), more than float32 holds (3.4e38) from about 3e37 on; 1e30 leaves a margin.
-# A lower one that is far too high (3e4 typed for 3e-4) ends in the divergence guard's one line.
+# Learning rates the optimizer could not even apply: AdamW's first update is 10 x lr (its
+# bias correction), more than float32 holds from about 3e37 on; 1e30 leaves a margin. A
+# lower one far too high (3e4 typed for 3e-4) ends in the divergence guard's one line.
 MAX_LR = 1e30
 # Training memory below which no model fits: float32 weights, their gradients and at least
 # one optimizer moment (AdamW keeps two, Muon one), 4 bytes each, before any activation.
 TRAINING_BYTES_PER_PARAMETER = 12
-# Validation tokens per evaluation, chosen with tools/eval_budget.py: how close each budget
-# comes to the whole split is in docs/reference-runs.md ("How the validation loss is measured").
-EVAL_TOKENS = 196_608
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -110,303 +77,27 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def preset_help(option: str, text: str) -> str:
-    """The help of a [preset] option, with the value of each preset."""
-    values = ", ".join(f"{name} {preset[option]}" for name, preset in PRESETS.items())
-    return f"[preset] {text} (default: {values})"
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
+    """An argument for every option, in the group of --help that the last group= started."""
+    parser = OneLineErrorParser(
         description="Pretrain a GPT on next-token prediction. With no options: prepares "
         "Shakespeare's plays, picks your device and trains a small model (a few minutes on a "
         "laptop CPU). Options marked [preset] default to the cpu or gpu preset.",
         formatter_class=HelpFormatter,
     )
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--data_path",
-        default=None,
-        help='a .txt file or MiniMind .jsonl ({"text": ...} per line); default: Shakespeare',
-    )
-    data.add_argument(
-        "--data_dir", default=None, help="where prepared corpora are kept (default: the data/ folder here)"
-    )
-    data.add_argument(
-        "--tokenizer",
-        default="char",
-        choices=TOKENIZERS,
-        help="char: one token per character; gpt2: GPT-2's BPE via tiktoken",
-    )
-
-    model = p.add_argument_group("model (MiniMind names; GPTConfig field in brackets)")
-    model.add_argument("--hidden_size", type=int, help=preset_help("hidden_size", "embedding size (n_embd)"))
-    model.add_argument(
-        "--num_hidden_layers", type=int, help=preset_help("num_hidden_layers", "Transformer blocks (n_layer)")
-    )
-    model.add_argument(
-        "--num_attention_heads", type=int, help=preset_help("num_attention_heads", "heads per layer (n_head)")
-    )
-    model.add_argument(
-        "--max_seq_len", type=int, help=preset_help("max_seq_len", "context length in tokens (block_size)")
-    )
-    model.add_argument("--dropout", type=float, help=preset_help("dropout", "dropout probability"))
-    model.add_argument(
-        "--use_moe",
-        type=int,
-        default=0,
-        choices=(0, 1),
-        help="1: mixture-of-experts MLPs (4 experts, top-2 routing, load-balancing loss)",
-    )
-
-    recipe = p.add_argument_group(
-        "recipe (GPT-2's 2019 piece or its modern replacement; see tools/results/README.md)"
-    )
-    recipe.add_argument(
-        "--position",
-        choices=CHOICES["position"],
-        default=GPTConfig.position,
-        help="learned: GPT-2's position table; rope: rotary position embeddings",
-    )
-    recipe.add_argument(
-        "--norm", choices=CHOICES["norm"], default=GPTConfig.norm, help="layer: LayerNorm; rms: RMSNorm"
-    )
-    recipe.add_argument(
-        "--mlp",
-        choices=CHOICES["mlp"],
-        default=GPTConfig.mlp,
-        help="gelu: GPT-2's MLP; relu2: squared ReLU; swiglu: LLaMA's gated MLP",
-    )
-    recipe.add_argument(
-        "--qk_norm",
-        type=int,
-        choices=(0, 1),
-        default=int(GPTConfig.qk_norm),
-        help="1: RMS-normalise queries and keys",
-    )
-    recipe.add_argument(
-        "--zero_init",
-        type=int,
-        choices=(0, 1),
-        default=int(GPTConfig.zero_init),
-        help="1: output projections start at zero",
-    )
-    recipe.add_argument(
-        "--tie_weights",
-        type=int,
-        choices=(0, 1),
-        default=int(GPTConfig.tie_weights),
-        help="1: lm_head shares the token embedding's matrix",
-    )
-    recipe.add_argument(
-        "--optimizer",
-        choices=("adamw", "muon"),
-        default="muon",
-        help="adamw: AdamW everywhere; muon: Muon for the blocks' matrices, AdamW for the rest",
-    )
-    recipe.add_argument(
-        "--muon_lr", type=float, default=0.02, help="Muon's peak LR (same warmup and cosine as the others)"
-    )
-
-    train = p.add_argument_group("training")
-    train.add_argument(
-        "--epochs",
-        type=float,
-        default=None,
-        help="passes over the training split; sets the number of steps unless --max_steps is given",
-    )
-    train.add_argument(
-        "--max_steps",
-        type=int,
-        default=None,
-        help=preset_help("max_steps", "optimizer steps to train (wins over --epochs)"),
-    )
-    train.add_argument(
-        "--dataset_mode",
-        default="blocks",
-        choices=("blocks", "documents"),
-        help="blocks: the corpus packed into max_seq_len windows (no padding); documents: MiniMind's "
-        "PretrainDataset, one padded document per sequence (needs a .jsonl --data_path)",
-    )
-    train.add_argument(
-        "--max_train_tokens",
-        type=int,
-        help=preset_help(
-            "max_train_tokens",
-            "train on N tokens of the training split, as windows spread evenly over it (0 = all: "
-            "with the cpu preset an epoch is 2,222 steps; 1000000 makes it 488)",
-        ),
-    )
-    train.add_argument("--batch_size", type=int, help=preset_help("batch_size", "sequences per micro-batch"))
-    train.add_argument(
-        "--accumulation_steps",
-        type=int,
-        default=1,
-        help="micro-batches per optimizer step (gradient accumulation)",
-    )
-    train.add_argument("--learning_rate", type=float, help=preset_help("learning_rate", "peak learning rate"))
-    train.add_argument(
-        "--min_lr", type=float, default=None, help="final LR of the cosine (default: learning_rate / 10)"
-    )
-    train.add_argument(
-        "--warmup_steps", type=int, default=None, help="linear warmup steps (default: 10%% of the steps)"
-    )
-    train.add_argument("--weight_decay", type=float, default=0.1, help="AdamW weight decay on 2-D weights")
-    train.add_argument(
-        "--beta2",
-        type=float,
-        default=0.95,
-        help="AdamW's decay of its squared-gradient average (nanoGPT: 0.99)",
-    )
-    train.add_argument(
-        "--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0 = off)"
-    )
-    train.add_argument("--seed", type=int, default=1337, help="random seed (weights, data order, dropout)")
-
-    system = p.add_argument_group("system")
-    system.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    system.add_argument(
-        "--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (mixed precision)"
-    )
-    system.add_argument(
-        "--preset",
-        default="auto",
-        choices=("auto", "cpu", "gpu"),
-        help="defaults for the [preset] options; auto: gpu on CUDA, else cpu",
-    )
-    system.add_argument(
-        "--use_compile", type=int, default=0, choices=(0, 1), help="1: torch.compile the model"
-    )
-    system.add_argument(
-        "--num_workers",
-        type=int,
-        help=preset_help("num_workers", "DataLoader worker processes (at most the CPU cores)"),
-    )
-    system.add_argument(
-        "--parallel",
-        default="ddp",
-        choices=PARALLEL_MODES,
-        help="under torchrun: ddp: a whole copy of the model per process; fsdp: shard weights, gradients "
-        "and optimizer state over the processes (FSDP2, for a model that outgrows one device)",
-    )
-    system.add_argument(
-        "--activation_checkpointing",
-        type=int,
-        default=0,
-        choices=(0, 1),
-        help="1: recompute each Block's activations in the backward pass instead of storing them "
-        "(less memory, about a third more compute)",
-    )
-    system.add_argument(
-        "--profile",
-        type=int,
-        default=0,
-        metavar="N",
-        help="N > 0: record N training steps with torch.profiler into save_dir/profile.pt.trace.json "
-        "(Perfetto, TensorBoard) and print where their time goes",
-    )
-
-    out = p.add_argument_group("output")
-    out.add_argument(
-        "--save_dir",
-        default="out",
-        help="checkpoints, metrics, plot and samples go here; one run per folder (see --overwrite)",
-    )
-    out.add_argument("--log_interval", type=int, default=10, help="steps between log lines")
-    out.add_argument(
-        "--eval_interval",
-        type=int,
-        help=preset_help("eval_interval", "steps between evaluations and samples"),
-    )
-    out.add_argument(
-        "--eval_tokens",
-        type=int,
-        default=EVAL_TOKENS,
-        help="validation tokens per evaluation, as windows spread evenly over the split: the same windows "
-        "whatever the batch size or the number of processes (0: the whole split)",
-    )
-    out.add_argument(
-        "--eval_iters",
-        type=int,
-        default=None,
-        help="the budget as nanoGPT gives it: N batches of batch_size x max_seq_len tokens "
-        "(sets --eval_tokens)",
-    )
-    out.add_argument("--save_interval", type=int, default=500, help="steps between checkpoints")
-    out.add_argument(
-        "--from_resume",
-        type=int,
-        default=0,
-        choices=(0, 1),
-        help=f"1: continue the run saved in save_dir/{RESUME_FILE}",
-    )
-    out.add_argument(
-        "--overwrite",
-        type=int,
-        default=0,
-        choices=(0, 1),
-        help="1: replace the run saved in save_dir (its files stay until this run's first checkpoint); "
-        "0: refuse a save_dir that holds a run",
-    )
-    out.add_argument("--from_weight", default="none", help="start from the weights in this .pt file")
-    out.add_argument("--prompt", default="", help="text that samples start from (default: a new document)")
-    out.add_argument(
-        "--sample_tokens",
-        type=int,
-        default=300,
-        help=f"tokens per sample (at most {MAX_SAMPLE_TOKENS:,}; 0: no samples)",
-    )
-
-    track = p.add_argument_group("watching the run (course/tracking.py, docs/watching.md)")
-    track.add_argument(
-        "--tensorboard",
-        type=int,
-        default=1,
-        choices=(0, 1),
-        help="1: TensorBoard event files in save_dir/tensorboard/ (`tensorboard --logdir out`); 0: none",
-    )
-    track.add_argument(
-        "--use_wandb",
-        type=int,
-        default=0,
-        choices=(0, 1),
-        help='1: log to W&B too (pip install -e ".[wandb]"; offline without an account), as MiniMind does',
-    )
-    track.add_argument(
-        "--wandb_backend",
-        default="wandb",
-        choices=tuple(BACKENDS),
-        help="wandb: Weights & Biases; swanlab: SwanLab (MiniMind's choice, reachable from China)",
-    )
-    track.add_argument("--wandb_project", default="pretrain-a-gpt", help="the W&B or SwanLab project")
-    track.add_argument(
-        "--wandb_run_name", default=None, help="the tracked run's name (default: one the tracker makes up)"
-    )
-
-    grading = p.add_argument_group("exercises")
-    grading.add_argument(
-        "--test",
-        nargs="?",
-        const="all",
-        metavar="TODO",
-        help="grade the TODOs of this file with pytest and print a scoreboard (or one TODO: --test 2b)",
-    )
-    grading.add_argument(
-        "--hint",
-        metavar="TODO",
-        help="print the next hint for a TODO: the idea, then the API, then pseudocode",
-    )
-    return p
-
-
-def with_preset(options: Mapping, device: torch.device) -> dict:
-    """The options, those left unset taking the preset's value for this hardware."""
-    preset = options["preset"] if options["preset"] != "auto" else ("gpu" if device.type == "cuda" else "cpu")
-    filled = {**options, "preset": preset}
-    for key, value in PRESETS[preset].items():
-        if options[key] is None and not (key == "max_steps" and options["epochs"] is not None):
-            filled[key] = value
-    return filled
+    for option in OPTIONS:
+        declared = option.metadata
+        if declared["group"]:
+            group = parser.add_argument_group(declared["group"])
+        text = declared["help"]
+        if declared["preset"]:
+            values = ", ".join(f"{name} {value}" for name, value in declared["preset"].items())
+            text = f"[preset] {text} (default: {values})"
+        kind, choices, _ = read_type(option.type)
+        group.add_argument(
+            f"--{option.name}", type=kind, choices=choices, help=text, **declared["parser_options"]
+        )
+    return parser
 
 
 def check_options(config: RunConfig) -> None:
@@ -414,33 +105,14 @@ def check_options(config: RunConfig) -> None:
         raise UsageError(
             "--dataset_mode documents reads MiniMind .jsonl documents: give --data_path file.jsonl"
         )
-    positive = [
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "max_seq_len",
-        "batch_size",
-        "accumulation_steps",
-        "learning_rate",
-        "muon_lr",
-        "log_interval",
-        "eval_interval",
-        "eval_iters",
-        "save_interval",
-    ]
-    for name in positive + ["max_steps", "epochs"]:
+    for name, check in CHECKS.items():  # course.config declares them
         value = getattr(config, name)
-        if value is not None and value <= 0:
-            raise UsageError(f"--{name} must be positive, got {value}")
-    for name in ["min_lr", "warmup_steps", "weight_decay", "grad_clip", "num_workers", "max_train_tokens",
-                 "sample_tokens", "profile", "eval_tokens"]:  # fmt: skip
-        value = getattr(config, name)
-        if value is not None and value < 0:
-            raise UsageError(f"--{name} must not be negative, got {value}")
-    for name in ["learning_rate", "min_lr", "muon_lr", "weight_decay", "grad_clip", "dropout", "epochs"]:
-        value = getattr(config, name)
-        if value is not None and not math.isfinite(value):  # nan passes every comparison above
-            raise UsageError(f"--{name} must be a finite number, got {value}")
+        if value is None:
+            continue
+        if (check == POSITIVE and value <= 0) or (check == NOT_NEGATIVE and value < 0):
+            raise UsageError(f"--{name} {check}, got {value}")
+        if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison above
+            raise UsageError(f"--{name} {FINITE}, got {value}")
     for name in ["learning_rate", "muon_lr"]:
         if getattr(config, name) > MAX_LR:
             raise UsageError(
@@ -489,10 +161,9 @@ def check_seed(seed: int, world_size: int) -> None:
 
 
 def check_model_fits(config: RunConfig, device: torch.device, world_size: int) -> None:
-    """A model too large for the device's memory would end in the allocator's traceback (or the
-    kernel's OOM killer): refused before anything is built. The bound is a floor (the blocks'
-    matrices alone, 12 x layers x hidden_size^2, without embeddings or activations), so it
-    refuses only what cannot fit; under FSDP each process holds its share."""
+    """A model too large for the memory would end in the allocator's traceback or the OOM
+    killer. The bound is a floor (the blocks' matrices alone, 12 x layers x hidden_size^2),
+    so it refuses only what cannot fit; under FSDP each process holds its share."""
     memory = memory_of(device)
     parameters = 12 * config.num_hidden_layers * config.hidden_size**2
     needed = parameters * TRAINING_BYTES_PER_PARAMETER // world_size
@@ -513,11 +184,9 @@ def gigabytes(n_bytes: int) -> str:
 
 
 def check_folders(config: RunConfig) -> None:
-    """The run's folder and the prepared corpora's, before anything is written: no
-    symbolic link to nowhere on the way to either (creating the folder would fail), and
-    neither inside the other. Preparing a corpus again replaces its folder whole
-    (course.corpus.replace_dir), which would delete a run folder inside it; and a
-    corpus inside a run folder would go with that run's folder."""
+    """No symbolic link to nowhere on the way to the run's folder or the corpora's (creating
+    it would fail), and neither inside the other: preparing a corpus again replaces its
+    folder whole (course.corpus.replace_dir), and a run's folder goes with its run."""
     save_dir, data_dir = Path(config.save_dir), data_root(config)
     for path, option in ((save_dir, "--save_dir"), (data_dir, "--data_dir")):
         for part in (path, *path.parents):
@@ -543,7 +212,6 @@ def check_folders(config: RunConfig) -> None:
 
 
 def data_root(config: RunConfig) -> Path:
-    """Where this run's prepared corpora are kept: --data_dir, or data/."""
     return Path(config.data_dir) if config.data_dir else corpus.DATA_DIR
 
 
@@ -566,8 +234,8 @@ def count_total_steps(config: RunConfig, batches_per_epoch: int) -> int:
 
 @dataclass
 class Schedule:
-    """How long the run trains and how its learning rate moves. A resumed run keeps
-    the saved schedule; end_step may differ from total_steps there (--max_steps)."""
+    """How long the run trains and how its LR moves; a resume keeps the saved one, and
+    --max_steps moves only its end_step."""
 
     total_steps: int
     warmup_steps: int
@@ -580,9 +248,8 @@ UNSET = object()
 
 @dataclass(frozen=True)
 class CommandLine:
-    """The options as typed: every option's value (its default where it was left out),
-    and the names of those given (a resume must tell an option given from one left at
-    its default)."""
+    """Every option's value as typed (or its default), and the names of those given: a
+    resume must tell an option given from one left at its default."""
 
     options: Mapping[str, object]
     given: tuple[str, ...]
@@ -599,9 +266,8 @@ def parse_args(argv: list[str] | None) -> CommandLine:
 
 
 def plan_schedule(config: RunConfig, batches_per_epoch: int, saved_plan: dict | None = None) -> Schedule:
-    """The number of steps (--max_steps, or --epochs of the training split), the warmup
-    (default: 10% of the steps) and the final LR (default: learning_rate / 10); when
-    resuming, the saved run's, with --max_steps or --epochs moving only where it ends."""
+    """The steps (--max_steps, or --epochs of the training split), the warmup (default: 10%)
+    and the final LR (default: learning_rate / 10); a resume keeps the saved ones."""
     if saved_plan is not None:
         given_length = {"max_steps", "epochs"} & set(config.options_given)
         end_step = count_total_steps(config, batches_per_epoch) if given_length else saved_plan["total_steps"]
@@ -622,83 +288,22 @@ def plan_schedule(config: RunConfig, batches_per_epoch: int, saved_plan: dict | 
     return Schedule(total_steps, warmup_steps, min_lr, total_steps)
 
 
-# The options that decide a run's plan: its LR schedule, the order of its batches, and
-# the optimizer's settings (which load_state_dict would otherwise quietly restore).
-PLAN_OPTIONS = ("learning_rate", "min_lr", "warmup_steps", "batch_size", "accumulation_steps", "seed",
-                "max_train_tokens", "dataset_mode", "optimizer", "muon_lr", "beta2", "weight_decay",
-                "parallel")  # fmt: skip
-
-
-# How a step is split over the processes: a resume may change them while the global batch
-# (batch size × accumulation × processes) stays the same (check_global_batch).
-SPLIT_OPTIONS = ("batch_size", "accumulation_steps", "parallel")
-
-
 def run_plan(config: RunConfig, schedule: Schedule, group: ProcessGroup) -> dict:
-    """What a resume must continue: saved with every resume checkpoint."""
+    """What a resume must continue, saved with every resume checkpoint. global_batch, the
+    windows of a step over all processes, lets a resume split it anew (check_global_batch)."""
     plan = {name: getattr(config, name) for name in PLAN_OPTIONS}
     plan.update(total_steps=schedule.total_steps, warmup_steps=schedule.warmup_steps, min_lr=schedule.min_lr)
-    # The windows of a step over all processes; a plan that has it comes with a data
-    # position that a resume on another split of it can continue (check_global_batch).
     global_batch = config.batch_size * config.accumulation_steps * group.world_size
     return {**plan, "world_size": group.world_size, "global_batch": global_batch}
-
-
-# Options a resume may change, with an honest meaning: the rest of the schedule keeps its
-# shape (warmup, cosine, total steps) at the new learning rates; lowering the LR after
-# the loss diverged is the usual fix.
-RESUME_MAY_CHANGE = ("learning_rate", "min_lr")
-
-# What each option does to a run continued with --from_resume 1 (docs/faq.md: "Stopping
-# and resuming"). tests/test_cli.py walks every option of --help through a resume.
-PLAN = "refused when changed: part of the saved plan"
-SPLIT = (
-    "applied where the global batch (batch size × accumulation × processes) stays the saved one: each "
-    "step reads the same windows, shared out anew (a note says so); refused where it changes"
-)
-MODEL = "refused when it changes the saved model's config"
-DATA = "refused when it changes the saved run's data (tokenizer or content)"
-NEW_LR = "applied: the rest of the schedule keeps its shape at the new learning rate (a note says so)"
-LENGTH = "applied: the run trains on to the new length; the schedule keeps the saved shape"
-FROM_HERE = "applied from the resume on: read at every step, evaluation or save, never saved in the state"
-HOW_IT_STARTS = "where the run is and how it starts"
-NO_RUN = "no run: grades the TODOs or prints a hint"
-TRACKED_RUN = (
-    "applied from the resume on: 1 continues the W&B or SwanLab run saved in the checkpoint (or starts "
-    "one), 0 logs to none; the saved run's id stays in the checkpoint"
-)
-NAMES_THE_TRACKED_RUN = (
-    "refused when it names another tracked run than the one saved in the checkpoint (its W&B or SwanLab "
-    "run id is continued); applied while the run has none"
-)
-ON_RESUME = {
-    **dict.fromkeys((name for name in PLAN_OPTIONS if name not in RESUME_MAY_CHANGE), PLAN),
-    **dict.fromkeys(SPLIT_OPTIONS, SPLIT), **dict.fromkeys(
-        ("hidden_size", "num_hidden_layers", "num_attention_heads", "max_seq_len", "dropout", "use_moe",
-         "position", "norm", "mlp", "qk_norm", "zero_init", "tie_weights", "preset"), MODEL),
-    "data_path": DATA, "tokenizer": DATA,
-    "learning_rate": NEW_LR, "min_lr": NEW_LR,
-    "epochs": LENGTH, "max_steps": LENGTH,
-    # dtype: a run saved without float16 and resumed in it (on an older GPU) gets a fresh
-    # GradScaler; eval_tokens (or eval_iters) changes which windows later evaluations read.
-    **dict.fromkeys(
-        ("grad_clip", "device", "dtype", "use_compile", "num_workers", "activation_checkpointing",
-         "profile", "log_interval", "eval_interval", "eval_tokens", "eval_iters", "save_interval", "prompt",
-         "sample_tokens", "tensorboard"), FROM_HERE),
-    "use_wandb": TRACKED_RUN, **dict.fromkeys(tracking.TRACKED_RUN_OPTIONS, NAMES_THE_TRACKED_RUN),
-    **dict.fromkeys(("save_dir", "data_dir", "from_resume", "overwrite", "from_weight"), HOW_IT_STARTS),
-    "test": NO_RUN, "hint": NO_RUN,
-}  # fmt: skip
 
 
 def continue_plan(
     config: RunConfig, checkpoint: dict | None, group: ProcessGroup
 ) -> tuple[RunConfig, dict | None]:
     """The run's final config, and the saved plan (None for a new run, or a checkpoint
-    saved before plans were). --from_resume 1: options left out take the saved run's
-    values; an option given with another value would change the run the checkpoint
-    continues, and is refused (the learning rates apart, see RESUME_MAY_CHANGE). Then
-    --eval_iters becomes the tokens it stands for, with the run's batch size."""
+    saved before plans were). On a resume, options left out take the saved run's values;
+    one given with another value is refused, as course.config.ON_RESUME says. Then
+    --eval_iters becomes the tokens it stands for."""
     if checkpoint is not None:  # the tracked run goes on: W&B's or SwanLab's run id is in the checkpoint
         config = replace(config, **tracking.saved_tracked_run_options(config, checkpoint.get("tracked_run")))
         tracking.check_installed(config)
@@ -733,14 +338,11 @@ def continue_plan(
 
 
 def check_global_batch(config: RunConfig, plan: dict, group: ProcessGroup) -> dict:
-    """The batch size, accumulation and --parallel a resume goes on with: the saved
-    run's where they are left out. On another number of processes, with another split
-    of the step's batch, or another --parallel, the global batch (batch size ×
-    accumulation × processes) must stay the same: then each step reads the same windows
-    (course.batches.BatchStream), its gradient is the mean over the same targets, and
-    the saved weights and optimizer state are read into this run's layout (DCP
-    reshards them, course.run_folder.RunFolder.read_shards). A note says that this is
-    not bit-identical; any other change of the global batch is refused."""
+    """The batch size, accumulation and --parallel a resume goes on with: the saved run's
+    where left out. Changed, or on another number of processes, the global batch (batch
+    size × accumulation × processes) must stay the saved one: each step then reads the
+    same windows and DCP reshards the saved state (RunFolder.read_shards). A note says
+    that this is not bit-identical."""
     split = {
         name: getattr(config, name) if name in config.options_given else plan[name] for name in SPLIT_OPTIONS
     }
@@ -768,7 +370,6 @@ def check_global_batch(config: RunConfig, plan: dict, group: ProcessGroup) -> di
 
 
 def how_to_keep(windows: int, batch_size: int, accumulation: int, world_size: int) -> str:
-    """How to give a step of `windows` windows on `world_size` processes."""
     if windows % (batch_size * world_size) == 0:
         return f"keep the global batch with --accumulation_steps {windows // (batch_size * world_size)}"
     if windows % (accumulation * world_size) == 0:
@@ -784,8 +385,8 @@ def with_eval_budget(config: RunConfig) -> RunConfig:
 
 
 def check_parallel(config: RunConfig, group: ProcessGroup, dtype: torch.dtype) -> None:
-    """--parallel fsdp needs processes to shard over, and a number type FSDP can scale
-    honestly. (Checked once a resume has taken the saved run's --parallel.)"""
+    """--parallel fsdp needs processes to shard over, and a number type FSDP scales
+    honestly (checked once a resume has taken the saved run's --parallel)."""
     if config.parallel != "fsdp":
         return
     if "RANK" not in os.environ:
@@ -802,17 +403,22 @@ def check_parallel(config: RunConfig, group: ProcessGroup, dtype: torch.dtype) -
 
 
 def run_config(command_line: CommandLine, device: torch.device) -> RunConfig:
-    """The command line, with the preset's values for this device where options were left out."""
+    """The command line, with the preset's values for this device where options were left
+    out (--max_steps apart, when --epochs is given)."""
     options = {
         name: command_line.options[name] for name in RunConfig.field_names() if name != "options_given"
     }
-    return RunConfig(**with_preset(options, device), options_given=command_line.given)
+    if options["preset"] == "auto":
+        options["preset"] = "gpu" if device.type == "cuda" else "cpu"
+    for name, value in PRESETS[options["preset"]].items():
+        if options[name] is None and not (name == "max_steps" and options["epochs"] is not None):
+            options[name] = value
+    return RunConfig(**options, options_given=command_line.given)
 
 
 def configure(command_line: CommandLine) -> tuple[ProcessGroup, torch.device, torch.dtype, RunConfig]:
-    """The device, the number type and this process's place among the processes, and
-    the run's config: the command line with the preset's values for the options left
-    unset, every option checked (a resume's saved plan comes in with continue_plan)."""
+    """This process's place among the processes, the device, the number type and the run's
+    config, every option checked (a resume's saved plan comes in with continue_plan)."""
     group, device = init_distributed(resolve_device(command_line.options["device"]))
     dtype = resolve_dtype(command_line.options["dtype"], device)
     enable_tf32(device)

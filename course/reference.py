@@ -7,10 +7,10 @@ is on track.
                           thinned training curve, and the machine it ran on
 
 A run finds its reference by its recipe: every option that changes what is trained
-(the model, the data, the schedule, the batches, the seed, the number type, the number
-of processes), not the ones that only say where files go or how often to report. Change
-any of them and there is no reference: the run is then a new experiment, compared with
-nothing. The end-of-run line (Logbook.print_done) and metrics.png use the reference.
+(course.config declares them: recipe=True), the schedule, the number type and the number
+of processes; not where files go or how often to report. Change any of them and there is
+no reference: the run is a new experiment. The end-of-run line (Logbook.print_done) and
+metrics.png use the reference.
 """
 
 from __future__ import annotations
@@ -18,21 +18,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-REFERENCE_FILE = Path(__file__).with_name("reference_runs.json")
+from course.config import NOT_IN_RECIPE
 
-# Options that leave the trained weights as they are: where files go, how often to
-# report or save, where to watch the run (TensorBoard, W&B, SwanLab), what a sample
-# starts with, how the work is spread over the machine.
-# (Compiling, sharding with FSDP and recomputing activations change the rounding of some
-# sums, not the run.)
-NOT_IN_RECIPE = frozenset({
-    "data_dir", "device", "dtype", "preset", "use_compile", "num_workers", "save_dir", "log_interval",
-    "eval_interval", "save_interval", "from_resume", "overwrite", "prompt", "sample_tokens", "test",
-    "hint", "options_given", "parallel", "activation_checkpointing", "profile",
-    "tensorboard", "use_wandb", "wandb_backend", "wandb_project", "wandb_run_name",
-    # replaced by what they decide: the data's content, the schedule's numbers
-    "data_path", "epochs", "max_steps", "warmup_steps", "min_lr", "eval_iters",
-})  # fmt: skip
+REFERENCE_FILE = Path(__file__).with_name("reference_runs.json")
 
 # A run this close to its reference is on track: several times the spread between two
 # seeds of the main job (docs/reference-runs.md, "Is my loss good?", gives it).
@@ -40,9 +28,9 @@ ON_TRACK_TOLERANCE = 0.02
 
 
 def recipe(options: dict, schedule, dtype_name: str, world_size: int, data_source: dict) -> dict:
-    """What decides a run's curve. options: the run's resolved command-line options
-    (vars(args)); schedule: its Schedule; data_source: the corpus's identity (its
-    tokenizer and a hash of its text, course.checkpoints.data_identity)."""
+    """What decides a run's curve. options: its RunConfig as a dict; schedule: its Schedule;
+    data_source: the corpus's identity (its tokenizer and a hash of its text,
+    course.checkpoints.data_identity)."""
     kept = {name: value for name, value in options.items() if name not in NOT_IN_RECIPE}
     return {
         **kept,

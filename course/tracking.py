@@ -87,16 +87,12 @@ def check_installed(config) -> None:
             raise UsageError(f"{what}, and {package} is not installed: {install} (or {off})") from None
 
 
-# The options that name the tracked run; a resume continues the saved one (ON_RESUME).
-TRACKED_RUN_OPTIONS = ("wandb_backend", "wandb_project", "wandb_run_name")
-
-
 def saved_tracked_run_options(config, tracked_run: dict | None) -> dict:
     """On --from_resume 1: the options that name the checkpoint's tracked run, to
     continue it; one given with another value would log into another run: refused."""
     if tracked_run is None:
         return {}
-    saved = {name: tracked_run[name] for name in TRACKED_RUN_OPTIONS}
+    saved = {name: tracked_run[name] for name in config.tracked_run_options()}
     for name, value in saved.items():
         if name in config.options_given and getattr(config, name) != value:
             raise UsageError(
@@ -311,4 +307,4 @@ class SwanLab:
 
 def tracked_run(config, run_id: str) -> dict:
     """What resume.pt keeps of the tracked run: its id and the options that name it."""
-    return {"id": run_id, **{name: getattr(config, name) for name in TRACKED_RUN_OPTIONS}}
+    return {"id": run_id, **config.tracked_run_options()}

@@ -808,7 +808,8 @@ ELSEWHERE = {"save_dir", "data_dir", "from_resume", "overwrite", "from_weight", 
 
 
 def test_every_option_has_a_stated_effect_on_a_resume_and_the_walk_covers_it():
-    from course.cli import FROM_HERE, LENGTH, NEW_LR, ON_RESUME, build_parser
+    from course.cli import build_parser
+    from course.config import FROM_HERE, LENGTH, NEW_LR, ON_RESUME
 
     options = {action.dest for action in build_parser()._actions if action.dest != "help"}
     assert set(ON_RESUME) == options, (
@@ -901,3 +902,47 @@ def test_the_run_config_holds_every_option_and_cannot_change():
         config.batch_size = 16
     budget = run_config(parse_args(["--eval_iters", "3"]), torch.device("cpu"))
     assert continue_plan(budget, None, None)[0].eval_tokens == 3 * 32 * 64, "--eval_iters in tokens"
+
+
+def load_source(name: str, source: str, monkeypatch):
+    """A module made from this source, in place of the real one for the rest of the test."""
+    module = type(sys)(name)
+    module.__file__ = str(ROOT / (name.replace(".", "/") + ".py"))
+    monkeypatch.setitem(sys.modules, name, module)
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    return module
+
+
+def test_an_option_declared_once_is_in_the_help_the_config_the_resume_table_and_the_recipe(monkeypatch):
+    """One new field in course/config.py and no other edit: --help lists it in its group, the
+    config holds it and checks it, a resume refuses to change it, and it is in the recipe."""
+    from course.distributed import ProcessGroup
+    from course.errors import UsageError
+
+    declaration = (ROOT / "course" / "config.py").read_text()
+    seed = "    seed: int = option("
+    assert seed in declaration
+    dummy = '    dummy_depth: PositiveInt = option("a dummy option", PLAN, recipe=True, default=3)\n'
+    config = load_source("course.config", declaration.replace(seed, dummy + seed), monkeypatch)
+    cli = load_source("course.cli", (ROOT / "course" / "cli.py").read_text(), monkeypatch)
+    reference = load_source("course.reference", (ROOT / "course" / "reference.py").read_text(), monkeypatch)
+
+    help_text = cli.build_parser().format_help()
+    training = help_text[help_text.index("\ntraining:") : help_text.index("\nsystem:")]
+    assert "--dummy_depth DUMMY_DEPTH" in training and "a dummy option (default: 3)" in training
+    given = cli.run_config(cli.parse_args(["--dummy_depth", "5"]), torch.device("cpu"))
+    assert given.dummy_depth == 5 and "dummy_depth" in config.RunConfig.field_names()
+    with pytest.raises(UsageError, match="^--dummy_depth must be positive, got 0$"):
+        cli.check_options(cli.run_config(cli.parse_args(["--dummy_depth", "0"]), torch.device("cpu")))
+
+    assert config.ON_RESUME["dummy_depth"] == config.PLAN and "dummy_depth" in config.PLAN_OPTIONS
+    saved = cli.run_config(cli.parse_args([]), torch.device("cpu"))
+    plan = cli.run_plan(saved, cli.Schedule(10, 1, 2e-4, 10), ProcessGroup())
+    assert plan["dummy_depth"] == 3, "the saved plan holds it"
+    with pytest.raises(UsageError, match=r"--dummy_depth 5 would change the saved run \(dummy_depth=3\)"):
+        cli.continue_plan(given, {"plan": plan, "step": 1}, ProcessGroup())
+
+    assert "dummy_depth" not in reference.NOT_IN_RECIPE
+    assert (
+        reference.recipe(given.to_dict(), cli.Schedule(10, 1, 2e-4, 10), "float32", 1, {})["dummy_depth"] == 5
+    )

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from course.batches import block_dataset, validation_windows  # noqa: E402
-from course.cli import EVAL_TOKENS  # noqa: E402
+from course.config import EVAL_TOKENS  # noqa: E402
 from course.corpus import prepared_dir  # noqa: E402
 from data_solution import BlockDataset  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402

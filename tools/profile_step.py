@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import train_solution as train  # noqa: E402
 from course.batches import BatchStream, block_dataset, fixed_eval_batches, limit_windows  # noqa: E402
-from course.cli import PRESETS  # noqa: E402
+from course.config import PRESETS  # noqa: E402
 from course.corpus import prepare, prepared_dir, read_meta  # noqa: E402
 from course.devices import resolve_dtype  # noqa: E402
 from course.logbook import plot_metrics, sample_text  # noqa: E402
