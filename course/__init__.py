@@ -1,24 +1,14 @@
-"""The machinery around the course's exercises.
+"""The machinery around the course's exercises: what a real trainer needs but is not the lesson.
 
-The files a learner works in (`data_solution.py`, `train_solution.py` and their
-exercise twins) hold the ideas of pretraining: tokens, windows, the schedule, the
-training step, evaluation, checkpoints and the loop. Everything a real trainer also
-needs, but that is not the lesson, lives here, one module per concern:
-
-- `errors`: the exceptions that end a run with a one-line message and an exit code.
-- `cli`: the command line: options, presets per device, checks, exit codes.
-- `corpus`: fetching the default corpus and tokenizing any corpus to token files.
-- `batches`: the datasets of a run, the resumable order of the training batches,
-  and the fixed validation batches.
-- `devices`: which device and number type to train in, and the GPU's peak FLOP/s.
-- `distributed`: one process or several under torchrun (DDP), and wrapping the model.
-- `run_folder`: one run per folder, and its checkpoint files: atomic and checksummed.
-- `checkpoints`: random states, the GradScaler on a resume, and --from_weight.
-- `logbook`: the metrics file, the plot, text samples, the progress bar, throughput.
-- `guards`: Ctrl+C and SIGTERM that save before stopping, and the NaN guard.
-- `open_todos`: what the exercise files do while a TODO is still open.
-- `todos`: the TODO catalog and the layered hints behind `--hint`.
-
-Read it to see how a real trainer handles these things; you do not need it to do the
-course.
+The exercise files hold the ideas of pretraining; here, one module per concern:
+`errors` (one-line messages, exit codes), `config` (every option, declared once), `cli` (the
+command line, presets, checks), `corpus` (fetch and tokenize a corpus), `batches` (datasets,
+the resumable batch order, validation batches), `devices` and `distributed` (device, number
+type, DDP or FSDP), `run_folder` (one run per folder: claim, stage, commit, its files),
+`checkpoints` (random states, the GradScaler, --from_weight), `logbook` and `tracking`
+(metrics, plot, samples, TensorBoard), `reference` (the course's reference runs), `guards`
+(Ctrl+C, SIGTERM, the NaN guard), `open_todos` (what the exercise files do while a TODO is
+open), `todos` (the TODO catalog and the hints behind `--hint`), `sample` (a prompt in, the
+model's continuation out). Read it to see how a real trainer does these things; the course
+does not need it.
 """

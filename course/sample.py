@@ -5,19 +5,16 @@
     python -m course.sample out/best.pt --interactive                # prompts until an empty line
     python path/to/course/sample.py out/best.pt --prompt "ROMEO:"    # from any other folder
 
-Reads the weights of a run (model.pt, best.pt, or resume.pt) with the tokenizer saved
-beside them, and samples with model.generate: each new token is drawn from the model's
-next-token distribution, sharpened or flattened by --temperature and cut to the most
-likely tokens by --top_k and --top_p (0 temperature: always the most likely token).
-The model only sees its last block_size tokens, so a prompt longer than its context is
-refused rather than silently cut.
+Reads a run's weights (model.pt, best.pt or resume.pt) and the tokenizer saved with them. A
+prompt longer than the model's context is refused rather than silently cut.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import unicodedata
+from argparse import ArgumentDefaultsHelpFormatter, ArgumentParser, Namespace
+from contextlib import suppress
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a file: import from the repository, not from course/
@@ -35,28 +32,24 @@ from model import GPT, GPTConfig  # noqa: E402
 LOOKALIKES = {"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "..."}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+def build_parser() -> ArgumentParser:
+    p = OneLineErrorParser(description=__doc__.splitlines()[0], formatter_class=ArgumentDefaultsHelpFormatter)
     p.add_argument("checkpoint", type=Path, help="model.pt, best.pt or resume.pt of a run")
     p.add_argument("--prompt", default="", help="the text to continue (empty: the start of a new document)")
     p.add_argument("--max_new_tokens", type=int, default=300, help="tokens to add to the prompt")
     p.add_argument("--num_samples", type=int, default=1, help="continuations of the same prompt")
     p.add_argument("--temperature", type=float, default=0.8, help="<1 sharper, >1 flatter, 0 greedy")
     p.add_argument("--top_k", type=int, default=200, help="keep the k most likely tokens (0: all)")
-    p.add_argument(
-        "--top_p", type=float, default=1.0, help="keep the most likely tokens up to this mass (1: all)"
-    )
+    top_p = "keep the most likely tokens up to this mass (1: all)"
+    p.add_argument("--top_p", type=float, default=1.0, help=top_p)
     p.add_argument("--seed", type=int, default=1337, help="the same seed gives the same samples")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    p.add_argument(
-        "--interactive", action="store_true", help="read prompts from the keyboard until an empty line"
-    )
+    interactive = "read prompts from the keyboard until an empty line"
+    p.add_argument("--interactive", action="store_true", help=interactive)
     return p
 
 
-def check_options(args: argparse.Namespace) -> None:
+def check_options(args: Namespace) -> None:
     if not 1 <= args.max_new_tokens <= 100_000:
         raise UsageError(f"--max_new_tokens must be between 1 and 100,000, got {args.max_new_tokens}")
     if not 1 <= args.num_samples <= 1000:
@@ -78,7 +71,7 @@ def load_model(path: Path, device: torch.device) -> tuple[GPT, Tokenizer]:
             f"{path}: no such file; a run writes model.pt, best.pt and resume.pt in its --save_dir"
         )
     weights = load_checkpoint(path, "checkpoint", needs=())  # a file torch can read, or one line
-    missing = [key for key in WEIGHTS_KEYS if not isinstance(weights, dict) or key not in weights]
+    missing = [key for key in WEIGHTS_KEYS if key not in weights]
     if missing:  # e.g. a resume.pt that a half-done TODO 8 wrote
         raise UsageError(
             f"{path} has no {', '.join(missing)}: sample from a run's model.pt or best.pt "
@@ -111,9 +104,8 @@ def prompt_ids(prompt: str, tokenizer: Tokenizer, block_size: int) -> list[int]:
 
 
 def nearest_fix(prompt: str, tokenizer: Tokenizer) -> str:
-    """For a character outside a char vocabulary: the character of the vocabulary it most
-    likely stands for (a straight quote for a curly one, the letter without its accent,
-    the other case), or that it has to go."""
+    """For a character outside a char vocabulary: the one it most likely stands for (a straight
+    quote for a curly one, the letter without its accent, the other case), or that it must go."""
     known = set(getattr(tokenizer, "chars", ""))
     if not known:
         return ""
@@ -129,9 +121,7 @@ def nearest_fix(prompt: str, tokenizer: Tokenizer) -> str:
 
 
 @torch.no_grad()
-def continuations(
-    model: GPT, ids: list[int], args: argparse.Namespace, device: torch.device
-) -> list[list[int]]:
+def continuations(model: GPT, ids: list[int], args: Namespace, device: torch.device) -> list[list[int]]:
     """args.num_samples continuations of the prompt's ids, drawn in one batch."""
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
     top_k = args.top_k or None
@@ -141,9 +131,7 @@ def continuations(
     return [row[len(ids) :].tolist() for row in out]
 
 
-def show(
-    prompt: str, model: GPT, tokenizer: Tokenizer, args: argparse.Namespace, device: torch.device
-) -> None:
+def show(prompt: str, model: GPT, tokenizer: Tokenizer, args: Namespace, device: torch.device) -> None:
     ids = prompt_ids(prompt, tokenizer, model.config.block_size)
     for i, new in enumerate(continuations(model, ids, args, device)):
         if args.num_samples > 1:
@@ -151,21 +139,16 @@ def show(
         print(prompt + tokenizer.decode(new), flush=True)
 
 
-def interact(model: GPT, tokenizer: Tokenizer, args: argparse.Namespace, device: torch.device) -> None:
-    """Prompts from the keyboard, one per line, until an empty line or end of input; a
-    prompt the model cannot read gets its one-line reason and the next one is asked for."""
+def interact(model: GPT, tokenizer: Tokenizer, args: Namespace, device: torch.device) -> None:
+    """Prompts from the keyboard until an empty line or the end of the input; a prompt the
+    model cannot read gets its one-line reason, and the next one is asked for."""
     print("type a prompt and press Enter (an empty line ends)", file=sys.stderr)
-    while True:
-        try:
-            prompt = input("> ")
-        except EOFError:
-            return
-        if not prompt:
-            return
-        try:
-            show(prompt, model, tokenizer, args, device)
-        except UsageError as err:
-            print(f"error: {err}", file=sys.stderr)
+    with suppress(EOFError):  # the end of the input (Ctrl+D, or a pipe that ran dry)
+        for prompt in iter(lambda: input("> "), ""):  # until an empty line
+            try:
+                show(prompt, model, tokenizer, args, device)
+            except UsageError as err:
+                print(f"error: {err}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

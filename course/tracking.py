@@ -1,39 +1,15 @@
-"""Watching a run while it trains: TensorBoard, and W&B or SwanLab with --use_wandb.
+"""Watching a run while it trains: TensorBoard's event files in save_dir/tensorboard/
+(`tensorboard --logdir out`, then http://localhost:6006; --tensorboard 0: none), and with
+--use_wandb 1 Weights & Biases, as MiniMind's train_pretrain.py, or SwanLab (--wandb_backend
+swanlab, MiniMind's choice today): optional packages (pip install -e ".[wandb]") that log
+offline, into their own folder, without an account.
 
-    save_dir/tensorboard/   TensorBoard's event files: `tensorboard --logdir out`, then
-                            open http://localhost:6006 (no account, no server to set up)
-
-Every run writes TensorBoard's event files (--tensorboard 0: none). With --use_wandb 1
-it also logs to Weights & Biases, as MiniMind's train_pretrain.py does, or to SwanLab
-(--wandb_backend swanlab: MiniMind's choice today, reachable from China); both are
-optional packages (pip install -e ".[wandb]"). Without an account configured they log
-offline, into their own folder (W&B: ./wandb, SwanLab: ./swanlog), to upload later.
-
-What is logged is what metrics.jsonl holds, at the same steps, under the names in TAGS:
-the training loss (the mean over every real target of every process since the last
-log line), the auxiliary loss with MoE, the learning rate of each kind of optimizer
-group (lr/adamw, lr/muon), the gradient norm before clipping, tokens/s, MFU on a known
-GPU, peak GPU memory on CUDA; and at each evaluation the validation loss, perplexity
-and bits per byte, and the text sample. The run's config goes in as text, once per
-part of the run: at step 0, and after a resume at the first step it trains.
-
-The event files follow the run folder's rules (course.run_folder): they are files of
-the run. A new run writes them into its staging folder with its other files (TensorBoard
-shows it as `.staging-<pid>/tensorboard` until then) and they move into
-save_dir/tensorboard/ with its first checkpoint; so a run that ends before it leaves no
-events behind, and with --overwrite 1 the old run's events stay until that checkpoint,
-then go with its other files. TensorBoard's writer names its file on every write, so it
-is closed before the move and a new file opened after it (the same run to TensorBoard).
-
-One tracked run across every resume: a resume continues the same TensorBoard run and
-supersedes what was logged after its checkpoint (purge_step: TensorBoard drops the
-steps from there on in the earlier files, as the resume drops them from metrics.jsonl),
-so no step appears twice. The W&B or SwanLab run's id is saved in resume.pt
-(RunFolder.tracked_run) and --from_resume 1 continues that run (resume="allow"); W&B
-keeps the values it already has of a step logged again, the same numbers, since a
-resume is exact (tokens/s apart). --overwrite 1 starts a new tracked run.
-
-Under torchrun only rank 0 tracks: the values it logs are already over every process.
+They get what metrics.jsonl holds, at the same steps, under TAGS's names, each evaluation's
+sample, and the run's config as text. The event files are files of the run (course.run_folder):
+staged with the others until the first checkpoint, so a run that ends before it leaves none and
+an overwritten run's events stay until then. A resume continues the same tracked run: TensorBoard
+drops the steps after its checkpoint (purge_step), and the W&B or SwanLab run's id is kept in
+resume.pt (--overwrite 1 starts a new one). Only rank 0 tracks: its values are over every process.
 """
 
 from __future__ import annotations
@@ -53,19 +29,9 @@ from course.errors import UsageError
 from course.run_folder import TENSORBOARD_DIR, RunFolder
 
 # metrics.jsonl's names → the trackers' (grouped: TensorBoard shows one section per prefix).
-TAGS = {
-    "loss": "train/loss",
-    "aux_loss": "train/aux_loss",
-    "lr": "train/lr",
-    "grad_norm": "train/grad_norm",
-    "skipped_steps": "train/skipped_steps",
-    "tokens_per_sec": "perf/tokens_per_sec",
-    "mfu": "perf/mfu",
-    "max_memory_gb": "perf/max_memory_gb",
-    "val_loss": "val/loss",
-    "val_ppl": "val/perplexity",
-    "val_bpb": "val/bits_per_byte",
-}
+TAGS = {name: f"train/{name}" for name in ("loss", "aux_loss", "lr", "grad_norm", "skipped_steps")}
+TAGS |= {name: f"perf/{name}" for name in ("tokens_per_sec", "mfu", "max_memory_gb")}
+TAGS |= {"val_loss": "val/loss", "val_ppl": "val/perplexity", "val_bpb": "val/bits_per_byte"}
 
 BACKENDS = {"wandb": "W&B", "swanlab": "SwanLab"}  # --wandb_backend: the package and its name
 INSTALL_EXTRA = 'pip install -e ".[wandb]"'
@@ -132,18 +98,18 @@ OPEN: list[Tracker] = []  # closed when the run ends, however it ends (course.cl
 
 
 def open_tracker(config, is_main: bool, run, resumed_at: int | None) -> Tracker:
-    """The run's trackers: on rank 0, TensorBoard unless --tensorboard 0, and W&B or
-    SwanLab with --use_wandb 1 (the checkpoint's tracked run on a resume). run: the
-    RunFolder, whose tracked_run goes into every checkpoint."""
+    """The run's trackers, on rank 0: TensorBoard, and W&B or SwanLab with --use_wandb 1 (the
+    checkpoint's tracked run on a resume). run: the RunFolder; every checkpoint keeps its tracked_run."""
     sinks: list = []
     if not is_main:
         return Tracker(sinks)
     if config.tensorboard:
         sinks.append(TensorBoard(run, resumed_at))
     if config.use_wandb:
-        online = {"wandb": WandB, "swanlab": SwanLab}[config.wandb_backend](config, run.tracked_run)
-        run.tracked_run = online.tracked_run
-        sinks.append(online)
+        # A new run's id comes from the operating system, never from the training's random state.
+        run_id = run.tracked_run["id"] if run.tracked_run else secrets.token_hex(4)
+        sinks.append({"wandb": WandB, "swanlab": SwanLab}[config.wandb_backend](config, run_id))
+        run.tracked_run = {"id": run_id, **config.tracked_run_options()}
     tracker = Tracker(sinks)
     if sinks:
         OPEN.append(tracker)
@@ -168,12 +134,12 @@ class TensorBoard:
 
     def __init__(self, folder: RunFolder, resumed_at: int | None) -> None:
         self.folder = folder
-        # Each part of the run starts its events with a session start at its first step, and
-        # TensorBoard drops what was logged from that step on before it: a resume supersedes
-        # the steps after its checkpoint. (TensorBoard takes a run's first session start for
-        # its beginning, not a restart: a new run writes one too, at step 0.)
+        # Each part of the run starts its events at its first step, where TensorBoard drops what
+        # earlier files logged from there on: a resume supersedes the steps after its checkpoint.
         self.purge_step = 0 if resumed_at is None else resumed_at + 1
         self.writer = None
+        # The writer names its file at every write: closed before the run's files move, a new
+        # file is opened after it (the same run to TensorBoard).
         folder.before_commit.append(self.close)
 
     def _writer(self):
@@ -206,13 +172,10 @@ class TensorBoard:
 
 
 def wait_for_a_later_second(log_dir: Path) -> None:
-    """TensorBoard reads a run's event files in the order of their names, which begin with
-    the second the file was opened in (then the host, the process id and a counter, which
-    sort as text: 10 before 9). A file opened within the same second as an earlier part's
-    could sort before it, and a resume's supersession would then be read first and undone.
-    So a new file waits for a later second than every file there: at most a second, and only
-    when a part ended less than a second ago (a test's tiny runs; a real run's first
-    checkpoint, or a resume after a kill, comes later than that)."""
+    """TensorBoard reads event files in the order of their names, which begin with the second
+    the file was opened in (then host, pid, counter: text order). A resume's file opened in the
+    same second as an earlier part's could sort first, and its supersession be undone; so it
+    waits for a later second (only after a part that ended under a second ago: tiny runs)."""
     newest = -1
     for path in log_dir.glob("events.out.tfevents.*"):
         seconds = path.name.split(".")[3]  # events out tfevents SECONDS HOST PID COUNTER
@@ -220,11 +183,6 @@ def wait_for_a_later_second(log_dir: Path) -> None:
             newest = max(newest, int(seconds))
     while time.time() < newest + 1:
         time.sleep(0.01)
-
-
-def new_run_id() -> str:
-    """8 characters of [0-9a-f], from the operating system (never the training's random state)."""
-    return secrets.token_hex(4)
 
 
 def wandb_has_account() -> bool:
@@ -238,24 +196,22 @@ def wandb_has_account() -> bool:
         return False
 
 
+def run_options(config, run_id: str, offline: bool) -> dict:
+    """What W&B and SwanLab are told alike: which run, continued if it exists, and where."""
+    which = dict(project=config.wandb_project, name=config.wandb_run_name, id=run_id)
+    return dict(**which, resume="allow", mode="offline" if offline else None)
+
+
 class WandB:
     """A Weights & Biases run: the checkpoint's one on a resume, else a new one."""
 
-    def __init__(self, config, saved: dict | None) -> None:
+    def __init__(self, config, run_id: str) -> None:
         import wandb
 
-        run_id = saved["id"] if saved else new_run_id()
         offline = "WANDB_MODE" not in os.environ and not wandb_has_account()
-        self.run = wandb.init(
-            project=config.wandb_project,
-            name=config.wandb_run_name,
-            id=run_id,
-            resume="allow",
-            mode="offline" if offline else None,
-            settings=wandb.Settings(console="off", silent=True),  # the progress bar stays as it is
-        )
+        quiet = wandb.Settings(console="off", silent=True)  # the progress bar stays as it is
+        self.run = wandb.init(**run_options(config, run_id, offline), settings=quiet)
         self.run.config.update(config.to_dict(), allow_val_change=True)  # a resume may apply new values
-        self.tracked_run = tracked_run(config, run_id)
         if self.run.settings.mode == "offline":
             sync = f"wandb sync {Path(self.run.dir).parent}"
             print(f"note: W&B logs offline (no account here, or WANDB_MODE); `{sync}` uploads it")
@@ -274,21 +230,12 @@ class WandB:
 class SwanLab:
     """A SwanLab run (MiniMind's tracker today): the checkpoint's one on a resume, else a new one."""
 
-    def __init__(self, config, saved: dict | None) -> None:
+    def __init__(self, config, run_id: str) -> None:
         import swanlab
 
-        run_id = saved["id"] if saved else new_run_id()
         offline = "SWANLAB_MODE" not in os.environ and not swanlab.Settings().api_key
         with redirect_stdout(io.StringIO()):  # its banner; the note below says what matters
-            self.run = swanlab.init(
-                project=config.wandb_project,
-                name=config.wandb_run_name,
-                id=run_id,
-                resume="allow",
-                mode="offline" if offline else None,
-                config=config.to_dict(),
-            )
-        self.tracked_run = tracked_run(config, run_id)
+            self.run = swanlab.init(**run_options(config, run_id, offline), config=config.to_dict())
         if self.run.mode == "offline":
             sync = f"swanlab sync {self.run.dir}"
             print(f"note: SwanLab logs offline (no account here, or SWANLAB_MODE); `{sync}` uploads it")
@@ -303,8 +250,3 @@ class SwanLab:
     def close(self) -> None:
         with redirect_stdout(io.StringIO()):
             self.swanlab.finish()
-
-
-def tracked_run(config, run_id: str) -> dict:
-    """What resume.pt keeps of the tracked run: its id and the options that name it."""
-    return {"id": run_id, **config.tracked_run_options()}

@@ -4,6 +4,9 @@ the contract, never the solution's code."""
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 from conftest import ROOT, make_exercises
 from todos import CATALOG, TODOS
@@ -74,7 +77,7 @@ def test_a_hint_count_is_written_whole_or_not_at_all(hints_file, monkeypatch):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(todos.os, "replace", interrupted)
+        patch.setattr(os, "replace", interrupted)
         grading.show_hint("2a", ROOT / "train_exercise.py")
     assert hints_file.read_text() == before, "the previous counts stay"
     assert not list(hints_file.parent.glob("*.tmp")), "no temporary file is left"
@@ -102,6 +105,34 @@ def test_exercise_comments_state_the_contract_not_the_code(solution, level):
 def test_every_todo_has_three_hint_layers():
     assert set(todos.HINTS) == set(TODOS)
     assert all(len(layers) == 3 and all(layers) for layers in todos.HINTS.values())
+
+
+SLIPS = {  # each edits the first TODO section it finds (the file's introduction names the headings too)
+    "a TODO left out": lambda text: text[: text.index("\n## TODO 8\n")],
+    "a TODO twice": lambda text: text + text[text.index("\n## TODO 8\n") :],
+    "a layer renamed": lambda text: text.replace(
+        "\n### 2. concepts and API names\n", "\n### 2. the API\n", 1
+    ),
+    "a layer missing": lambda text: text.replace("\n### 1. the idea\n", "\n", 1),
+    "two paragraphs in a layer": lambda text: text.replace(
+        "\n### 1. the idea\n", "\n### 1. the idea\n\nMore.\n", 1
+    ),
+    "an open ``` block": lambda text: text.replace("\n```\n\n### challenge\n", "\n\n### challenge\n", 1),
+    "pseudocode out of its block": lambda text: text.replace(
+        "\n### 3. pseudocode\n\n```", "\n### 3. pseudocode\n\nx\n```", 1
+    ),
+    "no challenge text": lambda text: re.sub(r"\n### challenge\n[^#]*", "\n### challenge\n\n", text, count=1),
+    "a heading misspelled": lambda text: text.replace("\n## TODO 2a\n", "\n## TODO2a\n", 1),
+}
+
+
+@pytest.mark.parametrize("slip", SLIPS.values(), ids=SLIPS.keys())
+def test_a_slip_in_hints_md_fails_loudly_instead_of_losing_a_hint(slip):
+    text = todos.HINTS_FILE.read_text("utf-8")
+    assert todos.read_hints(text) == (todos.HINTS, todos.CHALLENGE)
+    assert slip(text) != text, "the slip must change the file"
+    with pytest.raises(ValueError, match="hints.md"):
+        todos.read_hints(slip(text))
 
 
 def test_todo_8_names_every_call_and_key_the_run_needs():

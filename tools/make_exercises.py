@@ -14,8 +14,8 @@ Two levels, from the same solutions and graded by the same tests:
 - guided (the committed files): under each TODO header, its goal and contract as the
   solution file states them (inputs, outputs, what must hold, the helpers to use).
 - challenge: under each header, the goal and every graded property in words, what
-  must hold and why, with no code, slice, formula or API name: the texts are
-  CHALLENGE in course/todos.py, one per region. The first banner line of a file
+  must hold and why, with no code, slice, formula or API name: the texts are in
+  course/hints.md, one per region. The first banner line of a file
   names its level. `--check` holds the files to the guided level (a clean clone's)
   and checks that the challenge level can be generated; the suite's checks of
   pristine files take a learner's checkout at the level its files are at.
@@ -104,7 +104,7 @@ def challenge_lines(indent: str, todo: str, index: int, solution_name: str) -> l
     texts = CHALLENGE.get(todo, ())
     if index >= len(texts):
         raise SystemExit(
-            f"error: TODO {todo} has no challenge text for its region {index + 1} in course/todos.py"
+            f"error: TODO {todo} has no challenge text for its region {index + 1} in course/hints.md"
         )
     prefix = f"{indent}#   "
     lines = textwrap.wrap(texts[index], COMMENT_WIDTH - len(prefix), break_on_hyphens=False)
