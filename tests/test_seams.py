@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FAST, ROOT, TINY_MODEL, VERSE, background_job, run_checked
+from forked import commit_killed_at, run_forked
 from test_faults import checksums, one_error_line, records, run
 
 import train_solution as train
@@ -25,33 +26,6 @@ from course.errors import UsageError
 from course.run_folder import CHECKSUM, MetadataOnlyReader, save_atomic
 
 # --- a commit is whole or not at all ------------------------------------------------------------
-
-# A new run's files staged and committed over an old run, in a process that SIGKILLs
-# itself before the Nth rename or folder removal of the commit (N = argv[2]).
-COMMIT_KILLED_AT = """
-import os, shutil, signal, sys
-from pathlib import Path
-from course import run_folder
-save_dir, kill_at, new_files = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
-folder = run_folder.RunFolder.claim(save_dir, resume=False, overwrite=True)
-for name in new_files:
-    path = folder.path(name)
-    if name in ("resume-shards", "tensorboard"):
-        (path / "inner").mkdir(parents=True)
-        path = path / "inner" / "file"
-    path.write_text("new " + name)
-steps = 0
-def counted(real):
-    def call(*args, **kwargs):
-        global steps
-        steps += 1
-        if steps == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(*args, **kwargs)
-    return call
-os.replace, shutil.rmtree = counted(os.replace), counted(shutil.rmtree)
-folder.commit()
-"""
 
 SINGLE = ["best.pt", "metrics.jsonl", "metrics.png", "model.pt", "samples.txt", "tensorboard", "resume.pt"]
 SHARDED = [*SINGLE, "resume-shards"]
@@ -100,9 +74,8 @@ def test_a_commit_killed_at_any_step_leaves_the_old_run_or_the_new_one(old, new,
         (out / ".staging-mine").mkdir()
         (out / ".staging-mine" / "keep").write_text("mine")
         old_state = run_state(out)
-        done = subprocess.run([sys.executable, "-c", COMMIT_KILLED_AT, str(out), str(kill_at), *new],
-                              cwd=ROOT, capture_output=True, text=True)  # fmt: skip
-        assert done.returncode in (0, -signal.SIGKILL), done.stderr
+        exit_code = run_forked(commit_killed_at, out, kill_at, new)  # a real process, started in ms
+        assert exit_code in (0, -signal.SIGKILL), f"killed at step {kill_at}: the commit failed (see above)"
         run_folder.RunFolder.claim(out, resume=True, overwrite=False).release()  # finishes a commit
         state = run_state(out)
         new_state = {k: v.replace("old", "new") for k, v in make_state(tmp_path / "expected", new).items()}
@@ -112,7 +85,7 @@ def test_a_commit_killed_at_any_step_leaves_the_old_run_or_the_new_one(old, new,
             USER_FILES, "mine"
         ), f"killed at step {kill_at}: the user's files changed"
         assert not list(out.glob(f"{run_folder.STAGING_PREFIX}*")), "no staging folder left"
-        if done.returncode == 0:
+        if exit_code == 0:
             break
     assert outcomes == {"old", "new"} and kill_at > len(new), outcomes
 
