@@ -635,6 +635,7 @@ def train(command_line: cli.CommandLine) -> None:
                         done, model, eval_batches, amp_ctx, best_val_loss, logbook, run, group
                     )
                 if at_save:
+                    logbook.plot()  # metrics.png goes with the checkpoint
                     save_checkpoint(run, model, optimizer, scaler, done, stream, best_val_loss, group)
             if at_eval or at_save:
                 logbook.restart_clock()  # tokens/s counts training steps only

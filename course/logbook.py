@@ -295,7 +295,12 @@ class Logbook:
                 f.write(f"=== {summary} ===\n{sample}\n\n")
             self.tracker.text("samples", sample, step)
             tqdm.write(f"{summary}\n--- sample ---\n{sample}\n--------------")
-        plot_metrics(self.records, self.folder.path(run_folder.PLOT_FILE), self.reference)
+
+    def plot(self) -> None:
+        """metrics.png, drawn with each checkpoint (the curves it keeps) rather than at every
+        evaluation: drawing costs about as much as a tiny run's training steps."""
+        if self.group.is_main:
+            plot_metrics(self.records, self.folder.path(run_folder.PLOT_FILE), self.reference)
 
     def print_setup(self, model, train_windows: int, schedule, start_step: int, epoch_batches: int) -> None:
         """Two lines that say what this run is about to do, and the reference run it will be
