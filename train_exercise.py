@@ -378,7 +378,7 @@ def restore_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (`--help` lists every option); the exit code says how the run ended."""
-    return cli.main(train, argv, script=Path(__file__))
+    return open_todos.main(sys.modules[__name__], argv, script=Path(__file__))
 
 
 def load_data(
@@ -470,8 +470,9 @@ def validate(
     loss over all of them; rank 0 writes. Under FSDP the weights are gathered once for
     the evaluation and its sample (whole_weights), not once per forward pass."""
     with whole_weights(model):
-        result = open_todos.evaluate_or_none(evaluate, group, model, eval_batches, amp_ctx)
+        result = evaluate(model, eval_batches, amp_ctx)
         logbook.log_eval(step, result, model)
+    # None: the exercise file's stand-in while its TODO 6 is open (course.open_todos).
     if result is not None and result.loss < best_val_loss:
         best_val_loss = result.loss
         run.save_weights(model, BEST_FILE, step=step, val_loss=result.loss)
@@ -502,7 +503,7 @@ def save_checkpoint(
     Every process builds the state: the random generators of all of them go into it.
     Under FSDP every process also writes its own shard of the weights and optimizer
     state (course.run_folder)."""
-    state = open_todos.state_or_none(checkpoint_state, model, optimizer, scaler, step, stream, best_val_loss)
+    state = checkpoint_state(model, optimizer, scaler, step, stream, best_val_loss)
     run.save_checkpoint(model, optimizer, state, group)
     # The others wait for rank 0's writing here, on the gloo group with its long timeout,
     # not in the next step's collectives (course.distributed: timeouts).
@@ -536,11 +537,7 @@ def train(command_line: cli.CommandLine) -> None:
         muon_lr_scale,
         dtype,
     )
-    # While TODO 2 or 5 is open, a stand-in (course.open_todos), decided here once.
-    lr_at = open_todos.schedule_or_constant(
-        get_lr, schedule.warmup_steps, schedule.total_steps, config.learning_rate, schedule.min_lr
-    )
-    amp_ctx, scaler = open_todos.precision_or_float32(autocast_context, make_grad_scaler, device, dtype)
+    amp_ctx, scaler = autocast_context(device, dtype), make_grad_scaler(device, dtype)  # mixed precision [5]
     run.describe(
         model.config.to_dict(),
         tokenizer.meta(),
@@ -566,7 +563,9 @@ def train(command_line: cli.CommandLine) -> None:
     profiler = StepProfiler(config.profile, run, device, group.is_main)  # --profile N
     with StopRequests(announce=group.is_main) as signals, logbook.progress(start_step, end_step), profiler:
         for step in range(start_step, end_step):
-            lr = lr_at(step)
+            lr = get_lr(
+                step, schedule.warmup_steps, schedule.total_steps, config.learning_rate, schedule.min_lr
+            )
             micro_batches = [
                 (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                 for x, y in (next(stream) for _ in range(config.accumulation_steps))
