@@ -58,6 +58,7 @@ from course.distributed import (
     ProcessGroup,
     build_sharded,
     mean_over_processes,
+    no_sync,
     sum_over_processes,
     whole_weights,
     wrap_for_training,
@@ -189,8 +190,9 @@ def accumulate_gradients(
     scaler: torch.amp.GradScaler,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     amp_ctx=NO_AUTOCAST,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward over k micro-batches; returns the step's mean losses (detached).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward over k micro-batches; returns the step's mean losses (detached)
+    and its count of real targets.
 
     backward() adds into .grad, so k micro-batches give the gradient of one batch k
     times larger, in the memory of one micro-batch, if each loss gets the right
@@ -203,21 +205,22 @@ def accumulate_gradients(
     LM loss plus the auxiliary loss (compute_loss).
 
     Under DistributedDataParallel every backward also averages gradients across
-    processes; `no_sync` skips that for all but the last micro-batch, where it is
-    needed once. (A model sharded with FSDP has a `no_sync` too: course.distributed
-    gives it one that turns FSDP's reduce-scatter off the same way.) DDP averages the
-    processes' gradients: for every real target of every process to weigh the same,
-    all of them must weight their losses by the same count, not each by its own.
+    processes; `no_sync(model)` skips that for all but the last micro-batch, where it
+    is needed once (for a model sharded with FSDP it turns the reduce-scatter off the
+    same way). DDP averages the processes' gradients: for every real target of every
+    process to weigh the same, all of them must weight their losses by the same count,
+    not each by its own.
     """
     # TODO 4: forward + backward over every micro-batch; return the step's mean losses (detached)
     #   Afterwards .grad holds the gradient of the training objective (LM loss + auxiliary
     #   loss) averaged over every real target of the step (targets equal to IGNORE_INDEX
     #   are padding), as one batch k times larger would give, also when micro-batches hold
     #   different numbers of real targets. Under DDP only the last backward averages
-    #   gradients across processes, and the count that divides is the mean count of a
-    #   process (mean_over_processes, imported at the top). Forwards run under amp_ctx,
-    #   backwards go through the scaler. Returns this process's (LM loss, auxiliary loss),
-    #   each a mean per real target of the step. Stuck? python train_exercise.py --hint 4
+    #   gradients across processes (the others run inside no_sync(model)), and the count
+    #   that divides is the mean count of a process (mean_over_processes; both imported at
+    #   the top). Forwards run under amp_ctx, backwards go through the scaler. Returns this
+    #   process's (LM loss, auxiliary loss, count of real targets), the losses each a mean
+    #   per real target of the step. Stuck? python train_exercise.py --hint 4
     raise NotImplementedError(
         "TODO 4: forward + backward over every micro-batch; return the step's mean losses (detached)"
     )
@@ -237,9 +240,8 @@ def train_step(
     clip and update. A disabled GradScaler (anything but float16) passes every call
     straight through, so the same code serves float32, bfloat16 and float16."""
     set_lr(optimizer, lr)
-    lm_loss, aux_loss = accumulate_gradients(model, scaler, micro_batches, amp_ctx)
+    lm_loss, aux_loss, targets = accumulate_gradients(model, scaler, micro_batches, amp_ctx)
     grad_norm = clip_and_step(model, optimizer, scaler, grad_clip)
-    targets = sum((y != IGNORE_INDEX).sum() for _, y in micro_batches)
     return StepStats(loss=lm_loss, aux_loss=aux_loss, targets=targets, grad_norm=grad_norm)
 
 

@@ -56,6 +56,7 @@ from course.distributed import (
     ProcessGroup,
     build_sharded,
     mean_over_processes,
+    no_sync,
     sum_over_processes,
     whole_weights,
     wrap_for_training,
@@ -196,8 +197,9 @@ def accumulate_gradients(
     scaler: torch.amp.GradScaler,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     amp_ctx=NO_AUTOCAST,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward over k micro-batches; returns the step's mean losses (detached).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward over k micro-batches; returns the step's mean losses (detached)
+    and its count of real targets.
 
     backward() adds into .grad, so k micro-batches give the gradient of one batch k
     times larger, in the memory of one micro-batch, if each loss gets the right
@@ -210,34 +212,35 @@ def accumulate_gradients(
     LM loss plus the auxiliary loss (compute_loss).
 
     Under DistributedDataParallel every backward also averages gradients across
-    processes; `no_sync` skips that for all but the last micro-batch, where it is
-    needed once. (A model sharded with FSDP has a `no_sync` too: course.distributed
-    gives it one that turns FSDP's reduce-scatter off the same way.) DDP averages the
-    processes' gradients: for every real target of every process to weigh the same,
-    all of them must weight their losses by the same count, not each by its own.
+    processes; `no_sync(model)` skips that for all but the last micro-batch, where it
+    is needed once (for a model sharded with FSDP it turns the reduce-scatter off the
+    same way). DDP averages the processes' gradients: for every real target of every
+    process to weigh the same, all of them must weight their losses by the same count,
+    not each by its own.
     """
     # TODO 4: forward + backward over every micro-batch; return the step's mean losses (detached)
     #   Afterwards .grad holds the gradient of the training objective (LM loss + auxiliary
     #   loss) averaged over every real target of the step (targets equal to IGNORE_INDEX
     #   are padding), as one batch k times larger would give, also when micro-batches hold
     #   different numbers of real targets. Under DDP only the last backward averages
-    #   gradients across processes, and the count that divides is the mean count of a
-    #   process (mean_over_processes, imported at the top). Forwards run under amp_ctx,
-    #   backwards go through the scaler. Returns this process's (LM loss, auxiliary loss),
-    #   each a mean per real target of the step. Stuck? python train_exercise.py --hint 4
+    #   gradients across processes (the others run inside no_sync(model)), and the count
+    #   that divides is the mean count of a process (mean_over_processes; both imported at
+    #   the top). Forwards run under amp_ctx, backwards go through the scaler. Returns this
+    #   process's (LM loss, auxiliary loss, count of real targets), the losses each a mean
+    #   per real target of the step. Stuck? python train_exercise.py --hint 4
     counts = [(y != IGNORE_INDEX).sum() for _, y in micro_batches]  # real targets per micro-batch
     targets_per_process = mean_over_processes(sum(counts))  # one all-reduce under DDP, before any backward
     lm_sum = aux_sum = 0.0
     for i, ((x, y), count) in enumerate(zip(micro_batches, counts, strict=True)):
         is_last = i == len(micro_batches) - 1
-        sync_ctx = nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()
-        with sync_ctx:
+        with nullcontext() if is_last else no_sync(model):
             with amp_ctx:
                 lm_loss, aux_loss = compute_loss(model, x, y)  # means over this micro-batch
             scaler.scale((lm_loss + aux_loss) * count / targets_per_process).backward()
         lm_sum = lm_sum + lm_loss.detach() * count
         aux_sum = aux_sum + aux_loss.detach() * count
-    return lm_sum / sum(counts), aux_sum / sum(counts)
+    targets = sum(counts)
+    return lm_sum / targets, aux_sum / targets, targets
     # END TODO 4
 
 
@@ -254,9 +257,8 @@ def train_step(
     clip and update. A disabled GradScaler (anything but float16) passes every call
     straight through, so the same code serves float32, bfloat16 and float16."""
     set_lr(optimizer, lr)
-    lm_loss, aux_loss = accumulate_gradients(model, scaler, micro_batches, amp_ctx)
+    lm_loss, aux_loss, targets = accumulate_gradients(model, scaler, micro_batches, amp_ctx)
     grad_norm = clip_and_step(model, optimizer, scaler, grad_clip)
-    targets = sum((y != IGNORE_INDEX).sum() for _, y in micro_batches)
     return StepStats(loss=lm_loss, aux_loss=aux_loss, targets=targets, grad_norm=grad_norm)
 
 
