@@ -58,6 +58,7 @@ from course.distributed import (
     ProcessGroup,
     build_sharded,
     mean_over_processes,
+    no_sync,
     sum_over_processes,
     whole_weights,
     wrap_for_training,
@@ -189,8 +190,9 @@ def accumulate_gradients(
     scaler: torch.amp.GradScaler,
     micro_batches: list[tuple[torch.Tensor, torch.Tensor]],
     amp_ctx=NO_AUTOCAST,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward and backward over k micro-batches; returns the step's mean losses (detached).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward and backward over k micro-batches; returns the step's mean losses (detached)
+    and its count of real targets.
 
     backward() adds into .grad, so k micro-batches give the gradient of one batch k
     times larger, in the memory of one micro-batch, if each loss gets the right
@@ -203,21 +205,22 @@ def accumulate_gradients(
     LM loss plus the auxiliary loss (compute_loss).
 
     Under DistributedDataParallel every backward also averages gradients across
-    processes; `no_sync` skips that for all but the last micro-batch, where it is
-    needed once. (A model sharded with FSDP has a `no_sync` too: course.distributed
-    gives it one that turns FSDP's reduce-scatter off the same way.) DDP averages the
-    processes' gradients: for every real target of every process to weigh the same,
-    all of them must weight their losses by the same count, not each by its own.
+    processes; `no_sync(model)` skips that for all but the last micro-batch, where it
+    is needed once (for a model sharded with FSDP it turns the reduce-scatter off the
+    same way). DDP averages the processes' gradients: for every real target of every
+    process to weigh the same, all of them must weight their losses by the same count,
+    not each by its own.
     """
     # TODO 4: forward + backward over every micro-batch; return the step's mean losses (detached)
     #   Afterwards .grad holds the gradient of the training objective (LM loss + auxiliary
     #   loss) averaged over every real target of the step (targets equal to IGNORE_INDEX
     #   are padding), as one batch k times larger would give, also when micro-batches hold
     #   different numbers of real targets. Under DDP only the last backward averages
-    #   gradients across processes, and the count that divides is the mean count of a
-    #   process (mean_over_processes, imported at the top). Forwards run under amp_ctx,
-    #   backwards go through the scaler. Returns this process's (LM loss, auxiliary loss),
-    #   each a mean per real target of the step. Stuck? python train_exercise.py --hint 4
+    #   gradients across processes (the others run inside no_sync(model)), and the count
+    #   that divides is the mean count of a process (mean_over_processes; both imported at
+    #   the top). Forwards run under amp_ctx, backwards go through the scaler. Returns this
+    #   process's (LM loss, auxiliary loss, count of real targets), the losses each a mean
+    #   per real target of the step. Stuck? python train_exercise.py --hint 4
     raise NotImplementedError(
         "TODO 4: forward + backward over every micro-batch; return the step's mean losses (detached)"
     )
@@ -237,9 +240,8 @@ def train_step(
     clip and update. A disabled GradScaler (anything but float16) passes every call
     straight through, so the same code serves float32, bfloat16 and float16."""
     set_lr(optimizer, lr)
-    lm_loss, aux_loss = accumulate_gradients(model, scaler, micro_batches, amp_ctx)
+    lm_loss, aux_loss, targets = accumulate_gradients(model, scaler, micro_batches, amp_ctx)
     grad_norm = clip_and_step(model, optimizer, scaler, grad_clip)
-    targets = sum((y != IGNORE_INDEX).sum() for _, y in micro_batches)
     return StepStats(loss=lm_loss, aux_loss=aux_loss, targets=targets, grad_norm=grad_norm)
 
 
@@ -378,7 +380,7 @@ def restore_checkpoint(
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (`--help` lists every option); the exit code says how the run ended."""
-    return cli.main(train, argv, script=Path(__file__))
+    return open_todos.main(sys.modules[__name__], argv, script=Path(__file__))
 
 
 def load_data(
@@ -470,8 +472,9 @@ def validate(
     loss over all of them; rank 0 writes. Under FSDP the weights are gathered once for
     the evaluation and its sample (whole_weights), not once per forward pass."""
     with whole_weights(model):
-        result = open_todos.evaluate_or_none(evaluate, group, model, eval_batches, amp_ctx)
+        result = evaluate(model, eval_batches, amp_ctx)
         logbook.log_eval(step, result, model)
+    # None: the exercise file's stand-in while its TODO 6 is open (course.open_todos).
     if result is not None and result.loss < best_val_loss:
         best_val_loss = result.loss
         run.save_weights(model, BEST_FILE, step=step, val_loss=result.loss)
@@ -502,7 +505,7 @@ def save_checkpoint(
     Every process builds the state: the random generators of all of them go into it.
     Under FSDP every process also writes its own shard of the weights and optimizer
     state (course.run_folder)."""
-    state = open_todos.state_or_none(checkpoint_state, model, optimizer, scaler, step, stream, best_val_loss)
+    state = checkpoint_state(model, optimizer, scaler, step, stream, best_val_loss)
     run.save_checkpoint(model, optimizer, state, group)
     # The others wait for rank 0's writing here, on the gloo group with its long timeout,
     # not in the next step's collectives (course.distributed: timeouts).
@@ -536,11 +539,7 @@ def train(command_line: cli.CommandLine) -> None:
         muon_lr_scale,
         dtype,
     )
-    # While TODO 2 or 5 is open, a stand-in (course.open_todos), decided here once.
-    lr_at = open_todos.schedule_or_constant(
-        get_lr, schedule.warmup_steps, schedule.total_steps, config.learning_rate, schedule.min_lr
-    )
-    amp_ctx, scaler = open_todos.precision_or_float32(autocast_context, make_grad_scaler, device, dtype)
+    amp_ctx, scaler = autocast_context(device, dtype), make_grad_scaler(device, dtype)  # mixed precision [5]
     run.describe(
         model.config.to_dict(),
         tokenizer.meta(),
@@ -566,7 +565,9 @@ def train(command_line: cli.CommandLine) -> None:
     profiler = StepProfiler(config.profile, run, device, group.is_main)  # --profile N
     with StopRequests(announce=group.is_main) as signals, logbook.progress(start_step, end_step), profiler:
         for step in range(start_step, end_step):
-            lr = lr_at(step)
+            lr = get_lr(
+                step, schedule.warmup_steps, schedule.total_steps, config.learning_rate, schedule.min_lr
+            )
             micro_batches = [
                 (x.to(device, non_blocking=True), y.to(device, non_blocking=True))
                 for x, y in (next(stream) for _ in range(config.accumulation_steps))

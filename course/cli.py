@@ -54,7 +54,6 @@ from course.errors import (
 from course.grading import show_hint
 from course.guards import STOP_SIGNALS, stop_at_once_on_sigterm
 from course.run_folder import RESUME_FILE, RunFolder, check_folder, out_of_space
-from course.todos import TODOS
 
 MAX_STEPS = 10**9  # more optimizer steps than any run here could take: a typo (--epochs 1e300)
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit; each process seeds with seed + rank
@@ -497,10 +496,8 @@ def check_prompt(prompt: str, tokenizer) -> None:
 
 def main(train: Callable[[CommandLine], None], argv: list[str] | None, script: Path) -> int:
     """Parse the options, run `train`, and turn the ways a run can end into exit codes:
-    0 done, 1 diverged, a full disk or stopped at an open TODO, 2 a usage or data
-    mistake, 130 Ctrl+C, 143 SIGTERM."""
-    if sys.excepthook is grade_despite_a_broken_chapter:  # the script has started: no longer needed
-        sys.excepthook = sys.__excepthook__
+    0 done, 1 diverged or a full disk, 2 a usage or data mistake, 130 Ctrl+C, 143 SIGTERM
+    (an exercise file runs through course.open_todos.main, which adds 1: an open TODO)."""
     command_line = parse_args(argv)
     hint, test = command_line.options["hint"], command_line.options["test"]
     if hint:
@@ -540,14 +537,6 @@ def main(train: Callable[[CommandLine], None], argv: list[str] | None, script: P
         where = err.filename or "a file"
         print(f"error: could not write {where}: {err.strerror}; free some disk space", file=sys.stderr)
         return 1
-    except NotImplementedError as todo:
-        todo_id = str(todo).split(":", 1)[0].removeprefix("TODO ")
-        file = script.name if TODOS[todo_id].module in script.name else f"{TODOS[todo_id].module}_exercise.py"
-        print(
-            f"stopped at {todo}\n  Fill it in in {file}; `python {file} --hint {todo_id}` gives a hint.",
-            file=sys.stderr,
-        )
-        return 1
     finally:
         tracking.close_all()  # before the folders: a staged run's events go with its staging folder
         release_run_folders()
@@ -555,25 +544,3 @@ def main(train: Callable[[CommandLine], None], argv: list[str] | None, script: P
         if signal.getsignal(signal.SIGTERM) is not previous_sigterm:
             signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
-
-
-def grade_despite_a_broken_chapter(exc_type, exc, tb) -> None:
-    """sys.excepthook for `python train_exercise.py --test`: the training chapter imports
-    the data chapter before main() can run, so a syntax error in data_exercise.py would
-    end the grader with a traceback and no scoreboard. The grader runs the tests in
-    processes of its own and copes with a broken chapter, so it starts from here."""
-    script = Path(sys.argv[0])
-    if not issubclass(exc_type, Exception) or not script.stem.startswith("train_"):
-        sys.__excepthook__(exc_type, exc, tb)
-        return
-    from tests.scoreboard import grade
-
-    print(f"note: {script.name} could not start ({exc_type.__name__}: {exc})", flush=True)
-    option = build_parser().parse_known_args(sys.argv[1:])[0].test
-    code = grade(script, None if option in (None, "all") else option)
-    sys.stdout.flush()
-    os._exit(code)  # the exit code the scoreboard gives: this hook's own return would be 1
-
-
-if "--test" in sys.argv[1:]:  # only when grading: see grade_despite_a_broken_chapter
-    sys.excepthook = grade_despite_a_broken_chapter

@@ -10,7 +10,7 @@ import copy
 import gc
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -140,7 +140,6 @@ def shard_model(
     for block in model.transformer.h:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     fully_shard(model, mesh=mesh, mp_policy=policy)
-    model.no_sync = lambda: gradient_sync_off(model)  # DDP's name, so the training step serves both
 
 
 def build_sharded(
@@ -191,10 +190,15 @@ def load_full_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) 
 
 
 @contextmanager
-def gradient_sync_off(model: FSDPModule) -> Iterator[None]:
-    """FSDP's equivalent of DDP's no_sync(): the micro-batches before the last keep
-    their gradients unsharded on each process and skip the reduce-scatter; the last
-    backward reduces the sum of them all once."""
+def no_sync(model: torch.nn.Module) -> Iterator[None]:
+    """Backward passes inside keep their gradients on this process: DDP skips its all-reduce
+    (its own no_sync), FSDP its reduce-scatter; the next backward outside syncs the sum of
+    them all once. One process has nothing to skip."""
+    model = getattr(model, "_orig_mod", model)  # under torch.compile: the model it compiled
+    if not is_sharded(model):
+        with model.no_sync() if hasattr(model, "no_sync") else nullcontext():
+            yield
+        return
     model.set_requires_gradient_sync(False)
     try:
         yield

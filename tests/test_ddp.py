@@ -163,15 +163,18 @@ def kill_the_launcher(launcher: int, workers: list[int]) -> None:
     os.kill(launcher, signal.SIGKILL)
 
 
-# train_solution.py with a TODO 6 that forgets the other processes: each process's loss
-# is then the mean over its own share of the validation windows.
+# train_solution.py with a TODO 6 that forgets the other processes, run as the exercise
+# file runs (course.open_todos): each process's loss is then the mean over its own share
+# of the validation windows.
 OWN_SHARE_ONLY = f"""
 import sys
+from pathlib import Path
 sys.path.insert(0, {str(ROOT)!r})
 import train_solution as train
+from course import open_todos
 
 train.sum_over_processes = lambda value: value
-sys.exit(train.main())
+sys.exit(open_todos.main(train, None, script=Path(train.__file__)))
 """
 
 

@@ -164,8 +164,8 @@ MISTAKES = {
     ),
     "no_sync on every micro-batch": (
         "train_solution.py",
-        'sync_ctx = nullcontext() if is_last or not hasattr(model, "no_sync") else model.no_sync()',
-        'sync_ctx = model.no_sync() if hasattr(model, "no_sync") else nullcontext()',
+        "with nullcontext() if is_last else no_sync(model):",
+        "with no_sync(model):",
         lambda lr, tmp: test_todo_train.test_todo_4_skips_the_all_reduce_on_all_but_the_last_micro_batch(lr),
         "every micro-batch but the last",
     ),
@@ -180,8 +180,8 @@ MISTAKES = {
     ),
     "returned loss divided by the mean count of a process": (
         "train_solution.py",
-        "    return lm_sum / sum(counts), aux_sum / sum(counts)\n",
-        "    return lm_sum / targets_per_process, aux_sum / targets_per_process\n",
+        "    return lm_sum / targets, aux_sum / targets, targets\n",
+        "    return lm_sum / targets_per_process, aux_sum / targets_per_process, targets\n",
         lambda lr, tmp: test_todo_train.test_todo_4_ddp_processes_divide_by_the_mean_count(
             lr, pytest.MonkeyPatch()
         ),
@@ -453,8 +453,9 @@ def test_challenge_texts_state_properties_without_code_or_api(solution):
 
 def test_the_check_for_api_names_knows_the_api_and_the_interface():
     api = api_names()
-    assert {"param_groups", "clip_grad_norm_", "unscale_", "no_sync", "autocast", "load_state_dict"} <= api
-    assert not {"mean_over_processes", "IGNORE_INDEX", "amp_ctx", "grad_clip", "best_val_loss"} & api
+    assert {"param_groups", "clip_grad_norm_", "unscale_", "zero_grad", "autocast", "load_state_dict"} <= api
+    interface = {"mean_over_processes", "no_sync", "IGNORE_INDEX", "amp_ctx", "grad_clip", "best_val_loss"}
+    assert not interface & api
 
 
 @pytest.mark.parametrize("module", ["test_todo_data.py", "test_todo_train.py"])

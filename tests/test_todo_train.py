@@ -382,9 +382,18 @@ def accumulated_grads(learner, model, batches, scaler=None, amp_ctx=None):
     assert all(p.grad is not None for p in model.parameters()), (
         "no gradients after accumulate_gradients: every micro-batch's loss needs a backward pass"
     )
-    assert isinstance(returned, tuple) and len(returned) == 2, (
-        "accumulate_gradients returns the step's two mean losses, (LM loss, auxiliary loss), got "
-        f"{type(returned).__name__}"
+    assert isinstance(returned, tuple) and len(returned) == 3, (
+        "accumulate_gradients returns the step's two mean losses and its count of real targets, "
+        f"(LM loss, auxiliary loss, count), got {type(returned).__name__}"
+    )
+    count = returned[2]
+    assert isinstance(count, torch.Tensor), (
+        f"the count of real targets returned is {type(count).__name__}, not a tensor: the training "
+        "loop adds it up on the device without waiting for it. Keep the count of real targets a tensor"
+    )
+    assert int(count) == real_targets(batches), (
+        f"the third value returned is this process's count of real targets in the step, "
+        f"{real_targets(batches)} (targets equal to IGNORE_INDEX are padding); got {int(count)}"
     )
     return returned[0], [p.grad.detach().clone() for p in model.parameters()]
 
@@ -591,8 +600,9 @@ def test_todo_4_the_objective_holds_the_auxiliary_loss(learner):
         aux_sum += aux.item() * int((y != IGNORE_INDEX).sum())
     model = moe_gpt()
     returned = learner.train.accumulate_gradients(model, torch.amp.GradScaler("cpu", enabled=False), batches)
-    assert isinstance(returned, tuple) and len(returned) == 2, (
-        "accumulate_gradients returns the step's two mean losses, (LM loss, auxiliary loss)"
+    assert isinstance(returned, tuple) and len(returned) == 3, (
+        "accumulate_gradients returns the step's two mean losses and its count of real targets, "
+        "(LM loss, auxiliary loss, count)"
     )
     assert_same_gradients(
         [p.grad for p in model.parameters()],

@@ -195,8 +195,7 @@ def test_a_loss_too_large_for_math_exp_is_an_infinite_perplexity_or_a_divergence
     """A model thrown far by one huge step scores the validation windows with a loss of
     thousands of nats per token: its perplexity is inf, never an OverflowError; a learner's
     evaluate that raises one (math.exp) stops the run as a divergence, in one line."""
-    from course.distributed import ProcessGroup
-    from course.open_todos import evaluate_or_none
+    from course import open_todos
 
     model = tiny_gpt()
     with torch.no_grad():
@@ -211,7 +210,7 @@ def test_a_loss_too_large_for_math_exp_is_an_infinite_perplexity_or_a_divergence
     with pytest.raises(
         TrainingDiverged, match="too large for math.exp to give its perplexity: the model diverged"
     ):
-        evaluate_or_none(evaluate_with_math_exp, ProcessGroup(), model, batches)
+        open_todos.checked(evaluate_with_math_exp)(model, batches)
 
 
 def test_mfu_is_per_gpu_when_several_processes_train(tmp_path):
@@ -298,7 +297,7 @@ def test_a_token_file_dataset_pickles_as_a_path_and_loads_in_spawned_workers(tmp
     assert stream.loader.persistent_workers, "workers stay alive from one epoch to the next"
 
 
-def test_an_open_half_of_the_lr_schedule_is_decided_once_before_the_loop():
+def test_an_open_half_of_the_lr_schedule_is_decided_once_at_the_first_step():
     """TODO 2b open, 2a done: the warmup follows the learner's ramp, the rest stays at max_lr,
     and the open half is never called again once the loop runs."""
     from course import open_todos
@@ -311,7 +310,8 @@ def test_an_open_half_of_the_lr_schedule_is_decided_once_before_the_loop():
             raise NotImplementedError("TODO 2b: cosine decay")
         return max_lr * (step + 1) / warmup_steps
 
-    lr_at = open_todos.schedule_or_constant(get_lr, 4, 10, 1.0, 0.1)
-    assert calls == [0, 4], "each half is tried once, at its first step"
-    assert [lr_at(step) for step in range(10)] == [0.25, 0.5, 0.75, 1.0] + [1.0] * 6
-    assert calls == [0, 4, 0, 1, 2, 3], "the open half is not called inside the loop"
+    lr_at = open_todos.schedule_or_constant(get_lr)
+    assert lr_at(0, 4, 10, 1.0, 0.1) == 0.25
+    assert calls == [0, 4, 0], "each half is tried once, at its first step, before the first LR"
+    assert [lr_at(step, 4, 10, 1.0, 0.1) for step in range(10)] == [0.25, 0.5, 0.75, 1.0] + [1.0] * 6
+    assert calls == [0, 4, 0, 0, 1, 2, 3], "the open half is not called inside the loop"

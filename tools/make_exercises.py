@@ -29,8 +29,9 @@ A TODO region in a solution file looks like this:
     # END TODO 2a
 
 In the exercise file the code between the comment lines and the END line becomes
-`raise NotImplementedError("TODO 2a: warmup: ...")`, and `*_solution` becomes
-`*_exercise` in imports and in the module docstring. Everything else is copied unchanged, so the two files
+`raise NotImplementedError("TODO 2a: warmup: ...")`, `*_solution` becomes
+`*_exercise` in imports and in the module docstring, and train_exercise.py runs through
+course.open_todos (OPEN_TODOS_LINES). Everything else is copied unchanged, so the two files
 differ only inside the regions. Never edit an exercise file by hand.
 """
 
@@ -58,6 +59,14 @@ BANNER = {
     "fill in the TODOs here.\n",
 }
 BANNER_END = "# (To change the course itself, edit {solution} and run the script again.)\n"
+# train_solution.py's lines that train_exercise.py has in another form: it runs through
+# course.open_todos, which stands in for some of its TODOs while they are open.
+OPEN_TODOS_LINES = {
+    "from course import cli\n": "from course import cli, open_todos\n",
+    "    return cli.main(train, argv, script=Path(__file__))\n": (
+        "    return open_todos.main(sys.modules[__name__], argv, script=Path(__file__))\n"
+    ),
+}
 
 
 def todo_ids(source: str) -> list[str]:
@@ -138,10 +147,16 @@ def raise_line(indent: str, todo: str, what: str) -> str:
 
 def rename(source: str) -> str:
     """data_solution / train_solution become data_exercise / train_exercise in the
-    imports and in the module docstring (which tells how to run the file)."""
+    imports and in the module docstring (which tells how to run the file), and the
+    training chapter runs through course.open_todos (OPEN_TODOS_LINES)."""
     docstring_end = source.index('"""', 3) + 3 if source.startswith('"""') else 0
     lines = source[docstring_end:].splitlines(keepends=True)
     swap = lambda text: re.sub(r"\b(data|train)_solution\b", r"\1_exercise", text)
+    if "def train(" in source:  # the training chapter
+        lines = [OPEN_TODOS_LINES.get(line, line) for line in lines]
+        missing = set(OPEN_TODOS_LINES) - set(source[docstring_end:].splitlines(keepends=True))
+        if missing:
+            raise SystemExit(f"error: train_solution.py has no line {min(missing)!r} (OPEN_TODOS_LINES)")
     return swap(source[:docstring_end]) + "".join(swap(line) if "import" in line else line for line in lines)
 
 
