@@ -18,13 +18,17 @@ processes share the matrices out, each orthogonalising its own few whole
 from __future__ import annotations
 
 import inspect
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.distributed.tensor import DTensor, Shard
 
+from course.distributed import is_dtensor
 from model import GPT
+
+if TYPE_CHECKING:  # imported by FSDP when it shards: a run without it never loads it
+    from torch.distributed.tensor import DTensor
 
 
 def configure_optimizers(
@@ -134,7 +138,7 @@ class MuonAdamW(torch.optim.Optimizer):
         for shape in dict.fromkeys(p.shape for p in params):  # in order: every process alike
             same = [p for p in params if p.shape == shape]
             updates = [self._nesterov_momentum(p, group) for p in same]
-            if isinstance(same[0], DTensor):  # FSDP: each process holds some rows of each
+            if is_dtensor(same[0]):  # FSDP: each process holds some rows of each
                 orthogonal = orthogonalize_shards(updates, shape[0], row_shard_group(same[0]), self.ns_dtype)
             else:
                 orthogonal = orthogonalize(torch.stack(updates), dtype=self.ns_dtype)
@@ -169,12 +173,14 @@ class MuonAdamW(torch.optim.Optimizer):
 def local_part(t: torch.Tensor) -> torch.Tensor:
     """The rows of `t` this process holds (a view: writing to it writes to `t`). Under
     FSDP `t` is a DTensor; without FSDP it is whole, and this is `t` itself."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if is_dtensor(t) else t
 
 
 def row_shard_group(p: DTensor) -> dist.ProcessGroup:
     """The processes among which FSDP shares out `p`'s rows (course.distributed.shard_model
     shards dim 0 over a 1-D mesh of all processes, as FSDP2 does by default)."""
+    from torch.distributed.tensor import Shard
+
     if p.placements != (Shard(0),):
         raise NotImplementedError(f"Muon under FSDP needs row shards on a 1-D mesh, got {p.placements}")
     return p.device_mesh.get_group()

@@ -9,6 +9,7 @@ reach the next training collective together with rank 0."""
 import copy
 import gc
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -16,10 +17,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from course.errors import UsageError
@@ -134,6 +131,9 @@ def shard_model(
     where the run computes in it; the gradients are summed across processes in float32.
     The CPU needs an explicit CPU mesh (the default one would look for a GPU).
     """
+    from torch.distributed.device_mesh import init_device_mesh  # here: see is_sharded
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
     mesh = init_device_mesh(device.type, (group.world_size,))
     param_dtype = torch.bfloat16 if dtype == torch.bfloat16 else None  # None: the parameters' own float32
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
@@ -174,7 +174,9 @@ def build_sharded(
 
 def fill(param: torch.Tensor, value: torch.Tensor) -> None:
     """Copy `value`, a whole CPU tensor that every process holds, into `param` (its shard under FSDP)."""
-    if isinstance(param, DTensor):
+    if is_dtensor(param):
+        from torch.distributed.tensor import distribute_tensor
+
         value = distribute_tensor(value, param.device_mesh, param.placements, src_data_rank=None)
     param.copy_(value)
 
@@ -206,8 +208,18 @@ def no_sync(model: torch.nn.Module) -> Iterator[None]:
         model.set_requires_gradient_sync(True)
 
 
+# FSDP's modules (torch.distributed.fsdp, .tensor, .checkpoint) cost most of a second to
+# import, at every start of every run: only a run that shards imports them, and until then
+# no model is sharded and no tensor is a DTensor (a class exists once its module is loaded).
 def is_sharded(model: torch.nn.Module) -> bool:
-    return isinstance(model, FSDPModule)
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(model, fsdp.FSDPModule)
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether `t` is a DTensor: FSDP's shard of a parameter, a gradient or a moment."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    return dtensor is not None and isinstance(t, dtensor.DTensor)
 
 
 @contextmanager
@@ -232,6 +244,8 @@ def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict as plain CPU tensors, so model.pt and best.pt load anywhere: under FSDP
     gathered from every shard (all processes call it; rank 0 gets the dict, the others {})."""
     if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return model.state_dict()
 

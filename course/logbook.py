@@ -21,13 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from torch.distributed.tensor import DTensor
 from tqdm import tqdm
 
 from course import run_folder
 from course.config import RunConfig
 from course.devices import describe_dtype, forked_rng, gpu_peak_flops
-from course.distributed import ProcessGroup, is_sharded
+from course.distributed import ProcessGroup, is_dtensor, is_sharded
 from course.guards import check_finite
 from course.reference import final_validation, find_reference, nearest_reference, recipe, verdict
 from course.run_folder import RunFolder, data_identity
@@ -217,7 +216,7 @@ class Logbook:
     def step_done(self, stats) -> None:
         """Count one optimizer step (a StepStats), without waiting for the device."""
         grad_norm = stats.grad_norm
-        if isinstance(grad_norm, DTensor):  # FSDP: the norm over every shard, the same on each process
+        if is_dtensor(grad_norm):  # FSDP: the norm over every shard, the same on each process
             grad_norm = grad_norm.full_tensor()
         self.last_grad_norm = grad_norm
         targets = stats.targets.float()
