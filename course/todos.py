@@ -101,7 +101,8 @@ def next_hint(todo_id: str, path: Path | None = None) -> str:
     used = hints_used(path)
     layer = min(used.get(todo_id, 0), len(LAYERS) - 1)
     used[todo_id] = layer + 1
-    write_atomic(path, json.dumps(used, indent=1, sort_keys=True) + "\n")  # whole or not at all
+    counts = json.dumps(used, indent=1, sort_keys=True) + "\n"
+    write_atomic(path, lambda f: f.write(counts), "w")  # whole or not at all
     left = len(LAYERS) - layer - 1
     more = f"{left} more: run the same command again." if left else LAST_HINT
     header = f"TODO {todo_id}, hint {layer + 1}/{len(LAYERS)} ({LAYERS[layer]}):"
