@@ -39,9 +39,9 @@ def load_references(path: Path | None = None) -> list[dict]:
     return json.loads(path.read_text())["runs"] if path.is_file() else []
 
 
-def find_reference(run_recipe: dict, path: Path | None = None) -> dict | None:
+def find_reference(run_recipe: dict) -> dict | None:
     """The committed reference run with exactly this recipe, or None."""
-    return next((ref for ref in load_references(path) if ref["recipe"] == run_recipe), None)
+    return next((ref for ref in load_references() if ref["recipe"] == run_recipe), None)
 
 
 def nearest_reference(

@@ -294,10 +294,10 @@ def check_run_files_writable(save_dir: Path, resume: bool) -> None:
 
 class FileLock:
     """An exclusive lock on a file holding its holder's pid, freed however the process ends. busy:
-    what a refused or waiting process is told ({pid}); unlocked: where there are no file locks."""
+    what a refused or waiting process is told ({pid}: the holder's)."""
 
-    def __init__(self, path: Path, busy: str, unlocked: str = "run one process here at a time") -> None:
-        self.path, self.busy, self.unlocked = path, busy, unlocked
+    def __init__(self, path: Path, busy: str) -> None:
+        self.path, self.busy = path, busy
         self.fd: int | None = None
 
     def acquire(self, wait: bool = False) -> None:
@@ -319,7 +319,8 @@ class FileLock:
                 if err.errno not in NO_LOCKS:
                     raise
                 print(
-                    f"note: {self.path.parent} has no file locks ({err.strerror}): {self.unlocked}",
+                    f"note: {self.path.parent} has no file locks ({err.strerror}): "
+                    "run one process here at a time",
                     file=sys.stderr,
                 )
                 break
