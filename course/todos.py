@@ -78,31 +78,29 @@ def paragraphs(text: str) -> list[str]:
 HINTS, CHALLENGE = read_hints(HINTS_FILE.read_text("utf-8"))
 
 
-def hints_used(path: Path | None = None) -> dict[str, int]:
+def hints_used() -> dict[str, int]:
     """How many hints each TODO has taken. The file holds none of the learner's work, so a
     damaged one costs its counts, with a note, rather than the scoreboard or the hint."""
-    path = path or HINTS_USED_FILE
     try:
-        used = json.loads(path.read_text())
+        used = json.loads(HINTS_USED_FILE.read_text())
     except FileNotFoundError:
         return {}
     except (OSError, ValueError):  # unreadable, not UTF-8, not JSON
         used = None
     if isinstance(used, dict) and all(isinstance(count, int) and count >= 0 for count in used.values()):
         return used
-    note = f"note: {path.name} is unreadable or damaged; the hints used are counted from 0 again"
+    note = f"note: {HINTS_USED_FILE.name} is unreadable or damaged; the hints used are counted from 0 again"
     print(note, file=sys.stderr)
     return {}
 
 
-def next_hint(todo_id: str, path: Path | None = None) -> str:
+def next_hint(todo_id: str) -> str:
     """The next hint of a TODO (the last one again once all are shown), counted as used."""
-    path = path or HINTS_USED_FILE
-    used = hints_used(path)
+    used = hints_used()
     layer = min(used.get(todo_id, 0), len(LAYERS) - 1)
     used[todo_id] = layer + 1
-    text = json.dumps(used, indent=1, sort_keys=True) + "\n"
-    write_atomic(path, lambda f: f.write(text), "w")  # whole or not at all
+    counts = json.dumps(used, indent=1, sort_keys=True) + "\n"
+    write_atomic(HINTS_USED_FILE, lambda f: f.write(counts), "w")  # whole or not at all
     left = len(LAYERS) - layer - 1
     more = f"{left} more: run the same command again." if left else LAST_HINT
     header = f"TODO {todo_id}, hint {layer + 1}/{len(LAYERS)} ({LAYERS[layer]}):"

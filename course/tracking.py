@@ -1,15 +1,8 @@
-"""Watching a run while it trains: TensorBoard's event files in save_dir/tensorboard/
-(`tensorboard --logdir out`, then http://localhost:6006; --tensorboard 0: none), and with
---use_wandb 1 Weights & Biases, as MiniMind's train_pretrain.py, or SwanLab (--wandb_backend
-swanlab, MiniMind's choice today): optional packages (pip install -e ".[wandb]") that log
-offline, into their own folder, without an account.
-
-They get what metrics.jsonl holds, at the same steps, under TAGS's names, each evaluation's
-sample, and the run's config as text. The event files are files of the run (course.run_folder):
-staged with the others until the first checkpoint, so a run that ends before it leaves none and
-an overwritten run's events stay until then. A resume continues the same tracked run: TensorBoard
-drops the steps after its checkpoint (purge_step), and the W&B or SwanLab run's id is kept in
-resume.pt (--overwrite 1 starts a new one). Only rank 0 tracks: its values are over every process.
+"""Watching a run while it trains: TensorBoard's event files in save_dir/tensorboard/, and with
+--use_wandb 1 Weights & Biases or SwanLab (optional packages, offline without an account). They get
+metrics.jsonl's numbers under TAGS's names, the samples and the options; the event files are run
+files (staged until the first checkpoint); a resume continues the same tracked run. Only rank 0
+tracks. docs/watching.md tells the rest.
 """
 
 from __future__ import annotations
@@ -54,8 +47,8 @@ def check_installed(config) -> None:
 
 
 def saved_tracked_run_options(config, tracked_run: dict | None) -> dict:
-    """On --from_resume 1: the options that name the checkpoint's tracked run, to
-    continue it; one given with another value would log into another run: refused."""
+    """On --from_resume 1: the options that name the checkpoint's tracked run, to continue it; one
+    given with another value would log into another run: refused."""
     if tracked_run is None:
         return {}
     saved = {name: tracked_run[name] for name in config.tracked_run_options()}
@@ -98,8 +91,8 @@ OPEN: list[Tracker] = []  # closed when the run ends, however it ends (course.cl
 
 
 def open_tracker(config, is_main: bool, run, resumed_at: int | None) -> Tracker:
-    """The run's trackers, on rank 0: TensorBoard, and W&B or SwanLab with --use_wandb 1 (the
-    checkpoint's tracked run on a resume). run: the RunFolder; every checkpoint keeps its tracked_run."""
+    """The run's trackers, on rank 0: TensorBoard, and W&B or SwanLab with --use_wandb 1 (on a
+    resume, the checkpoint's tracked run: every checkpoint keeps run.tracked_run)."""
     sinks: list = []
     if not is_main:
         return Tracker(sinks)
@@ -138,8 +131,7 @@ class TensorBoard:
         # earlier files logged from there on: a resume supersedes the steps after its checkpoint.
         self.purge_step = 0 if resumed_at is None else resumed_at + 1
         self.writer = None
-        # The writer names its file at every write: closed before the run's files move, a new
-        # file is opened after it (the same run to TensorBoard).
+        # Closed before the run's files move; the next write opens a new file (the same run to TensorBoard).
         folder.before_commit.append(self.close)
 
     def _writer(self):
@@ -172,10 +164,9 @@ class TensorBoard:
 
 
 def wait_for_a_later_second(log_dir: Path) -> None:
-    """TensorBoard reads event files in the order of their names, which begin with the second
-    the file was opened in (then host, pid, counter: text order). A resume's file opened in the
-    same second as an earlier part's could sort first, and its supersession be undone; so it
-    waits for a later second (only after a part that ended under a second ago: tiny runs)."""
+    """TensorBoard reads event files in the order of their names, which begin with the second the
+    file was opened in: a resume's file of the same second as an earlier part's could sort first,
+    and its supersession be undone. So it waits for a later second (tiny runs only)."""
     newest = -1
     for path in log_dir.glob("events.out.tfevents.*"):
         seconds = path.name.split(".")[3]  # events out tfevents SECONDS HOST PID COUNTER
