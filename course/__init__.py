@@ -4,7 +4,7 @@ The exercise files hold the ideas of pretraining; here, one module per concern:
 `errors` (one-line messages, exit codes), `config` (every option, declared once), `cli` (the
 command line, presets, checks), `corpus` (fetch and tokenize a corpus), `batches` (datasets,
 the resumable batch order, validation batches), `devices` and `distributed` (device, number
-type, DDP or FSDP), `run_folder` (one run per folder: claim, stage, commit, its files),
+type, DDP or FSDP), `run_folder` (one run per folder: claim, stage, commit, its files), `shards` (FSDP's checkpoints),
 `checkpoints` (random states, the GradScaler, --from_weight), `logbook` and `tracking`
 (metrics, plot, samples, TensorBoard), `reference` (the course's reference runs), `guards`
 (Ctrl+C, SIGTERM, the NaN guard), `open_todos` (what the exercise files do while a TODO is

@@ -10,7 +10,6 @@ import errno
 import hashlib
 import json
 import os
-import pickle
 import re
 import shutil
 import sys
@@ -21,11 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.filesystem import _StorageInfo
-from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim import Optimizer
 
 from course.distributed import ProcessGroup, full_weights, is_sharded
@@ -212,9 +207,10 @@ class RunFolder:
             shutil.rmtree(folder, ignore_errors=True)  # left by a run killed while writing this step
             folder.mkdir(parents=True)
         group.barrier()
+        from course import shards  # here: DCP is for runs with shards only (course.shards)
+
         with full_disk_said(folder):
-            sharded_state = {"model": state["model"], "optimizer": get_optimizer_state_dict(model, optimizer)}
-            dcp.save(sharded_state, checkpoint_id=folder)
+            shards.save(state["model"], model, optimizer, folder)
         rest = {key: value for key, value in state.items() if key not in ("model", "optimizer")}
         checksums = files_sha256(folder) if self.writes else {}  # dcp.save returns once all are written
         return {**rest, "shards": f"{SHARDS_DIR}/{name}", "shards_sha256": checksums}
@@ -237,14 +233,14 @@ class RunFolder:
     def read_shards(self, checkpoint: dict, model: nn.Module, optimizer: Optimizer) -> None:
         """The weights and optimizer state in this run's layout, for restore_checkpoint: DCP reads
         the shards, resharded, into the model and optimizer; a whole checkpoint is cut into shards."""
+        from course import shards  # here: DCP is for runs with shards only (course.shards)
+
         if "shards" not in checkpoint:
             if is_sharded(model):
-                shard_whole_state(checkpoint, model, optimizer)
+                shards.shard_whole_state(checkpoint, model, optimizer)
             return
-        folder = self.checked_shards(checkpoint)
-        state = {"model": model.state_dict(), "optimizer": get_optimizer_state_dict(model, optimizer)}
-        dcp.load(state, storage_reader=MetadataOnlyReader(folder), no_dist=not dist.is_initialized())
-        checkpoint.update(model=state["model"], optimizer=numbered(state["optimizer"], model, optimizer))
+        weights, optimizer_state = shards.load(self.checked_shards(checkpoint), model, optimizer)
+        checkpoint.update(model=weights, optimizer=optimizer_state)
 
     def checked_shards(self, checkpoint: dict) -> Path:
         """The shard folder resume.pt names, once rank 0 found it holding the files checksummed there."""
@@ -543,44 +539,6 @@ def data_identity(data_meta: dict) -> dict:
     return {"tokenizer": data_meta["tokenizer"], "source_sha256": data_meta["source"]["sha256"]}
 
 
-def optimizer_params(optimizer: Optimizer) -> list[torch.Tensor]:
-    return [param for group in optimizer.param_groups for param in group["params"]]  # as numbered
-
-
-def numbered(named: dict, model: nn.Module, optimizer: Optimizer) -> dict:
-    """An optimizer state in DCP's form (by name) in optimizer.state_dict()'s (by number)."""
-    name_of = {param: name for name, param in model.named_parameters()}
-    number_of = {name_of[param]: number for number, param in enumerate(optimizer_params(optimizer))}
-    groups = [
-        {**group, "params": [number_of[name] for name in group["params"]]} for group in named["param_groups"]
-    ]
-    return {
-        "state": {number_of[name]: state for name, state in named["state"].items()},
-        "param_groups": groups,
-    }
-
-
-def shard_whole_state(checkpoint: dict, model: nn.Module, optimizer: Optimizer) -> None:
-    """A whole (DDP or single-process) checkpoint, which every process read, cut into this FSDP
-    run's shards (the saved optimizer numbers its parameters as this one)."""
-    mine, params = model.state_dict(), optimizer_params(optimizer)
-    checkpoint["model"] = {
-        name: shard_like(value, mine.get(name)) for name, value in checkpoint["model"].items()
-    }
-    saved = checkpoint["optimizer"]
-    state = {
-        n: {key: shard_like(value, params[n]) for key, value in s.items()} for n, s in saved["state"].items()
-    }
-    checkpoint["optimizer"] = {**saved, "state": state}
-
-
-def shard_like(value, param: torch.Tensor | None):
-    """A weight or optimizer moment cut into shards as `param` is; anything else as it is."""
-    if not isinstance(param, DTensor) or not torch.is_tensor(value) or value.shape != param.shape:
-        return value
-    return distribute_tensor(value.detach().to(param.device), param.device_mesh, param.placements)
-
-
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes, read 1 MB at a time (constant memory)."""
     hasher = hashlib.sha256()
@@ -605,42 +563,3 @@ def shards_problem(folder: Path, saved: dict[str, str] | None) -> str | None:
         return f"{folder}/ does not hold the shard files it was saved with"
     damaged = [name for name in here if here[name] != saved[name]]
     return f"{folder / damaged[0]} is damaged: it does not match its checksum" if damaged else None
-
-
-class MetadataUnpickler(pickle.Unpickler):
-    """DCP's .metadata into DCP's metadata classes only: pickle can call any function."""
-
-    ALLOWED = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict")}
-    ALLOWED |= {("pathlib", name) for name in ("PosixPath", "WindowsPath", "PurePosixPath")}
-    ALLOWED |= {("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
-
-    def find_class(self, module: str, name: str):
-        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        if (module, name) in self.ALLOWED or is_dtype or module == "torch.distributed.checkpoint.metadata":
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's metadata")
-
-
-class MetadataOnlyReader(dcp.FileSystemReader):
-    """DCP's reader, with MetadataUnpickler, and shard files inside the checkpoint's folder only."""
-
-    def read_metadata(self, *args, **kwargs) -> dcp.Metadata:
-        path = Path(self.path) / ".metadata"
-        try:
-            with open(path, "rb") as f:
-                metadata = MetadataUnpickler(f).load()
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, TypeError) as err:
-            raise UsageError(f"--from_resume 1: {path} is not a checkpoint's metadata ({err})") from None
-        entries = (metadata.storage_data or {}).values() if isinstance(metadata, dcp.Metadata) else None
-        if entries is None or not all(map(names_a_file_here, entries)):
-            raise UsageError(f"--from_resume 1: {path} is not a checkpoint's metadata of its own folder")
-        if getattr(metadata, "storage_meta", None) is None:
-            metadata.storage_meta = dcp.metadata.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
-
-
-def names_a_file_here(info: object) -> bool:
-    """A shard's storage entry names a file of the checkpoint's own folder."""
-    name = getattr(info, "relative_path", None) if isinstance(info, _StorageInfo) else None
-    return isinstance(name, str) and "/" not in name and "\\" not in name and name not in ("", ".", "..")

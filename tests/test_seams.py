@@ -23,7 +23,8 @@ from test_faults import checksums, one_error_line, records, run
 import train_solution as train
 from course import run_folder, sample
 from course.errors import UsageError
-from course.run_folder import CHECKSUM, MetadataOnlyReader, save_atomic
+from course.run_folder import CHECKSUM, save_atomic
+from course.shards import MetadataOnlyReader
 
 # --- a commit is whole or not at all ------------------------------------------------------------
 
