@@ -211,7 +211,7 @@ def accumulate_gradients(
     process to weigh the same, all of them must weight their losses by the same count,
     not each by its own.
     """
-    # TODO 4: forward + backward over every micro-batch; return the step's mean losses (detached)
+    # TODO 4: forward + backward over every micro-batch; return its mean losses and target count
     #   Afterwards .grad holds the gradient of the training objective (LM loss + auxiliary
     #   loss) averaged over every real target of the step (targets equal to IGNORE_INDEX
     #   are padding), as one batch k times larger would give, also when micro-batches hold
@@ -222,7 +222,7 @@ def accumulate_gradients(
     #   process's (LM loss, auxiliary loss, count of real targets), the losses each a mean
     #   per real target of the step. Stuck? python train_exercise.py --hint 4
     raise NotImplementedError(
-        "TODO 4: forward + backward over every micro-batch; return the step's mean losses (detached)"
+        "TODO 4: forward + backward over every micro-batch; return its mean losses and target count"
     )
     # END TODO 4
 
