@@ -8,8 +8,10 @@ and nothing needs the network; and the grading options.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from todos import TODOS, Learner, isolate, load  # noqa: E402
 sys.path.insert(0, str(ROOT / "tools"))
 import make_exercises  # noqa: E402
 
+from course.devices import usable_cpus  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 
 # A few hundred lines of varied text: enough for a tiny model to learn something.
@@ -127,8 +130,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Tests that wait for a background job run last, so the job has the whole suite to finish.
-    items.sort(key=lambda item: item.get_closest_marker("background") is not None)
+    # Tests that wait for a background job run last, so the job has the whole suite to finish,
+    # in the order the jobs start (run_in_lanes): the tests of the first jobs to end come first.
+    items.sort(key=job_order)
     wanted = config.getoption("--todo")
     if wanted is None:
         return
@@ -153,18 +157,26 @@ def learner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 # --- slow jobs in the background -----------------------------------------------------------
 # A few tests need their own processes that take long to start or to run: torch.compile's
-# first compilation, torchrun with two processes. Such a job starts in a thread of this
-# process as soon as a test that needs it is collected, so its processes run on the other
-# core while the rest of the suite runs; the test then waits for the job to finish.
+# first compilation, torchrun with two processes. Such a job runs in a thread of this
+# process as soon as a test that needs it is collected, so its processes run beside the
+# rest of the suite; the test then waits for the job to finish.
+#
+# The jobs run in as many lanes as there are cores, the longest first. All at once, they
+# would start dozens of processes on 2 cores and starve the tests in the foreground, which
+# then ran on alone on one core for the last 50 s once the jobs had ended. (Nice values
+# cannot help there: torchrun starts each worker in a session of its own, and Linux shares
+# the CPU out between sessions first.)
 
 BACKGROUND_JOBS: dict[str, Callable[[Path], None]] = {}
+JOB_SECONDS: dict[str, float] = {}
 
 
-def background_job(name: str):
-    """Register `job(workdir)`: it runs subprocesses only (no torch work in this process)."""
+def background_job(name: str, seconds: float):
+    """Register `job(workdir)`: it runs subprocesses only (no torch work in this process).
+    seconds: about how long it takes alone (2-core AMD EPYC), to start the longest first."""
 
     def register(job: Callable[[Path], None]) -> Callable[[Path], None]:
-        BACKGROUND_JOBS[name] = job
+        BACKGROUND_JOBS[name], JOB_SECONDS[name] = job, seconds
         return job
 
     return register
@@ -187,23 +199,46 @@ def run_checked(command: list[str], nice: bool = False) -> subprocess.CompletedP
 
 class Job:
     def __init__(self, name: str, root: Path) -> None:
-        self.workdir = root / name
+        self.name, self.workdir = name, root / name
         self.workdir.mkdir()
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(BACKGROUND_JOBS[name],), daemon=True)
-        self.thread.start()
+        self.done = threading.Event()
 
-    def _run(self, job: Callable[[Path], None]) -> None:
+    def run(self) -> None:
         try:
-            job(self.workdir)
+            BACKGROUND_JOBS[self.name](self.workdir)
         except BaseException as err:  # handed to the test that waits for the job
             self.error = err
+        finally:
+            self.done.set()
 
     def result(self) -> Path:
-        self.thread.join()
+        self.done.wait()
         if self.error is not None:
             raise self.error
         return self.workdir
+
+
+def job_order(item: pytest.Item) -> tuple[bool, float]:
+    """Where a test goes in the suite: without a background job, before those that wait for
+    one; these, after the tests of every longer job."""
+    marker = item.get_closest_marker("background")
+    return (False, 0) if marker is None else (True, -JOB_SECONDS[marker.args[0]])
+
+
+def run_in_lanes(jobs: list[Job]) -> None:
+    """Each lane, a thread, runs the longest job that no lane has taken yet, until none is left."""
+    waiting = queue.Queue()
+    for job in sorted(jobs, key=lambda job: -JOB_SECONDS[job.name]):
+        waiting.put(job)
+
+    def lane() -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                waiting.get_nowait().run()
+
+    for _ in range(min(len(jobs), usable_cpus())):
+        threading.Thread(target=lane, daemon=True).start()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -211,7 +246,8 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if not wanted:
         return
     root = Path(tempfile.mkdtemp(prefix="pytest-background-"))
-    session.config.stash[JOBS] = {name: Job(name, root) for name in sorted(wanted)}
+    session.config.stash[JOBS] = jobs = {name: Job(name, root) for name in sorted(wanted)}
+    run_in_lanes(list(jobs.values()))
     session.config.add_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
 
 

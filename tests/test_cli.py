@@ -580,7 +580,7 @@ def entry_content(path: Path) -> str:
     return "a folder" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@background_job("typos")
+@background_job("typos", seconds=20)
 def typo_runs(workdir: Path) -> None:
     """Each case of TYPOS in a process of its own, after one finished run to copy (about 2 s
     each, mostly importing torch), one after the other beside the rest of the suite."""
@@ -647,7 +647,7 @@ def test_a_seed_plus_the_highest_rank_must_fit_in_32_bits():
         check_seed(2**32 - 1, world_size=2)
 
 
-@background_job("compile")
+@background_job("compile", seconds=8)
 def compiled_run(workdir: Path) -> None:
     """A real `--use_compile 1` run. Its first compilation takes ~20 s on 2 cores, so it
     runs in the background while the rest of the suite goes on."""

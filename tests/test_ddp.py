@@ -219,7 +219,7 @@ def documents_args(
             "--save_dir", str(workdir / run)]  # fmt: skip
 
 
-@background_job("ddp")
+@background_job("ddp", seconds=35)
 def ddp_runs(workdir: Path) -> None:
     """Two processes on padded documents, with batch 2 and 2 micro-batches each (to
     compare with one process, without dropout); and with dropout 0.1, where each

@@ -109,7 +109,7 @@ def two_machines(args: list[str]) -> None:
         assert launcher.returncode == 0, f"a two-machine run failed:\n{err[-3000:]}"
 
 
-@background_job("fsdp")
+@background_job("fsdp", seconds=36)
 def fsdp_runs(workdir: Path) -> None:
     """Two FSDP processes on blocks: straight to step 8 on two 'machines' of one process
     each, and on one machine killed after the checkpoint of step 4, then resumed to step
@@ -175,7 +175,7 @@ def test_two_fsdp_processes_train_like_one_with_the_whole_batch(background, tmp_
 MUON_PROCESSES = (2, 3)
 
 
-@background_job("muon_fsdp")
+@background_job("muon_fsdp", seconds=12)
 def muon_steps_under_fsdp(workdir: Path) -> None:
     """tests/muon_under_fsdp.py under 2 and 3 processes at once: each writes a report."""
     runs = []
@@ -312,7 +312,7 @@ SAMPLE_TOKENS = 300  # what an evaluation samples by default
 LAYERS = int(TINY_MODEL[TINY_MODEL.index("--num_hidden_layers") + 1])
 
 
-@background_job("fsdp_sampling")
+@background_job("fsdp_sampling", seconds=10)
 def fsdp_sampling_run(workdir: Path) -> None:
     """Two FSDP processes, 4 steps, evaluating (with a sample of 300 tokens) at steps 0,
     1, 2 and 4, and profiling steps 2 and 3, in whose windows the evaluations of steps 1
@@ -427,7 +427,7 @@ def build_args(workdir: Path) -> list[str]:
             "--data_dir", str(workdir / "prepared"), "--save_dir", str(workdir / "run")]  # fmt: skip
 
 
-@background_job("fsdp_build")
+@background_job("fsdp_build", seconds=8)
 def fsdp_builds(workdir: Path) -> None:
     """The processes of BUILD_SHARDED, on the corpus that they prepare."""
     (workdir / "verse.txt").write_text(VERSE * 60)

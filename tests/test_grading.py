@@ -344,7 +344,7 @@ def copy_course(copy: Path, filled: set[str], level: str = "guided") -> None:
         (copy / exercise).write_text(text)
 
 
-@background_job("checkouts")
+@background_job("checkouts", seconds=41)
 def learner_checkouts(workdir: Path) -> None:
     """Copies of the course whose exercise files hold working answers (every TODO, or
     TODOs 1-3c), where a learner would run plain pytest (its checks that need pristine
@@ -504,7 +504,7 @@ def is_running(pid: int) -> bool:
     return state != "Z"
 
 
-@background_job("broken graders")
+@background_job("broken graders", seconds=19)
 def broken_checkouts(workdir: Path) -> None:
     """`python train_exercise.py --test` in checkouts whose TODOs loop forever, exit the
     process or lost their function, beside a data chapter that does not compile, or

@@ -156,7 +156,7 @@ class Planted:
         return (exec, (PLANTED.format(marker=self.marker),))
 
 
-@background_job("fsdp_seams")
+@background_job("fsdp_seams", seconds=21)
 def fsdp_seams(workdir: Path) -> None:
     """An FSDP run of 4 steps; an --overwrite 1 run killed in its commit just after the
     old shards moved out; its resume; then a resume with a planted .metadata pickle."""

@@ -232,7 +232,7 @@ def offline(workdir: Path) -> dict[str, str]:
             "SWANLAB_MODE": "offline", "SWANLAB_LOG_DIR": str(workdir / "swanlog")}  # fmt: skip
 
 
-@background_job("tracked")
+@background_job("tracked", seconds=19)
 def tracked_runs(workdir: Path) -> None:
     """For each installed backend: a --use_wandb run SIGKILLed after step 6 (checkpoint of
     step 4), then resumed to step 8, in a process of its own."""
