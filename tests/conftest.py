@@ -182,16 +182,8 @@ def background_job(name: str, seconds: float):
     return register
 
 
-def lower_priority(command: list[str]) -> list[str]:
-    """For background processes with parallel work: the long serial one (torch.compile's
-    first compilation) gets the CPU first, so no core sits idle at the end of the suite.
-    (The nice command, not preexec_fn: these start from threads, where preexec_fn is unsafe.)"""
-    return ["nice", "-n", "5", *command] if shutil.which("nice") else command
-
-
-def run_checked(command: list[str], nice: bool = False) -> subprocess.CompletedProcess:
+def run_checked(command: list[str]) -> subprocess.CompletedProcess:
     """Run a command from the repository root; fail with the end of its stderr if it fails."""
-    command = lower_priority(command) if nice else command
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(command[:4])} ... failed:\n{result.stderr[-3000:]}"
     return result

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, VERSE, background_job, lower_priority, run_checked
+from conftest import ROOT, TINY_MODEL, VERSE, background_job, run_checked
 
 import train_solution as train
 from course import checkpoints, run_folder
@@ -588,15 +588,15 @@ def typo_runs(workdir: Path) -> None:
     train_py = [sys.executable, "train_solution.py", "--data_path", str(workdir / "verse.txt"), *TINY]
     finished = workdir / "finished"
     run_checked([*train_py, "--data_dir", str(workdir / "prepared"), "--save_dir", str(finished),
-                 "--max_steps", "2"], nice=True)  # fmt: skip
+                 "--max_steps", "2"])  # fmt: skip
     for number, (make_args, _, _) in enumerate(TYPOS.values()):
         folder = workdir / f"case{number}"
         folder.mkdir()
         case_args = [str(a) for a in make_args(folder, finished)]
         before = every_entry(folder)
         done = subprocess.run(
-            lower_priority([*AS_A_USER, *train_py, "--data_dir", str(folder / "prepared"), "--save_dir",
-                            str(folder / "out"), "--max_steps", "4", *case_args]),
+            [*AS_A_USER, *train_py, "--data_dir", str(folder / "prepared"), "--save_dir",
+             str(folder / "out"), "--max_steps", "4", *case_args],
             cwd=ROOT, capture_output=True, text=True,
         )  # fmt: skip
         after = every_entry(folder)
@@ -649,8 +649,8 @@ def test_a_seed_plus_the_highest_rank_must_fit_in_32_bits():
 
 @background_job("compile", seconds=8)
 def compiled_run(workdir: Path) -> None:
-    """A real `--use_compile 1` run. Its first compilation takes ~20 s on 2 cores, so it
-    runs in the background while the rest of the suite goes on."""
+    """A real `--use_compile 1` run. Its first compilation takes seconds of CPU, so it runs
+    in the background while the rest of the suite goes on."""
     (workdir / "verse.txt").write_text(VERSE * 40)
     run_checked([sys.executable, "train_solution.py", "--data_path", str(workdir / "verse.txt"),
                  "--data_dir", str(workdir / "prepared"), "--save_dir", str(workdir / "out"),

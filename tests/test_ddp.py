@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, VERSE, background_job, lower_priority, run_checked
+from conftest import ROOT, TINY_MODEL, VERSE, background_job, run_checked
 
 import train_solution as train
 
@@ -64,7 +64,7 @@ def kill_after_step_4(args: list[str], workdir: Path) -> None:
     pid_files = [save_dir / f"rank{rank}.pid" for rank in range(2)]
     log = workdir / "killed_run.log"
     with log.open("w") as output:  # a file, not a pipe: a full pipe would stall the run
-        process = subprocess.Popen(lower_priority(torchrun(args, str(driver))), cwd=ROOT,
+        process = subprocess.Popen(torchrun(args, str(driver)), cwd=ROOT,
                                    start_new_session=True, stdout=output, stderr=output)  # fmt: skip
     deadline = time.monotonic() + 600  # only keeps a broken run from hanging the suite
     while not all(pid_file.exists() for pid_file in pid_files):
@@ -126,7 +126,7 @@ def stop_mid_run(args: list[str], workdir: Path, call: int, stop: Callable[[int,
     save_dir = Path(args[args.index("--save_dir") + 1])
     log = workdir / "stopped_run.log"
     with log.open("w") as output:
-        process = subprocess.Popen(lower_priority(torchrun(args, str(driver))), cwd=ROOT,
+        process = subprocess.Popen(torchrun(args, str(driver)), cwd=ROOT,
                                    env={**os.environ, "STOP_IN_CALL": str(call), **SHUTDOWN_TIME},
                                    start_new_session=True, stdout=output, stderr=output)  # fmt: skip
     deadline = time.monotonic() + 600  # only keeps a broken run from hanging the suite
@@ -230,10 +230,8 @@ def ddp_runs(workdir: Path) -> None:
     dropout = ["--dropout", "0.1"]
     with ThreadPoolExecutor(max_workers=2) as pool:
         two_processes = documents_args(workdir / "documents.jsonl", workdir, "ddp_documents", 2, 2)
-        documents = pool.submit(run_checked, torchrun(two_processes), nice=True)
-        with_dropout = pool.submit(
-            run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]), nice=True
-        )
+        documents = pool.submit(run_checked, torchrun(two_processes))
+        with_dropout = pool.submit(run_checked, torchrun([*ddp_args(workdir, "ddp_dropout"), *dropout]))
         # Killed (SIGKILL) after step 4; resumed and stopped by SIGTERM to every process in step 6;
         # resumed, its launcher killed in step 7; resumed to step 8; a refused resume. With
         # TensorBoard's events (test_only_rank_0_tracks_and_a_resumed_ddp_run_logs_each_step_once).
@@ -243,7 +241,7 @@ def ddp_runs(workdir: Path) -> None:
         (workdir / "terminated.log").write_text(said)
         said = stop_mid_run([*resumed, "--from_resume", "1"], workdir, 1, kill_the_launcher)
         (workdir / "orphaned.log").write_text(said)
-        last = run_checked(torchrun([*resumed, "--from_resume", "1"]), nice=True)
+        last = run_checked(torchrun([*resumed, "--from_resume", "1"]))
         (workdir / "last_resume.log").write_text(last.stdout)
         refused = subprocess.run(torchrun([*resumed, "--from_resume", "1", "--batch_size", "8"]), cwd=ROOT,
                                  capture_output=True, text=True)  # fmt: skip

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_MODEL, VERSE, background_job, lower_priority, run_checked
+from conftest import ROOT, TINY_MODEL, VERSE, background_job, run_checked
 from test_ddp import (
     ARGS,
     assert_same_weights,
@@ -76,34 +76,11 @@ def two_machines(args: list[str]) -> None:
     """Two torchrun launchers of one process each, as two machines would start them
     (--nnodes 2, --node_rank, a rendezvous endpoint), here both on this machine."""
     port = free_port()
-    launchers = [
-        subprocess.Popen(
-            lower_priority(
-                [
-                    sys.executable,
-                    "-m",
-                    "torch.distributed.run",
-                    "--nnodes",
-                    "2",
-                    "--node_rank",
-                    str(node),
-                    "--nproc_per_node",
-                    "1",
-                    "--master_addr",
-                    "127.0.0.1",
-                    "--master_port",
-                    str(port),
-                    "train_solution.py",
-                    *args,
-                ]
-            ),
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for node in range(2)
-    ]
+    torchrun_node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                     "--master_addr", "127.0.0.1", "--master_port", str(port)]  # fmt: skip
+    output = dict(cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    nodes = [[*torchrun_node, "--node_rank", str(node), "train_solution.py", *args] for node in range(2)]
+    launchers = [subprocess.Popen(node, **output) for node in nodes]
     for launcher in launchers:
         _, err = launcher.communicate()
         assert launcher.returncode == 0, f"a two-machine run failed:\n{err[-3000:]}"
@@ -121,12 +98,12 @@ def fsdp_runs(workdir: Path) -> None:
                  "--optimizer", "adamw"]  # fmt: skip
     with ThreadPoolExecutor(max_workers=3) as pool:
         jobs = [pool.submit(two_machines, blocks_args(workdir, "fsdp_straight")),
-                pool.submit(run_checked, torchrun(documents), nice=True)]  # fmt: skip
+                pool.submit(run_checked, torchrun(documents))]  # fmt: skip
         kill_after_step_4(blocks_args(workdir, "fsdp_resumed"), workdir)
         for run in ("fsdp_one", "fsdp_plain_fsdp"):  # its checkpoint of step 4, before the resume moves on
             shutil.copytree(workdir / "fsdp_resumed", workdir / run)
         jobs.append(pool.submit(resharded_runs, workdir))
-        run_checked(torchrun([*blocks_args(workdir, "fsdp_resumed"), "--from_resume", "1"]), nice=True)
+        run_checked(torchrun([*blocks_args(workdir, "fsdp_resumed"), "--from_resume", "1"]))
         for job in jobs:
             job.result()  # raise if a run failed
 
@@ -139,12 +116,12 @@ def resharded_runs(workdir: Path) -> None:
     one = torchrun([*blocks_args(workdir, "fsdp_resumed"), "--save_dir", str(workdir / "fsdp_one"),
                     "--from_resume", "1", "--accumulation_steps", "4"])  # fmt: skip
     one[one.index("--nproc_per_node=2")] = "--nproc_per_node=1"
-    (workdir / "fsdp_one" / "said.log").write_text(run_checked(one, nice=True).stdout)
+    (workdir / "fsdp_one" / "said.log").write_text(run_checked(one).stdout)
     plain_fsdp = [*blocks_args(workdir, "fsdp_resumed"), "--save_dir", str(workdir / "fsdp_plain_fsdp"),
                   "--from_resume", "1"]  # fmt: skip
     plain = run_checked([sys.executable, "train_solution.py", *one_process(plain_fsdp), "--parallel", "ddp",
-                         "--max_steps", "6"], nice=True)  # fmt: skip
-    again = run_checked(torchrun(plain_fsdp), nice=True)
+                         "--max_steps", "6"])  # fmt: skip
+    again = run_checked(torchrun(plain_fsdp))
     (workdir / "fsdp_plain_fsdp" / "said.log").write_text(plain.stdout + again.stdout)
 
 
@@ -323,7 +300,7 @@ def fsdp_sampling_run(workdir: Path) -> None:
     args = [*TINY_MODEL, *FSDP, "--max_steps", "4", "--eval_interval", "2", "--profile", "2",
             "--sample_tokens", str(SAMPLE_TOKENS), "--data_path", str(workdir / "verse.txt"),
             "--data_dir", str(workdir / "prepared"), "--save_dir", str(workdir / "run")]  # fmt: skip
-    run_checked(torchrun(args, str(driver)), nice=True)
+    run_checked(torchrun(args, str(driver)))
 
 
 @pytest.mark.background("fsdp_sampling")
@@ -433,7 +410,7 @@ def fsdp_builds(workdir: Path) -> None:
     (workdir / "verse.txt").write_text(VERSE * 60)
     script = workdir / "build_sharded.py"
     script.write_text(BUILD_SHARDED)
-    run_checked(torchrun([str(workdir), *build_args(workdir)], script=str(script)), nice=True)
+    run_checked(torchrun([str(workdir), *build_args(workdir)], script=str(script)))
 
 
 def one_process_model(args: list[str], **changes) -> dict[str, torch.Tensor]:

@@ -26,7 +26,6 @@ from conftest import (
     TINY_MODEL,
     background_job,
     exercise_level,
-    lower_priority,
     make_exercises,
     skip_if_learner_edited,
 )
@@ -356,7 +355,7 @@ def learner_checkouts(workdir: Path) -> None:
         copy_course(copy, filled, "challenge" if name.startswith("challenge") else "guided")
         # One process per checkout (they are slow to start): the only checks of plain pytest
         # that read the exercise files or the notebook's outputs, then both graders.
-        command = lower_priority([sys.executable, "-c", CHECKOUT])
+        command = [sys.executable, "-c", CHECKOUT]
         done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         results.update({f"{name} {key}": value for key, value in json.loads(done.stdout).items()})
@@ -457,7 +456,7 @@ def break_checkout(copy: Path, name: str) -> None:
 
 def start_grader(copy: Path, *options: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`python train_exercise.py --test [OPTIONS]` in a copy of the course."""
-    command = lower_priority([sys.executable, "train_exercise.py", "--test", *options])
+    command = [sys.executable, "train_exercise.py", "--test", *options]
     return subprocess.Popen(command, cwd=copy, env={**os.environ, **(env or {})}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
 

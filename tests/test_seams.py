@@ -162,7 +162,7 @@ def fsdp_seams(workdir: Path) -> None:
     old shards moved out; its resume; then a resume with a planted .metadata pickle."""
     (workdir / "verse.txt").write_text(VERSE * 40)
     options = fsdp_options(workdir)
-    run_checked(torchrun_one(["train_solution.py", *options, "--max_steps", 4]), nice=True)
+    run_checked(torchrun_one(["train_solution.py", *options, "--max_steps", 4]))
     # The commit's steps: the list, best.pt, metrics.jsonl, metrics.png, model.pt, then the
     # old resume-shards/ out (6), the new one in (7): killed before the 7th.
     killed = subprocess.run(torchrun_one(["tests/kill_during_commit.py", 7, *options, "--overwrite", 1,
