@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,12 @@ sys.path.insert(0, str(ROOT))
 # jobs that run in the background (see the end of this file) get the other core.
 os.environ["OMP_NUM_THREADS"] = "1"
 torch.set_num_threads(1)
+
+# Started in the background by a script (`pytest &`), this process ignores Ctrl+C's SIGINT,
+# and so would every process it starts: the graders and training runs of the tests that
+# send SIGINT would never see it. Those tests are of a process started from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 from todos import TODOS, Learner, isolate, load  # noqa: E402
 
