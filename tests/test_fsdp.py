@@ -343,7 +343,8 @@ def test_the_fsdp_profile_holds_training_steps_only(background):
 # projections, untied lm_head, MoE); one whose full weights (57 MB in float32) are twice
 # one process's shard, from --seed 7; and the small one --from_weight other.pt, which
 # rank 0 wrote from one process's model of another seed. It also reports the timeouts of its
-# process groups and the groups that the waits for rank 0's corpus preparation used.
+# process groups and the groups that the waits for rank 0's corpus preparation used, then
+# leaves its process groups, as the training script does.
 BUILD_SHARDED = f"""
 import dataclasses, sys
 from pathlib import Path
@@ -353,7 +354,7 @@ import torch.distributed as dist
 import train_solution as train
 from course import cli
 from course.run_folder import save_atomic
-from course.distributed import ProcessGroup, full_weights
+from course.distributed import ProcessGroup, full_weights, shut_down
 
 def status(field):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -392,6 +393,8 @@ results = dict(initial=full_weights(model), other=full_weights(fresh), loaded=fu
                reports=reports)
 if group.is_main:
     torch.save(results, out / "results.pt")
+del model, fresh, loaded, results  # (their device meshes refer to the process groups)
+shut_down()  # as train_solution.py ends: gloo aborts a process that exits still in its groups
 """
 
 # 8 blocks of 384: 14M parameters, whose largest matrix is a 1/16 of a block.
