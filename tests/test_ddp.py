@@ -178,16 +178,22 @@ sys.exit(open_todos.main(train, None, script=Path(train.__file__)))
 """
 
 
-def test_processes_that_disagree_on_the_val_loss_stop_at_todo_6(tmp_path):
-    (tmp_path / "verse.txt").write_text(VERSE * 60)
-    driver = tmp_path / "own_share_only.py"
+@background_job("ddp_disagree", seconds=5)
+def disagreeing_processes(workdir: Path) -> None:
+    """Two processes whose TODO 6 measures only their own share of the validation windows."""
+    (workdir / "verse.txt").write_text(VERSE * 60)
+    driver = workdir / "own_share_only.py"
     driver.write_text(OWN_SHARE_ONLY)
-    done = subprocess.run(torchrun(ddp_args(tmp_path, "disagree"), str(driver)), cwd=ROOT,
+    done = subprocess.run(torchrun(ddp_args(workdir, "disagree"), str(driver)), cwd=ROOT,
                           capture_output=True, text=True)  # fmt: skip
-    assert done.returncode != 0, "the processes went on with different validation losses"
-    assert "stopped at TODO 6: the processes measured different validation losses" in done.stderr, (
-        done.stderr[-3000:]
-    )
+    (workdir / "done.json").write_text(json.dumps([done.returncode, done.stderr]))
+
+
+@pytest.mark.background("ddp_disagree")
+def test_processes_that_disagree_on_the_val_loss_stop_at_todo_6(background):
+    code, stderr = json.loads((background / "done.json").read_text())
+    assert code != 0, "the processes went on with different validation losses"
+    assert "stopped at TODO 6: the processes measured different validation losses" in stderr, stderr[-3000:]
 
 
 def ddp_args(workdir: Path, run: str) -> list[str]:

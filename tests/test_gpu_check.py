@@ -3,12 +3,13 @@ size (--dry_run), a stage that measures the wrong thing fails the script, a mach
 CUDA gets one line and exit 2, and the results page shows the committed GPU figures."""
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, background_job
 
 sys.path.insert(0, str(ROOT / "tools"))
 import gpu_check  # noqa: E402
@@ -24,18 +25,26 @@ def test_without_cuda_it_says_so_in_one_line(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "check").exists(), "nothing is written before the check can run"
 
 
-def test_the_stages_pass_on_the_cpu(tmp_path, capsys):
-    """The dry run of the stages with the most logic: the float32 reference, the
-    agreement of bfloat16 with it, and the SIGTERM, checkpoint and resume of a real
-    training process, bit-identical on the CPU. (compile, ddp and fsdp add a minute of
-    compilation and launches: `python tools/gpu_check.py --dry_run` runs them all.)"""
-    out = tmp_path / "check"
-    code = gpu_check.main(["--dry_run", "--out", str(out), "--stages", "float32", "bfloat16", "resume"])
-    printed = capsys.readouterr().out
+@background_job("gpu_check", seconds=16)
+def dry_run_stages(workdir: Path) -> None:
+    """The dry run of the stages with the most logic: the float32 reference, the agreement
+    of bfloat16 with it, and the SIGTERM, checkpoint and resume of a real training process,
+    bit-identical on the CPU. (compile, ddp and fsdp add a minute of compilation and
+    launches: `python tools/gpu_check.py --dry_run` runs them all.)"""
+    command = [sys.executable, "tools/gpu_check.py", "--dry_run", "--out", str(workdir / "check"),
+               "--stages", "float32", "bfloat16", "resume"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    (workdir / "printed.json").write_text(json.dumps([done.returncode, done.stdout + done.stderr]))
+
+
+@pytest.mark.background("gpu_check")
+def test_the_stages_pass_on_the_cpu(background):
+    code, printed = json.loads((background / "printed.json").read_text())
     assert code == 0, printed
     for stage in ("float32", "bfloat16", "resume"):
         assert f"PASS {stage}: " in printed
     assert "bit-identical weights" in printed
+    out = background / "check"
     summary = json.loads((out / "gpu_check.json").read_text())
     assert [name for name, stage in summary["stages"].items() if stage["passed"]] == [
         "float32",
