@@ -62,10 +62,6 @@ class ProcessGroup:
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.cpu_group)
         return bool(value.item())
 
-    def agree(self, value: float) -> bool:
-        """True on every process if every process holds rank 0's `value` (sent pickled: exact)."""
-        return self.world_size == 1 or not self.any(value != self.main_says(value))
-
     def main_says(self, message: object) -> object:
         """Rank 0's `message` on every process: a check only rank 0 can make ends every process alike."""
         if self.world_size == 1:
